@@ -1,0 +1,39 @@
+# `make demo` runs the example end to end; `make test` runs the whole suite.
+# Both create and reuse a local virtualenv in .venv; nothing is installed system-wide.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+BUF := .tools/node_modules/.bin/buf
+PYTEST_ARGS ?=
+
+.PHONY: test lint format tools clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# buf (for the `buf lint` test) ships in an npm package; without npm that one test skips.
+tools: $(BUF)
+$(BUF):
+	@if command -v npm >/dev/null 2>&1; then \
+		npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf >/dev/null \
+			|| echo "could not install buf; the buf lint test will be skipped"; \
+	else echo "npm not found; the buf lint test will be skipped"; fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check django_grpc_bus tests
+	$(BIN)/ruff format --check django_grpc_bus tests
+
+format: $(STAMP)
+	$(BIN)/ruff format django_grpc_bus tests
+	$(BIN)/ruff check --fix django_grpc_bus tests
+
+test: $(STAMP) tools lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .ruff_cache
