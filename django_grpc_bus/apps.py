@@ -1,0 +1,11 @@
+from django.apps import AppConfig
+
+
+class DjangoGrpcBusConfig(AppConfig):
+    """Registers the MESSAGE_BUS system checks."""
+
+    name = "django_grpc_bus"
+    verbose_name = "Django gRPC bus"
+
+    def ready(self) -> None:
+        from django_grpc_bus import checks  # noqa: F401  (registers the checks)

@@ -1,0 +1,204 @@
+"""System checks for ``MESSAGE_BUS`` (``manage.py check``): each message names the key and the fix.
+
+Configuration checks carry the tag ``grpc_bus``; the check that imports ROOT_HANDLERS_HOOK
+carries ``grpc_bus_server``, so generation commands can run before the handlers exist.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Warning, register
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+
+from django_grpc_bus.conf import DEFAULTS, EXPECTED_TYPES, PATH_SETTINGS, bus_settings
+
+CONFIG_TAG = "grpc_bus"
+SERVER_TAG = "grpc_bus_server"
+SERVLET_KEYS = frozenset({"host", "port"})
+SETTING = "MESSAGE_BUS"
+
+
+def _type_names(types: tuple[type | None, ...]) -> str:
+    return " or ".join("None" if t is None else t.__name__ for t in types)
+
+
+@register(CONFIG_TAG)
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    user = getattr(settings, SETTING, None)
+    if user is None:
+        return []
+    if not isinstance(user, dict):
+        return [
+            Error(
+                f"{SETTING} must be a dict, not {type(user).__name__}.",
+                hint="Write MESSAGE_BUS = {'PRODUCER_ROOT': 'generated_grpc', ...}.",
+                id="django_grpc_bus.E001",
+            )
+        ]
+    errors: list[CheckMessage] = []
+    invalid: set[str] = set()
+    for key, value in user.items():
+        if key not in DEFAULTS:
+            close = difflib.get_close_matches(str(key), list(DEFAULTS), n=1)
+            errors.append(
+                Error(
+                    f"{SETTING}[{key!r}] is not a setting of django_grpc_bus.",
+                    hint=f"Did you mean {close[0]!r}?"
+                    if close
+                    else f"Known keys: {', '.join(sorted(DEFAULTS))}.",
+                    id="django_grpc_bus.E002",
+                )
+            )
+            continue
+        allowed = EXPECTED_TYPES[key]
+        if not (value is None and None in allowed) and not isinstance(
+            value, tuple(t for t in allowed if t is not None)
+        ):
+            invalid.add(key)
+            errors.append(
+                Error(
+                    f"{SETTING}[{key!r}] must be {_type_names(allowed)}, "
+                    f"not {type(value).__name__} ({value!r}).",
+                    id="django_grpc_bus.E003",
+                )
+            )
+    if "SERVLETS" not in invalid:
+        errors += _check_servlets(user.get("SERVLETS", {}))
+    if not invalid & PATH_SETTINGS:
+        errors += _check_paths()
+    return errors
+
+
+def _check_servlets(servlets: dict[str, Any]) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    for name, entry in servlets.items():
+        where = f"{SETTING}['SERVLETS'][{name!r}]"
+        if not isinstance(name, str) or not name.isidentifier():
+            errors.append(
+                Warning(
+                    f"{where}: the servlet name is not a Python identifier, so "
+                    "`registry.<name>` cannot reach it.",
+                    hint=f"Rename it, or reach it as registry[{name!r}].",
+                    id="django_grpc_bus.W002",
+                )
+            )
+        if not isinstance(entry, dict):
+            errors.append(
+                Error(
+                    f"{where} must be a dict with 'host' and 'port', not {type(entry).__name__}.",
+                    hint="Write {'host': '127.0.0.1', 'port': 50051}.",
+                    id="django_grpc_bus.E004",
+                )
+            )
+            continue
+        missing = [key for key in ("host", "port") if key not in entry]
+        if missing:
+            errors.append(
+                Error(
+                    f"{where} has no {' and no '.join(repr(k) for k in missing)}.",
+                    hint="Write {'host': '127.0.0.1', 'port': 50051}.",
+                    id="django_grpc_bus.E004",
+                )
+            )
+        host = entry.get("host")
+        if "host" in entry and (not isinstance(host, str) or not host.strip()):
+            errors.append(
+                Error(
+                    f"{where}['host'] must be a non-empty string, not {host!r}.",
+                    id="django_grpc_bus.E004",
+                )
+            )
+        port = entry.get("port")
+        if "port" in entry and (
+            isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535
+        ):
+            errors.append(
+                Error(
+                    f"{where}['port'] must be an integer from 1 to 65535, not {port!r}.",
+                    hint="Ports are integers: 'port': 50051, not '50051'.",
+                    id="django_grpc_bus.E005",
+                )
+            )
+        for key in sorted(set(entry) - SERVLET_KEYS, key=str):
+            errors.append(
+                Warning(
+                    f"{where}[{key!r}] is not a servlet setting and is ignored.",
+                    hint=f"Servlet keys: {', '.join(sorted(SERVLET_KEYS))}.",
+                    id="django_grpc_bus.W003",
+                )
+            )
+    return errors
+
+
+def _check_paths() -> list[CheckMessage]:
+    from django_grpc_bus.meta import load_selection
+    from django_grpc_bus.protogen.naming import producer_package
+
+    if getattr(settings, "BASE_DIR", None) is None:
+        return [
+            Error(
+                "settings.BASE_DIR is not set; MESSAGE_BUS paths are resolved against it.",
+                hint="Add BASE_DIR = Path(__file__).resolve().parent.parent to your settings.",
+                id="django_grpc_bus.E006",
+            )
+        ]
+    errors: list[CheckMessage] = []
+    try:
+        producer_package()
+    except ImproperlyConfigured as exc:
+        errors.append(Error(str(exc), id="django_grpc_bus.E007"))
+    for key in ("SERVICE_TEMPLATE", "HANDLER_TEMPLATE"):
+        folder = getattr(bus_settings, key)
+        if folder is not None and not folder.is_dir():
+            errors.append(
+                Error(
+                    f"{SETTING}[{key!r}] is {folder}, which is not a folder.",
+                    hint="Point it at a folder of templates, or remove it for the built-in ones.",
+                    id="django_grpc_bus.E008",
+                )
+            )
+    if bus_settings.SERVICE_META is not None:
+        try:
+            load_selection()
+        except ImproperlyConfigured as exc:
+            errors.append(
+                Error(
+                    f"{SETTING}['SERVICE_META']: {exc}",
+                    hint="Fix the file, or run `manage.py generatemetayaml --file PATH` for a "
+                    "valid starting point.",
+                    id="django_grpc_bus.E009",
+                )
+            )
+    return errors
+
+
+@register(SERVER_TAG)
+def check_handlers_hook(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    hook = bus_settings.raw("ROOT_HANDLERS_HOOK")
+    if not isinstance(hook, str):
+        return []
+    try:
+        import_string(hook)
+    except ModuleNotFoundError as exc:
+        return [
+            Warning(
+                f"{SETTING}['ROOT_HANDLERS_HOOK'] = {hook!r} cannot be imported yet: {exc}.",
+                hint="Generate it with `manage.py generategrpc` and "
+                "`manage.py generateservices --handler`, or fix the dotted path.",
+                id="django_grpc_bus.W001",
+            )
+        ]
+    except Exception as exc:  # any error raised while importing the user's module
+        return [
+            Error(
+                f"{SETTING}['ROOT_HANDLERS_HOOK'] = {hook!r} cannot be imported: "
+                f"{type(exc).__name__}: {exc}",
+                hint="It must be a dotted path to a handler object, e.g. 'handlers.handler'.",
+                id="django_grpc_bus.E010",
+            )
+        ]
+    return []
