@@ -1,0 +1,32 @@
+"""What every django-grpc-bus command shares: config checks first, library errors as sentences."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import BaseCommand, CommandError
+
+from django_grpc_bus.checks import CONFIG_TAG
+from django_grpc_bus.protogen.protoc import ProtocError
+
+
+class BusCommand(BaseCommand):
+    """Runs the MESSAGE_BUS configuration checks (not the handler import) before `run`.
+
+    Generation commands must work before handlers.py exists, so the ROOT_HANDLERS_HOOK check,
+    which imports it, is left to `manage.py check` and `rungrpcserver`.
+    """
+
+    requires_system_checks: list[str] = []
+
+    def handle(self, *args: Any, **options: Any) -> Any:
+        if not options.get("skip_checks"):
+            self.check(tags=[CONFIG_TAG])
+        try:
+            return self.run(*args, **options)
+        except (ImproperlyConfigured, ProtocError) as exc:
+            raise CommandError(str(exc)) from exc
+
+    def run(self, *args: Any, **options: Any) -> Any:
+        raise NotImplementedError

@@ -1,0 +1,34 @@
+from pathlib import Path
+
+from django.core.management.base import CommandError
+
+from django_grpc_bus.management.base import BusCommand
+from django_grpc_bus.meta import default_meta, dump_meta
+
+
+class Command(BusCommand):
+    help = (
+        "Write a service_meta.yaml that exposes every model of the project's apps (or of the "
+        "comma-separated APPS) to --file, or print it."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("apps", nargs="?", default="", help="comma-separated app labels")
+        parser.add_argument("--file", help="where to write the YAML (default: standard output)")
+        parser.add_argument("--force", action="store_true", help="overwrite an existing --file")
+
+    def run(self, *args, apps, file, force, **options):
+        labels = [label.strip() for label in apps.split(",") if label.strip()]
+        text = dump_meta(default_meta(labels))
+        if not file:
+            self.stdout.write(text, ending="")
+            return
+        path = Path(file)
+        if path.exists() and not force:
+            raise CommandError(f"{path} already exists; pass --force to overwrite it.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        self.stdout.write(self.style.SUCCESS(f"Wrote {path}"))
+        self.stdout.write(
+            f"Point MESSAGE_BUS['SERVICE_META'] at it: 'SERVICE_META': BASE_DIR / '{path.name}'."
+        )

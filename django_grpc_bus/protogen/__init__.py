@@ -1,0 +1,1 @@
+"""Model fields -> ``.proto`` text -> compiled Python modules."""

@@ -1,0 +1,115 @@
+"""Plan, compare and write the ``.proto`` files of a selection under PRODUCER_ROOT."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from django_grpc_bus.conf import bus_settings
+from django_grpc_bus.meta import Selection
+from django_grpc_bus.protogen import naming
+from django_grpc_bus.protogen.existing import read_numbering
+from django_grpc_bus.protogen.render import render_proto
+from django_grpc_bus.protogen.schema import build_file
+
+
+@dataclass(frozen=True)
+class Change:
+    """One file whose content on disk differs from what would be generated."""
+
+    relpath: str
+    old: str | None  # None: the file does not exist yet
+    new: str | None  # None: a generated file whose model is no longer selected
+
+    @property
+    def verb(self) -> str:
+        return "create" if self.old is None else "delete" if self.new is None else "update"
+
+    def diff(self) -> str:
+        return "".join(
+            difflib.unified_diff(
+                (self.old or "").splitlines(keepends=True),
+                (self.new or "").splitlines(keepends=True),
+                fromfile=f"a/{self.relpath}" if self.old is not None else "/dev/null",
+                tofile=f"b/{self.relpath}" if self.new is not None else "/dev/null",
+            )
+        )
+
+
+@dataclass(frozen=True)
+class ProtoPlan:
+    """The generated text of every selected model's file, and what differs on disk."""
+
+    root: Path
+    files: dict[str, str]
+    changes: tuple[Change, ...]
+
+
+def check_symbol_collisions(selection: Selection) -> None:
+    """Refuse two models of one app whose generated symbols coincide (``Book``/``BookData``)."""
+    owners: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for selected in selection:
+        for suffix in naming.SYMBOL_SUFFIXES:
+            owners[(selected.app_label, selected.name + suffix)].append(selected.label)
+    for (package, symbol), labels in sorted(owners.items()):
+        if len(labels) > 1:
+            raise ImproperlyConfigured(
+                f"Models {' and '.join(sorted(set(labels)))} would both define the proto symbol "
+                f"{package}.{symbol}. Leave one of them out of service_meta.yaml or rename it."
+            )
+
+
+def generated_protos(root: Path) -> list[str]:
+    """Relative paths of the ``.proto`` files under `root` that this package wrote."""
+    found = []
+    for path in sorted(root.glob("*/*.proto")):
+        try:
+            with path.open(encoding="utf-8") as handle:
+                first = handle.readline()
+        except OSError:
+            continue
+        if first.startswith(naming.GENERATED_HEADER):
+            found.append(path.relative_to(root).as_posix())
+    return found
+
+
+def plan_protos(selection: Selection) -> ProtoPlan:
+    check_symbol_collisions(selection)
+    root = bus_settings.PRODUCER_ROOT
+    relpaths = {naming.proto_relpath(selected.model): selected for selected in selection}
+    previous = read_numbering(root, relpaths)
+    files = {
+        relpath: render_proto(build_file(selected, previous.get(relpath)))
+        for relpath, selected in relpaths.items()
+    }
+    changes = []
+    for relpath, text in files.items():
+        path = root / relpath
+        old = path.read_text(encoding="utf-8") if path.is_file() else None
+        if old != text:
+            changes.append(Change(relpath, old, text))
+    for relpath in generated_protos(root):
+        if relpath not in files:
+            changes.append(Change(relpath, (root / relpath).read_text(encoding="utf-8"), None))
+    return ProtoPlan(root, files, tuple(sorted(changes, key=lambda c: c.relpath)))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def apply_plan(plan: ProtoPlan) -> None:
+    for change in plan.changes:
+        path = plan.root / change.relpath
+        if change.new is None:
+            path.unlink()
+        else:
+            write_atomically(path, change.new)

@@ -1,0 +1,279 @@
+"""A selected model -> the messages, fields and RPCs of its ``.proto`` file.
+
+Field numbers are part of the wire contract, so they are kept stable: a field keeps the number
+it had in the file on disk, a new field takes the next free number, and a removed field's
+number and name become ``reserved`` so they are never reused.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import models
+from django.db.models.fields import NOT_PROVIDED, AutoFieldMixin
+from django.utils import translation
+
+from django_grpc_bus import typemap
+from django_grpc_bus.meta import ModelSelection, primary_key_fields
+from django_grpc_bus.protogen import naming
+
+EMPTY_IMPORT = "google/protobuf/empty.proto"
+FIELD_MASK_IMPORT = "google/protobuf/field_mask.proto"
+
+
+COMMENT_WIDTH = 92
+
+
+class Commented:
+    """Gives the template a comment as lines that fit the file's width."""
+
+    comment: str
+
+    @property
+    def comment_lines(self) -> list[str]:
+        return textwrap.wrap(self.comment, COMMENT_WIDTH, break_long_words=False)
+
+
+@dataclass(frozen=True)
+class Numbering:
+    """The field numbers and reservations of one message as found on disk."""
+
+    numbers: dict[str, int] = field(default_factory=dict)
+    reserved_numbers: frozenset[int] = frozenset()
+    reserved_names: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class ProtoField(Commented):
+    name: str
+    number: int
+    type: str
+    optional: bool = False
+    repeated: bool = False
+    comment: str = ""
+
+    @property
+    def label(self) -> str:
+        return "repeated " if self.repeated else "optional " if self.optional else ""
+
+
+@dataclass(frozen=True)
+class ProtoMessage(Commented):
+    name: str
+    fields: tuple[ProtoField, ...]
+    comment: str = ""
+    reserved_numbers: tuple[int, ...] = ()
+    reserved_names: tuple[str, ...] = ()
+
+    @property
+    def reserved_numbers_text(self) -> str:
+        return ", ".join(str(n) for n in self.reserved_numbers)
+
+    @property
+    def reserved_names_text(self) -> str:
+        return ", ".join(f'"{n}"' for n in self.reserved_names)
+
+
+@dataclass(frozen=True)
+class ProtoRpc(Commented):
+    name: str
+    request: str
+    response: str
+    server_streaming: bool = False
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class ProtoFile:
+    """Everything the template needs to write one model's ``.proto`` file."""
+
+    relpath: str
+    package: str
+    model_label: str
+    imports: tuple[str, ...]
+    messages: tuple[ProtoMessage, ...]
+    service: str
+    rpcs: tuple[ProtoRpc, ...]
+
+
+@dataclass
+class _FieldPlan:
+    name: str
+    type: str
+    optional: bool
+    repeated: bool
+    comment: str
+    imports: set[str]
+
+
+def tracks_presence(field_: models.Field) -> bool:
+    """Whether an unset value must be told apart from the zero value (proto3 ``optional``).
+
+    True where "not given" means something other than 0/""/false: nullable fields (unset is
+    NULL), fields with a default or that may be blank (unset lets the model decide), and fields
+    the database fills (auto primary keys, ``auto_now``, generated columns).
+    """
+    return bool(
+        field_.null
+        or field_.has_default()
+        or getattr(field_, "db_default", NOT_PROVIDED) is not NOT_PROVIDED
+        or field_.blank
+        or not field_.editable
+        or isinstance(field_, AutoFieldMixin)
+    )
+
+
+def _comment(field_: models.Field, pk_fields: list[models.Field]) -> str:
+    notes = []
+    with translation.override(None):
+        if field_.help_text:
+            notes.append(" ".join(str(field_.help_text).split()))
+        if field_.choices:
+            values = ", ".join(str(value) for value, _label in field_.flatchoices)
+            notes.append(f"choices: {values}")
+    if field_ in pk_fields:
+        notes.append("primary key" if len(pk_fields) == 1 else "part of the primary key")
+    elif field_.is_relation:
+        related = field_.related_model
+        notes.append(f"primary key of {related._meta.app_label}.{related.__name__}")
+    if not field_.editable:
+        notes.append("read-only")
+    if field_.null and not typemap.is_repeated(field_):
+        notes.append("nullable: unset means null")
+    return "; ".join(notes)
+
+
+def _plan_field(field_: models.Field, pk_fields: list[models.Field]) -> _FieldPlan:
+    ptype = typemap.proto_type(field_)
+    repeated = typemap.is_repeated(field_)
+    type_name = f".{ptype.proto}" if ptype.is_message else ptype.proto
+    return _FieldPlan(
+        name=field_.name,
+        type=type_name,
+        optional=not repeated and not ptype.is_message and tracks_presence(field_),
+        repeated=repeated,
+        comment=_comment(field_, pk_fields),
+        imports={ptype.import_path} if ptype.import_path else set(),
+    )
+
+
+def number_fields(
+    message: str, plans: list[_FieldPlan], previous: dict[str, Numbering], comment: str = ""
+) -> ProtoMessage:
+    """Give each planned field its number, keeping the numbers `previous` had for `message`."""
+    old = previous.get(message, Numbering())
+    wanted = {plan.name for plan in plans}
+    removed = {name: number for name, number in old.numbers.items() if name not in wanted}
+    reserved_numbers = set(old.reserved_numbers) | set(removed.values())
+    reserved_names = (set(old.reserved_names) | set(removed)) - wanted
+    taken = set(old.numbers.values()) | reserved_numbers
+    next_number = max(taken, default=0) + 1
+    fields = []
+    for plan in plans:
+        number = old.numbers.get(plan.name)
+        if number is None:
+            number, next_number = next_number, next_number + 1
+        fields.append(
+            ProtoField(plan.name, number, plan.type, plan.optional, plan.repeated, plan.comment)
+        )
+    return ProtoMessage(
+        name=message,
+        fields=tuple(sorted(fields, key=lambda f: f.number)),
+        comment=comment,
+        reserved_numbers=tuple(sorted(reserved_numbers)),
+        reserved_names=tuple(sorted(reserved_names)),
+    )
+
+
+def build_file(selected: ModelSelection, previous: dict[str, Numbering] | None = None) -> ProtoFile:
+    """The complete description of `selected`'s ``.proto`` file."""
+    previous = previous or {}
+    model = selected.model
+    name = model.__name__
+    label = selected.label
+    data, lookup = f"{name}Data", f"{name}LookupRequest"
+    pk_fields = primary_key_fields(model)
+    plans = [_plan_field(field_, pk_fields) for field_ in selected.fields]
+    imports = {EMPTY_IMPORT, FIELD_MASK_IMPORT}
+    for plan in plans:
+        imports |= plan.imports
+
+    pk_names = ", ".join(f.name for f in pk_fields)
+    lookup_plans = [
+        _FieldPlan(p.name, p.type, True, False, p.comment, set())
+        for p, f in zip(plans, selected.fields, strict=True)
+        if (f in pk_fields or f.unique) and not p.repeated and not p.type.startswith(".")
+    ]
+    messages = (
+        number_fields(data, plans, previous, f"One {label} row: the fields exposed for it."),
+        number_fields(
+            lookup,
+            lookup_plans,
+            previous,
+            f"Which {label} to retrieve or destroy: by primary key ({pk_names}) or by "
+            "another unique field (the service's lookup_field).",
+        ),
+        ProtoMessage(
+            f"{name}ListRequest",
+            (
+                ProtoField("page_size", 1, "int32", comment="rows per page; 0 streams every row"),
+                ProtoField("page_token", 2, "string", comment="next_page_token of the last page"),
+            ),
+            comment=f"Which {label} rows to list.",
+        ),
+        ProtoMessage(
+            f"{name}ListResponse",
+            (
+                ProtoField("results", 1, data, repeated=True),
+                ProtoField("next_page_token", 2, "string", comment="empty on the last page"),
+            ),
+            comment="One batch of rows; List streams as many batches as it takes.",
+        ),
+        ProtoMessage(
+            f"{name}PartialUpdateRequest",
+            (
+                ProtoField("data", 1, data, comment="the primary key and the new values"),
+                ProtoField(
+                    "update_mask",
+                    2,
+                    ".google.protobuf.FieldMask",
+                    comment="the fields of data to change; no others are touched",
+                ),
+            ),
+            comment=f"Change some fields of one {label} row.",
+        ),
+    )
+    rpcs = (
+        ProtoRpc(
+            "List",
+            f"{name}ListRequest",
+            f"{name}ListResponse",
+            True,
+            "Stream every row, in batches.",
+        ),
+        ProtoRpc("Create", data, data, comment="Create a row; returns it as stored."),
+        ProtoRpc("Retrieve", lookup, data, comment="Read one row."),
+        ProtoRpc("Update", data, data, comment="Replace every field of one row."),
+        ProtoRpc(
+            "PartialUpdate",
+            f"{name}PartialUpdateRequest",
+            data,
+            comment="Change the fields named in update_mask.",
+        ),
+        ProtoRpc("Destroy", lookup, ".google.protobuf.Empty", comment="Delete one row."),
+    )
+    return ProtoFile(
+        relpath=naming.proto_relpath(model),
+        package=naming.proto_package(model),
+        model_label=label,
+        imports=tuple(sorted(imports)),
+        messages=messages,
+        service=name,
+        rpcs=rpcs,
+    )
+
+
+def template_context(proto: ProtoFile) -> dict[str, Any]:
+    return {"file": proto, "header": naming.GENERATED_HEADER}
