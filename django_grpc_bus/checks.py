@@ -15,6 +15,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from django_grpc_bus.conf import DEFAULTS, EXPECTED_TYPES, PATH_SETTINGS, bus_settings
+from django_grpc_bus.protogen.naming import is_python_name
 
 CONFIG_TAG = "grpc_bus"
 SERVER_TAG = "grpc_bus_server"
@@ -77,7 +78,7 @@ def _check_servlets(servlets: dict[str, Any]) -> list[CheckMessage]:
     errors: list[CheckMessage] = []
     for name, entry in servlets.items():
         where = f"{SETTING}['SERVLETS'][{name!r}]"
-        if not isinstance(name, str) or not name.isidentifier():
+        if not is_python_name(name):
             errors.append(
                 Warning(
                     f"{where}: the servlet name is not a Python identifier, so "
@@ -176,14 +177,54 @@ def _check_paths() -> list[CheckMessage]:
     return errors
 
 
+def _is_within(module: str, missing: str) -> bool:
+    """Whether `missing` is `module` or one of its parent packages (or a child of it)."""
+    if not module or not missing:
+        return False
+    return module == missing or module.startswith(missing + ".") or missing.startswith(module + ".")
+
+
+def _producer_package_or_none() -> str | None:
+    from django_grpc_bus.protogen.naming import producer_package
+
+    try:
+        return producer_package()
+    except ImproperlyConfigured:
+        return None
+
+
 @register(SERVER_TAG)
 def check_handlers_hook(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     hook = bus_settings.raw("ROOT_HANDLERS_HOOK")
-    if not isinstance(hook, str):
+    if hook is None:
         return []
+    if not isinstance(hook, str):
+        if hasattr(hook, "bind_to_server"):
+            return []
+        return [
+            Error(
+                f"{SETTING}['ROOT_HANDLERS_HOOK'] is a {type(hook).__name__}, not a handler.",
+                hint="Give a dotted path such as 'handlers.handler', or a BasicHandler.",
+                id="django_grpc_bus.E010",
+            )
+        ]
+    module_path = hook.rpartition(".")[0]
     try:
         import_string(hook)
-    except ModuleNotFoundError as exc:
+    except ImportError as exc:  # ModuleNotFoundError, or a name missing from a module
+        missing = exc.name or ""
+        not_generated_yet = _is_within(module_path, missing) or _is_within(
+            _producer_package_or_none() or "", missing
+        )
+        if not not_generated_yet:
+            why = f"it imports {missing!r}, which is not installed" if missing else str(exc)
+            return [
+                Error(
+                    f"{SETTING}['ROOT_HANDLERS_HOOK'] = {hook!r} cannot be imported: {why}.",
+                    hint="Install the missing package or fix the import in your handler module.",
+                    id="django_grpc_bus.E010",
+                )
+            ]
         return [
             Warning(
                 f"{SETTING}['ROOT_HANDLERS_HOOK'] = {hook!r} cannot be imported yet: {exc}.",

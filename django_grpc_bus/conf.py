@@ -27,7 +27,7 @@ DEFAULTS: dict[str, Any] = {
 # The Python types each key accepts; `None` in a tuple means the key may be left unset.
 PATH_TYPES = (str, Path)
 EXPECTED_TYPES: dict[str, tuple[type | None, ...]] = {
-    "ROOT_HANDLERS_HOOK": (str, None),
+    "ROOT_HANDLERS_HOOK": (object,),  # a dotted path, or the handler object itself
     "SERVICE_META": (*PATH_TYPES, None),
     "PRODUCER_ROOT": PATH_TYPES,
     "SERVICE_TEMPLATE": (*PATH_TYPES, None),

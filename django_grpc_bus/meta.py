@@ -76,14 +76,20 @@ def _library_roots() -> tuple[Path, ...]:
     return tuple(Path(root).resolve() for root in roots if root)
 
 
+def is_library_path(location: str | Path) -> bool:
+    """Whether a file or folder belongs to Python itself or to an installed package."""
+    path = Path(location).resolve()
+    if {"site-packages", "dist-packages"} & set(path.parts):
+        return True
+    return any(path.is_relative_to(root) for root in _library_roots())
+
+
 def is_project_app(app_config: AppConfig) -> bool:
     """Apps written for this project: not Django's own, not ours, not installed packages."""
-    if app_config.name == "django" or app_config.name.startswith(("django.", "django_grpc_bus")):
+    name = app_config.name
+    if name in ("django", "django_grpc_bus") or name.startswith(("django.", "django_grpc_bus.")):
         return False
-    path = Path(app_config.path).resolve()
-    if {"site-packages", "dist-packages"} & set(path.parts):
-        return False
-    return not any(path.is_relative_to(root) for root in _library_roots())
+    return not is_library_path(app_config.path)
 
 
 def project_app_configs() -> list[AppConfig]:
@@ -135,6 +141,7 @@ def default_meta(app_labels: Sequence[str] | None = None) -> dict[str, Any]:
                 "models": [{"name": model.__name__} for model in exposable_models(config)],
             }
             for config in configs
+            if exposable_models(config)
         ]
     }
 
@@ -158,8 +165,8 @@ def read_meta_file(path: Path) -> Any:
     except FileNotFoundError:
         raise ServiceMetaError(
             f"MESSAGE_BUS['SERVICE_META'] points to {path}, which does not exist. "
-            "Create it with `manage.py generatemetayaml --file "
-            f"{path.name}`, or remove the setting to expose every project app."
+            f"Create it with `manage.py generatemetayaml --file {path}`, or remove the "
+            "setting to expose every project app."
         ) from None
     except OSError as exc:
         raise ServiceMetaError(f"Cannot read SERVICE_META file {path}: {exc}") from None

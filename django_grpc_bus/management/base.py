@@ -20,6 +20,14 @@ class BusCommand(BaseCommand):
 
     requires_system_checks: list[str] = []
 
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any):
+        # Django adds --skip-checks only to commands that require checks; ours run a subset.
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        parser.add_argument(
+            "--skip-checks", action="store_true", help="Skip the MESSAGE_BUS system checks."
+        )
+        return parser
+
     def handle(self, *args: Any, **options: Any) -> Any:
         if not options.get("skip_checks"):
             self.check(tags=[CONFIG_TAG])

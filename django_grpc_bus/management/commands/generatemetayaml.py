@@ -2,6 +2,7 @@ from pathlib import Path
 
 from django.core.management.base import CommandError
 
+from django_grpc_bus.conf import base_dir
 from django_grpc_bus.management.base import BusCommand
 from django_grpc_bus.meta import default_meta, dump_meta
 
@@ -28,7 +29,11 @@ class Command(BusCommand):
             raise CommandError(f"{path} already exists; pass --force to overwrite it.")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-        self.stdout.write(self.style.SUCCESS(f"Wrote {path}"))
-        self.stdout.write(
-            f"Point MESSAGE_BUS['SERVICE_META'] at it: 'SERVICE_META': BASE_DIR / '{path.name}'."
+        absolute = path.resolve()
+        setting = (
+            f"BASE_DIR / '{absolute.relative_to(base_dir()).as_posix()}'"
+            if absolute.is_relative_to(base_dir())
+            else f"'{absolute}'"
         )
+        self.stdout.write(self.style.SUCCESS(f"Wrote {path}"))
+        self.stdout.write(f"Point MESSAGE_BUS['SERVICE_META'] at it: 'SERVICE_META': {setting}.")
