@@ -1,0 +1,190 @@
+"""Serializers between model instances and protobuf messages, validating as DRF does.
+
+``ModelProtoSerializer`` is a DRF ``ModelSerializer`` with ``Meta.proto_class``: ``.message``
+builds the message of ``.instance`` and ``data_from_message()`` turns a request message into
+the ``data`` DRF validates. Model fields are copied straight from instance attributes to message
+fields (no JSON, no per-field DRF call); declared fields (``SerializerMethodField``, ``source=``)
+go through their own ``to_representation``. The per-class plan is built once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from django.db import models
+from rest_framework import serializers
+
+from django_grpc_bus import messages
+
+Getter = Callable[[Any], Any]
+
+
+class FileNameField(serializers.CharField):
+    """A file or image field as its storage name: gRPC messages carry no uploads."""
+
+    def to_representation(self, value: Any) -> str:
+        return getattr(value, "name", value) or ""
+
+
+class SerializerPlan:
+    """What one serializer class does with messages, worked out once.
+
+    ``fill(message, instance)`` copies the readable fields of an instance into a message;
+    ``writable``/``nullable``/``fields`` answer questions about the fields without building
+    them per call; ``prefetch`` names the many-to-many fields a list should prefetch.
+    """
+
+    __slots__ = ("fields", "getters", "message_class", "nullable", "prefetch", "writable")
+
+    def __init__(self, serializer: serializers.BaseSerializer, message_class: type) -> None:
+        self.message_class = message_class
+        proto_writers = messages.plan_for(message_class.DESCRIPTOR).writers
+        model = getattr(getattr(serializer, "Meta", None), "model", None)
+        declared = getattr(serializer, "_declared_fields", {})
+        fields = serializer.fields
+        self.fields = frozenset(fields)
+        self.writable = frozenset(name for name, field in fields.items() if not field.read_only)
+        self.nullable = frozenset(name for name in self.writable if fields[name].allow_null)
+        self.getters: list[tuple[str, Getter, messages.Writer]] = []
+        prefetch = []
+        for name, field in fields.items():
+            if field.write_only or name not in proto_writers:
+                continue
+            getter = None
+            if model is not None and name not in declared and field.source == name:
+                getter = _model_getter(model, name)
+                if getter is not None and model._meta.get_field(name).many_to_many:
+                    prefetch.append(name)
+            self.getters.append((name, getter or _drf_getter(field), proto_writers[name]))
+        self.prefetch = tuple(prefetch)
+
+    def fill(self, message: Any, instance: Any) -> Any:
+        for _name, getter, write in self.getters:
+            value = getter(instance)
+            if value is not None:
+                write(message, value)
+        return message
+
+    def build(self, instance: Any) -> Any:
+        return self.fill(self.message_class(), instance)
+
+
+def _model_getter(model: type[models.Model], name: str) -> Getter | None:
+    try:
+        field = model._meta.get_field(name)
+    except Exception:
+        return None
+    if field.many_to_many and not field.auto_created:
+        return lambda instance: [related.pk for related in getattr(instance, name).all()]
+    if not field.concrete:  # reverse relations, generic relations
+        return None
+    attname = field.attname
+    return lambda instance: getattr(instance, attname)
+
+
+def _drf_getter(field: serializers.Field) -> Getter:
+    def get(instance: Any) -> Any:
+        try:
+            attribute = field.get_attribute(instance)
+        except serializers.SkipField:
+            return None
+        return None if attribute is None else field.to_representation(attribute)
+
+    return get
+
+
+class ProtoSerializerMixin:
+    """Message conversion for DRF serializers whose ``Meta.proto_class`` is a message class."""
+
+    _plans_lock = threading.Lock()
+
+    @classmethod
+    def get_proto_class(cls) -> type:
+        meta = getattr(cls, "Meta", None)
+        proto_class = getattr(meta, "proto_class", None)
+        if proto_class is None:
+            raise AssertionError(f"{cls.__name__}.Meta needs a `proto_class` (a message class).")
+        return proto_class
+
+    @classmethod
+    def plan(cls) -> SerializerPlan:
+        """This class's plan, built on first use (each subclass has its own)."""
+        plan = cls.__dict__.get("_plan")
+        if plan is None:
+            with cls._plans_lock:
+                plan = cls.__dict__.get("_plan")
+                if plan is None:
+                    plan = SerializerPlan(cls(), cls.get_proto_class())
+                    cls._plan = plan
+        return plan
+
+    @classmethod
+    def to_message(cls, instance: Any) -> Any:
+        """The message for one instance (the fast path used for every response row)."""
+        return cls.plan().build(instance)
+
+    @classmethod
+    def to_messages(cls, instances: Iterable[Any]) -> list[Any]:
+        build = cls.plan().build
+        return [build(instance) for instance in instances]
+
+    @property
+    def message(self) -> Any:
+        """Like DRF's ``.data``, as a message: of the instance, else of the validated data."""
+        if self.instance is not None and not getattr(self, "_errors", None):
+            return self.to_message(self.instance)
+        return messages.build_message(self.get_proto_class(), self.data)
+
+    @classmethod
+    def data_from_message(
+        cls, message: Any, *, only: Iterable[str] | None = None, nulls: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        """The ``data`` for DRF validation: the fields the message gave.
+
+        Unset fields with presence are left out ("not given"), unless named in `nulls`, which
+        makes them explicit nulls. `only` restricts the result to some fields (a FieldMask).
+        """
+        data = messages.present_fields(message)
+        for name in nulls:
+            data.setdefault(name, None)
+        if only is not None:
+            wanted = set(only)
+            data = {name: value for name, value in data.items() if name in wanted}
+        return data
+
+
+class ProtoSerializer(ProtoSerializerMixin, serializers.Serializer):
+    """A plain DRF ``Serializer`` with ``Meta.proto_class``."""
+
+
+class ModelProtoSerializer(ProtoSerializerMixin, serializers.ModelSerializer):
+    """A DRF ``ModelSerializer`` with ``Meta.model`` and ``Meta.proto_class``.
+
+    Without ``Meta.fields``/``Meta.exclude`` it serializes the model fields that the message
+    has, so a generated ``<Model>Data`` class is all it needs.
+    """
+
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.FileField: FileNameField,
+        models.ImageField: FileNameField,
+    }
+
+    def get_field_names(self, declared_fields: dict, info: Any) -> list[str]:
+        meta = self.Meta
+        if getattr(meta, "fields", None) is None and getattr(meta, "exclude", None) is None:
+            proto_names = [field.name for field in self.get_proto_class().DESCRIPTOR.fields]
+            model_names = {f.name for f in meta.model._meta.get_fields()} | {"pk"}
+            return [name for name in proto_names if name in model_names or name in declared_fields]
+        return super().get_field_names(declared_fields, info)
+
+    def build_standard_field(self, field_name: str, model_field: models.Field):
+        field_class, field_kwargs = super().build_standard_field(field_name, model_field)
+        if field_class is FileNameField:
+            # DRF gives file fields upload-specific options a CharField does not take.
+            for key in ("allow_empty_file", "use_url"):
+                field_kwargs.pop(key, None)
+            field_kwargs.setdefault("allow_blank", model_field.blank)
+        return field_class, field_kwargs
