@@ -1,0 +1,150 @@
+"""Run one RPC the way Django runs a request.
+
+Every call: ``request_started`` (which closes stale database connections and resets the query
+log), a fresh service instance, the action (inside a transaction for writes), errors through
+the status table, then ``request_finished`` (closing connections past ``CONN_MAX_AGE`` or broken).
+For a stream, "then" is after the last message, an error or a cancellation.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from django.core.signals import request_finished, request_started
+from django.db import transaction
+
+from django_grpc_bus.errors import abort_with, describe_failure
+
+logger = logging.getLogger("django_grpc_bus.calls")
+
+OK = grpc.StatusCode.OK
+
+
+@dataclass(frozen=True)
+class Route:
+    """One RPC of one service: what to instantiate, which method to call, what it returns."""
+
+    service_class: type
+    action: str
+    method: str  # the full method name, "/catalog.Book/Retrieve"
+    response_class: type
+    atomic: bool
+    dev: bool = False
+    log_calls: bool = False
+
+    def new_service(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self.service_class(
+            request=request, context=context, action=self.action, response_class=self.response_class
+        )
+
+
+class Traffic:
+    """Calls in flight in this process, and whether new ones are still accepted."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self.active = 0
+        self.draining = False
+
+    def enter(self, context: grpc.ServicerContext) -> None:
+        with self._lock:
+            if self.draining:
+                context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "The server is shutting down; retry on another instance.",
+                )
+            self.active += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self.active -= 1
+            if not self.active:
+                self._lock.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """Refuse new calls; wait up to `timeout` s for those in flight. True if all ended."""
+        with self._lock:
+            self.draining = True
+            return self._lock.wait_for(lambda: not self.active, timeout)
+
+    def reopen(self) -> None:
+        with self._lock:
+            self.draining = False
+
+
+traffic = Traffic()
+
+
+class _Call:
+    """The bookkeeping of one call: when it started and the status it ended with."""
+
+    __slots__ = ("code", "started")
+
+    def __init__(self, context: grpc.ServicerContext) -> None:
+        traffic.enter(context)
+        request_started.send(sender=Route, environ={})
+        self.started = time.perf_counter()
+        self.code = OK
+
+    def end(self, route: Route) -> None:
+        try:
+            request_finished.send(sender=Route)
+        finally:
+            traffic.leave()
+        if route.log_calls:
+            elapsed = (time.perf_counter() - self.started) * 1e3
+            logger.info("%s %s %.1fms", route.method, self.code.name, elapsed)
+
+
+def _abort(route: Route, call: _Call, exc: Exception, context: grpc.ServicerContext) -> None:
+    """Abort the call for `exc`, unless the service already ended it with a status of its own."""
+    own = context.code()
+    if own is not None and own is not OK:
+        call.code = own
+        return
+    failure = describe_failure(exc, route.method, route.dev)
+    call.code = failure.code
+    abort_with(context, failure)
+
+
+def unary_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def handle(request: Any, context: grpc.ServicerContext) -> Any:
+        call = _Call(context)
+        try:
+            service = route.new_service(request, context)
+            action = getattr(service, route.action)
+            if route.atomic:
+                with transaction.atomic():
+                    return action(request, context)
+            return action(request, context)
+        except Exception as exc:
+            _abort(route, call, exc, context)
+            raise
+        finally:
+            call.end(route)
+
+    return handle
+
+
+def stream_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+    def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        call = _Call(context)
+        try:
+            service = route.new_service(request, context)
+            yield from getattr(service, route.action)(request, context)
+        except GeneratorExit:  # the client went away; the database iterator closes with us
+            call.code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            _abort(route, call, exc, context)
+            raise
+        finally:
+            call.end(route)
+
+    return handle

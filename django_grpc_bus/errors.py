@@ -1,0 +1,209 @@
+"""Exceptions -> gRPC status codes, in one table, with field violations as rich details.
+
+A failed call never ends as UNKNOWN: each exception is matched against ``STATUS_TABLE`` (the
+first ``isinstance`` match wins) and the call is aborted with the code, a readable message
+and, for validation errors, a ``google.rpc.BadRequest`` listing every field violation. Anything
+not in the table is INTERNAL with a generic message; the traceback goes to the server log (and
+to the client only with ``rungrpcserver --dev``).
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from django.core import exceptions as django_exceptions
+from django.db import DataError, IntegrityError, InterfaceError, OperationalError
+from django.db.models import ProtectedError, RestrictedError
+from django.http import Http404
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from rest_framework import exceptions as drf
+
+from django_grpc_bus.messages import ConversionError
+
+logger = logging.getLogger("django_grpc_bus")
+
+Code = grpc.StatusCode
+MAX_DEV_TRACEBACK = 2000  # characters; status details travel in a header of limited size
+
+
+class GrpcError(Exception):
+    """Raise from a service to end the call with this status, message and field violations."""
+
+    def __init__(
+        self, code: grpc.StatusCode, message: str, violations: list[tuple[str, str]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.violations = violations or []
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What a call ends with: status code, message, and (field, description) violations."""
+
+    code: grpc.StatusCode
+    message: str
+    violations: list[tuple[str, str]] = field(default_factory=list)
+
+
+# -- helpers for the table -----------------------------------------------------------------------
+
+
+def flatten_errors(detail: Any, prefix: str = "") -> Iterator[tuple[str, str, str]]:
+    """DRF error details as (field path, message, code): ``items[0].name`` for nested lists."""
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            name = "" if key == "non_field_errors" else str(key)
+            yield from flatten_errors(
+                value, f"{prefix}.{name}" if prefix and name else prefix or name
+            )
+    elif isinstance(detail, (list, tuple)):
+        if all(not isinstance(item, (dict, list, tuple)) for item in detail):
+            for item in detail:
+                yield prefix, str(item), str(getattr(item, "code", "invalid"))
+        else:
+            for index, item in enumerate(detail):
+                yield from flatten_errors(item, f"{prefix}[{index}]")
+    else:
+        yield prefix, str(detail), str(getattr(detail, "code", "invalid"))
+
+
+def _validation(detail: Any) -> Failure:
+    errors = list(flatten_errors(detail))
+    violations = [(path, message) for path, message, _code in errors]
+    readable = "; ".join(f"{path}: {message}" if path else message for path, message in violations)
+    if errors and all(code == "unique" for _path, _message, code in errors):
+        return Failure(Code.ALREADY_EXISTS, readable or "Already exists.", violations)
+    return Failure(Code.INVALID_ARGUMENT, readable or "Invalid request.", violations)
+
+
+def _django_validation(exc: django_exceptions.ValidationError) -> Failure:
+    detail = exc.message_dict if hasattr(exc, "error_dict") else exc.messages
+    return _validation(detail)
+
+
+def _is_unique_violation(exc: IntegrityError) -> bool:
+    cause = exc.__cause__
+    if getattr(cause, "sqlstate", None) == "23505" or getattr(cause, "pgcode", None) == "23505":
+        return True
+    text = str(exc).lower()
+    return "unique constraint" in text or "duplicate" in text or "unique failed" in text
+
+
+def _integrity(exc: IntegrityError) -> Failure:
+    if _is_unique_violation(exc):
+        return Failure(Code.ALREADY_EXISTS, "A row with these unique values already exists.")
+    return Failure(
+        Code.FAILED_PRECONDITION,
+        "The change breaks a database constraint (a related row missing, or a check failing).",
+    )
+
+
+# DRF's HTTP-flavoured exceptions, by status code (the usual HTTP -> gRPC mapping).
+HTTP_CODES = {
+    400: Code.INVALID_ARGUMENT,
+    401: Code.UNAUTHENTICATED,
+    403: Code.PERMISSION_DENIED,
+    404: Code.NOT_FOUND,
+    405: Code.UNIMPLEMENTED,
+    406: Code.INVALID_ARGUMENT,
+    409: Code.ALREADY_EXISTS,
+    412: Code.FAILED_PRECONDITION,
+    415: Code.INVALID_ARGUMENT,
+    429: Code.RESOURCE_EXHAUSTED,
+    503: Code.UNAVAILABLE,
+    504: Code.DEADLINE_EXCEEDED,
+}
+
+
+def _api_exception(exc: drf.APIException) -> Failure:
+    code = HTTP_CODES.get(exc.status_code, Code.INTERNAL)
+    return Failure(code, str(exc.detail) if code is not Code.INTERNAL else "Internal error.")
+
+
+def _fixed(code: grpc.StatusCode, message: str) -> Callable[[BaseException], Failure]:
+    return lambda exc: Failure(code, message)
+
+
+def _own_message(code: grpc.StatusCode) -> Callable[[BaseException], Failure]:
+    return lambda exc: Failure(code, str(exc) or code.name)
+
+
+# The table. Order matters: the first class the exception is an instance of decides.
+STATUS_TABLE: list[tuple[type[BaseException], Callable[[Any], Failure]]] = [
+    (GrpcError, lambda exc: Failure(exc.code, exc.message, exc.violations)),
+    (drf.ValidationError, lambda exc: _validation(exc.detail)),
+    (django_exceptions.ValidationError, _django_validation),
+    (
+        ConversionError,
+        lambda exc: Failure(Code.INVALID_ARGUMENT, str(exc), [(exc.path, exc.problem)]),
+    ),
+    (django_exceptions.ObjectDoesNotExist, _own_message(Code.NOT_FOUND)),
+    (Http404, _own_message(Code.NOT_FOUND)),
+    (django_exceptions.PermissionDenied, _own_message(Code.PERMISSION_DENIED)),
+    (drf.APIException, _api_exception),
+    (ProtectedError, _fixed(Code.FAILED_PRECONDITION, "Other rows still refer to this one.")),
+    (RestrictedError, _fixed(Code.FAILED_PRECONDITION, "Other rows still refer to this one.")),
+    (IntegrityError, _integrity),
+    (DataError, _fixed(Code.INVALID_ARGUMENT, "A value does not fit its database column.")),
+    (OperationalError, _fixed(Code.UNAVAILABLE, "The database is unavailable; retry later.")),
+    (InterfaceError, _fixed(Code.UNAVAILABLE, "The database is unavailable; retry later.")),
+    (django_exceptions.MultipleObjectsReturned, _own_message(Code.FAILED_PRECONDITION)),
+    (NotImplementedError, _fixed(Code.UNIMPLEMENTED, "This method is not implemented.")),
+]
+
+INTERNAL = Failure(Code.INTERNAL, "Internal server error.")
+
+
+def failure_for(exc: BaseException) -> Failure | None:
+    """The table's failure for `exc`, or None when it is unexpected (-> INTERNAL)."""
+    for exc_class, convert in STATUS_TABLE:
+        if isinstance(exc, exc_class):
+            return convert(exc)
+    return None
+
+
+def status_for(failure: Failure) -> grpc.Status:
+    """A ``grpc.Status`` carrying the google.rpc.Status (with BadRequest) in its trailers."""
+    details = []
+    if failure.violations:
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=path, description=text)
+                for path, text in failure.violations
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad_request)
+        details.append(packed)
+    code_number = getattr(code_pb2, failure.code.name)
+    return rpc_status.to_status(
+        status_pb2.Status(code=code_number, message=failure.message, details=details)
+    )
+
+
+def describe_failure(exc: BaseException, method: str, dev: bool) -> Failure:
+    """The failure `exc` ends a call with; unexpected errors are logged and become INTERNAL."""
+    failure = failure_for(exc)
+    if failure is None:
+        logger.error("Unhandled error in %s", method, exc_info=exc)
+        if not dev:
+            return INTERNAL
+        text = "".join(traceback.format_exception(exc))[-MAX_DEV_TRACEBACK:]
+        return Failure(Code.INTERNAL, f"{INTERNAL.message}\n{text}")
+    if dev and isinstance(exc, (IntegrityError, DataError, OperationalError, InterfaceError)):
+        return Failure(failure.code, f"{failure.message} ({exc})", failure.violations)
+    return failure
+
+
+def abort_with(context: grpc.ServicerContext, failure: Failure) -> None:
+    """End the call with `failure` (raises, as ``context.abort`` does)."""
+    context.abort_with_status(status_for(failure))

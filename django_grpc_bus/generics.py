@@ -1,0 +1,184 @@
+"""Service base classes, the gRPC counterparts of DRF's generic views.
+
+A service class serves one proto service. Each call gets a fresh instance (as a DRF view does
+per request) holding ``request`` (the request message), ``context`` (the gRPC context) and
+``action`` (``"retrieve"``, ...). Override ``get_queryset()``, ``filter_queryset()``,
+``get_object()`` and the ``perform_*`` hooks as in DRF.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+import grpc
+from django.db import models
+from django.db.models import QuerySet
+from rest_framework import serializers as drf_serializers
+
+from django_grpc_bus import mixins
+from django_grpc_bus.errors import GrpcError
+from django_grpc_bus.meta import primary_key_fields
+
+
+def snake_case(name: str) -> str:
+    """``PartialUpdate`` -> ``partial_update``: the method a service implements for an RPC."""
+    return re.sub(r"(?<=[a-z0-9])([A-Z])|(?<=[A-Z])([A-Z])(?=[a-z])", r"_\1\2", name).lower()
+
+
+class GenericService:
+    """The base of every service: construction per call, queryset, serializer and lookup.
+
+    ``lookup_field`` is the model field a single row is found by (``"pk"`` by default);
+    ``lookup_request_field`` the request field holding its value (by default the same name,
+    or the primary key's field name for ``"pk"``).
+    """
+
+    queryset: ClassVar[QuerySet | None] = None
+    serializer_class: ClassVar[type[drf_serializers.BaseSerializer] | None] = None
+    lookup_field: ClassVar[str] = "pk"
+    lookup_request_field: ClassVar[str | None] = None
+    # The generated module and proto service; derived from the model when not given.
+    grpc_module: ClassVar[str | None] = None
+    proto_service: ClassVar[str | None] = None
+    # Actions that run inside one database transaction.
+    atomic_actions: ClassVar[frozenset[str]] = frozenset(
+        {"create", "update", "partial_update", "destroy"}
+    )
+
+    def __init__(
+        self,
+        request: Any = None,
+        context: grpc.ServicerContext | None = None,
+        action: str | None = None,
+        response_class: type | None = None,
+    ) -> None:
+        self.request = request
+        self.context = context
+        self.action = action
+        self.response_class = response_class
+        self.lookup_message = request
+
+    # -- the model ---------------------------------------------------------------------------
+
+    @classmethod
+    def get_model(cls) -> type[models.Model] | None:
+        if cls.queryset is not None:
+            return cls.queryset.model
+        meta = getattr(cls.serializer_class, "Meta", None)
+        return getattr(meta, "model", None)
+
+    def get_queryset(self) -> QuerySet:
+        """A fresh copy of ``queryset`` (never its cache), as DRF's ``get_queryset`` does."""
+        assert self.queryset is not None, (
+            f"{type(self).__name__} should set `queryset` or override `get_queryset()`."
+        )
+        queryset = self.queryset
+        if isinstance(queryset, QuerySet):
+            queryset = queryset.all()
+        return queryset
+
+    def filter_queryset(self, queryset: QuerySet) -> QuerySet:
+        """Narrow the queryset for this call (by metadata, the user, ...); default: unchanged."""
+        return queryset
+
+    # -- serializers -------------------------------------------------------------------------
+
+    def get_serializer_class(self) -> type[drf_serializers.BaseSerializer]:
+        assert self.serializer_class is not None, (
+            f"{type(self).__name__} should set `serializer_class` or override "
+            "`get_serializer_class()`."
+        )
+        return self.serializer_class
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        return {"request": self.request, "grpc_context": self.context, "service": self}
+
+    def get_serializer(self, *args: Any, **kwargs: Any) -> drf_serializers.BaseSerializer:
+        kwargs.setdefault("context", self.get_serializer_context())
+        return self.get_serializer_class()(*args, **kwargs)
+
+    # -- one object --------------------------------------------------------------------------
+
+    def get_lookup_fields(self) -> list[tuple[str, str]]:
+        """(model lookup, request field) pairs identifying one row."""
+        if self.lookup_field == "pk" and self.lookup_request_field is None:
+            model = self.get_model()
+            if model is not None:
+                return [(field.name, field.name) for field in primary_key_fields(model)]
+        return [(self.lookup_field, self.lookup_request_field or self.lookup_field)]
+
+    def get_object(self) -> models.Model:
+        queryset = self.filter_queryset(self.get_queryset())
+        message = self.lookup_message
+        descriptor_fields = message.DESCRIPTOR.fields_by_name
+        lookup = {}
+        for model_lookup, request_field in self.get_lookup_fields():
+            field = descriptor_fields.get(request_field)
+            if field is None:
+                raise GrpcError(
+                    grpc.StatusCode.INTERNAL,
+                    f"{message.DESCRIPTOR.full_name} has no field {request_field!r} to look "
+                    f"up by; set lookup_request_field on {type(self).__name__}.",
+                )
+            if field.has_presence and not message.HasField(request_field):
+                raise GrpcError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{request_field} is required to find the row.",
+                    [(request_field, "This field is required.")],
+                )
+            lookup[model_lookup] = getattr(message, request_field)
+        described = ", ".join(f"{name}={value!r}" for name, value in lookup.items())
+        model = queryset.model
+        try:
+            obj = queryset.get(**lookup)
+        except model.DoesNotExist:
+            raise GrpcError(
+                grpc.StatusCode.NOT_FOUND,
+                f"No {model._meta.label} with {described}.",
+            ) from None
+        except (ValueError, TypeError, drf_serializers.DjangoValidationError) as exc:
+            raise GrpcError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{described} is not a valid value: {exc}",
+                [(request, "Not a valid value.") for _lookup, request in self.get_lookup_fields()],
+            ) from None
+        self.check_object_permissions(obj)
+        return obj
+
+    # -- permissions (extended by the authentication work) ----------------------------------
+
+    def check_object_permissions(self, obj: models.Model) -> None:
+        """Refuse access to `obj` by raising; default: allow."""
+
+
+class GenericModelService(GenericService):
+    """A service of one model's generated proto service (``<app>.<Model>``)."""
+
+
+class CreateService(mixins.CreateModelMixin, GenericModelService):
+    pass
+
+
+class ListService(mixins.ListModelMixin, GenericModelService):
+    pass
+
+
+class RetrieveService(mixins.RetrieveModelMixin, GenericModelService):
+    pass
+
+
+class ReadOnlyModelService(mixins.RetrieveModelMixin, mixins.ListModelMixin, GenericModelService):
+    """List and Retrieve; the write RPCs answer UNIMPLEMENTED."""
+
+
+class ModelService(
+    mixins.CreateModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.UpdateModelMixin,
+    mixins.DestroyModelMixin,
+    mixins.ListModelMixin,
+    GenericModelService,
+):
+    """Every RPC of a generated model service: List, Create, Retrieve, Update,
+    PartialUpdate and Destroy."""
