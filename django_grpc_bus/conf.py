@@ -22,6 +22,14 @@ DEFAULTS: dict[str, Any] = {
     "SERVICE_TEMPLATE": None,
     "HANDLER_TEMPLATE": None,
     "SERVLETS": {},
+    "LIST_BATCH_SIZE": 100,
+    "MAX_WORKERS": 10,
+    "GRACE_PERIOD": 10.0,
+    "MAX_MESSAGE_SIZE": 4 * 1024 * 1024,
+    "MAX_CONCURRENT_RPCS": None,
+    "INTERCEPTORS": [],
+    "SERVER_OPTIONS": [],
+    "TLS": None,
 }
 
 # The Python types each key accepts; `None` in a tuple means the key may be left unset.
@@ -33,10 +41,18 @@ EXPECTED_TYPES: dict[str, tuple[type | None, ...]] = {
     "SERVICE_TEMPLATE": (*PATH_TYPES, None),
     "HANDLER_TEMPLATE": (*PATH_TYPES, None),
     "SERVLETS": (dict,),
+    "LIST_BATCH_SIZE": (int,),
+    "MAX_WORKERS": (int,),
+    "GRACE_PERIOD": (int, float),
+    "MAX_MESSAGE_SIZE": (int,),
+    "MAX_CONCURRENT_RPCS": (int, None),
+    "INTERCEPTORS": (list, tuple),
+    "SERVER_OPTIONS": (list, tuple),
+    "TLS": (dict, None),
 }
 
 # Keys whose value is a dotted path, imported on first access.
-IMPORT_STRINGS = frozenset({"ROOT_HANDLERS_HOOK"})
+IMPORT_STRINGS = frozenset({"ROOT_HANDLERS_HOOK", "INTERCEPTORS"})
 
 # Keys whose value is a filesystem path, resolved against BASE_DIR when relative.
 PATH_SETTINGS = frozenset({"SERVICE_META", "PRODUCER_ROOT", "SERVICE_TEMPLATE", "HANDLER_TEMPLATE"})
@@ -64,7 +80,9 @@ def resolve_path(value: str | Path | None) -> Path | None:
 
 
 def perform_import(value: Any, key: str) -> Any:
-    """Import `value` when it is a dotted path; other values are returned unchanged."""
+    """Import `value` when it is a dotted path (or each item of a list); others are unchanged."""
+    if isinstance(value, (list, tuple)):
+        return [perform_import(item, key) for item in value]
     if not isinstance(value, str):
         return value
     try:

@@ -1,0 +1,167 @@
+"""The registry of services one server offers, and binding them to a ``grpc.Server``.
+
+``handler = BasicHandler(); handler.register("library.services.BookService")`` in the project's
+``handlers.py``; ``rungrpcserver`` binds the handler named by ``ROOT_HANDLERS_HOOK``. Binding adds
+the official health service (overall, and per service) and server reflection (v1 and v1alpha).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from django_grpc_bus import dispatch
+from django_grpc_bus.generics import GenericService, snake_case
+from django_grpc_bus.protogen import naming
+from django_grpc_bus.reflection import enable_reflection
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass(frozen=True)
+class BoundService:
+    """A registered service as served: its full proto name and the servicer adder."""
+
+    service_class: type[GenericService]
+    full_name: str
+    module: Any  # the generated *_pb2_grpc module
+
+
+def resolve_grpc_module(service_class: type[GenericService]) -> tuple[Any, str]:
+    """The generated ``_pb2_grpc`` module and proto service name a service class serves.
+
+    Model services find theirs through their model and app (``catalog.Book`` ->
+    ``generated_grpc.grpc.Book_pb2_grpc``, service ``Book``), never by class name alone;
+    other services say ``grpc_module`` and ``proto_service`` themselves.
+    """
+    module_path = service_class.grpc_module
+    service_name = service_class.proto_service
+    if module_path is None or service_name is None:
+        model = service_class.get_model()
+        if model is None:
+            raise ImproperlyConfigured(
+                f"{service_class.__qualname__} has no model (set `queryset` or "
+                "`serializer_class`), nor `grpc_module` and `proto_service`."
+            )
+        module_path = module_path or naming.python_module(model, "_pb2_grpc")
+        service_name = service_name or model.__name__
+    try:
+        module = importlib.import_module(module_path)
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            f"{service_class.__qualname__} serves {service_name}, whose module {module_path} "
+            f"cannot be imported ({exc}). Run `manage.py generategrpc`."
+        ) from exc
+    return module, service_name
+
+
+class BasicHandler:
+    """Services registered by dotted path or class; binds them, health and reflection."""
+
+    def __init__(self) -> None:
+        self._registered: list[type[GenericService]] = []
+        self.health = health.HealthServicer()
+
+    def register(self, service: str | type[GenericService]) -> type[GenericService]:
+        """Add a service class (or its dotted path); registering it again changes nothing."""
+        service_class = import_string(service) if isinstance(service, str) else service
+        if not (isinstance(service_class, type) and issubclass(service_class, GenericService)):
+            raise ImproperlyConfigured(
+                f"{service!r} is not a service class (a subclass of "
+                "django_grpc_bus.generics.GenericService)."
+            )
+        if service_class not in self._registered:
+            self._registered.append(service_class)
+        return service_class
+
+    @property
+    def services(self) -> list[type[GenericService]]:
+        return list(self._registered)
+
+    def bind_to_server(
+        self, server: grpc.Server, *, dev: bool = False, log_calls: bool = False
+    ) -> list[str]:
+        """Add every registered service, health and reflection to `server`; returns the names."""
+        names = []
+        for service_class in self._registered:
+            module, service_name = resolve_grpc_module(service_class)
+            descriptor = _service_descriptor(module, service_name)
+            servicer = build_servicer(service_class, module, descriptor, dev, log_calls)
+            getattr(module, f"add_{service_name}Servicer_to_server")(servicer, server)
+            names.append(descriptor.full_name)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        self.set_serving(names)
+        enable_reflection([*names, health.SERVICE_NAME], server)
+        self.bound_names = names
+        return names
+
+    def set_serving(self, names: list[str]) -> None:
+        self.health.set("", SERVING)
+        for name in names:
+            self.health.set(name, SERVING)
+
+    def enter_graceful_shutdown(self) -> None:
+        """Every service reads NOT_SERVING from now on (for load balancers and probes)."""
+        self.health.enter_graceful_shutdown()
+
+
+def _service_descriptor(module: Any, service_name: str):
+    pb2 = importlib.import_module(module.__name__.removesuffix("_grpc"))
+    try:
+        return pb2.DESCRIPTOR.services_by_name[service_name]
+    except KeyError:
+        raise ImproperlyConfigured(
+            f"{pb2.__name__} defines no service {service_name!r}; it has "
+            f"{', '.join(pb2.DESCRIPTOR.services_by_name) or 'none'}."
+        ) from None
+
+
+def build_servicer(service_class, module, descriptor, dev: bool, log_calls: bool) -> Any:
+    """An instance of the generated ``<Name>Servicer`` whose methods run `service_class`."""
+    from google.protobuf import message_factory
+
+    methods = {}
+    for method in descriptor.methods:
+        action = snake_case(method.name)
+        full_method = f"/{descriptor.full_name}/{method.name}"
+        if method.client_streaming or not callable(getattr(service_class, action, None)):
+            methods[method.name] = _unimplemented(service_class, full_method)
+            continue
+        route = dispatch.Route(
+            service_class=service_class,
+            action=action,
+            method=full_method,
+            response_class=message_factory.GetMessageClass(method.output_type),
+            atomic=action in service_class.atomic_actions,
+            dev=dev,
+            log_calls=log_calls,
+        )
+        behavior = dispatch.stream_behavior if method.server_streaming else dispatch.unary_behavior
+        methods[method.name] = _as_method(behavior(route))
+    base = getattr(module, f"{descriptor.name}Servicer")
+    servicer_class = type(f"{service_class.__name__}Servicer", (base,), methods)
+    return servicer_class()
+
+
+def _as_method(behavior):
+    def method(self, request, context):
+        return behavior(request, context)
+
+    return method
+
+
+def _unimplemented(service_class: type, full_method: str):
+    def method(self, request, context):
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"{full_method} is not offered by {service_class.__name__}.",
+        )
+
+    return method

@@ -1,0 +1,124 @@
+import logging
+import sys
+
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import autoreload
+
+from django_grpc_bus.conf import bus_settings
+from django_grpc_bus.server import (
+    ServerConfig,
+    ServerError,
+    ensure_port_free,
+    parse_address,
+    serve,
+    serve_workers,
+)
+
+
+class Command(BaseCommand):
+    help = (
+        "Serve the services registered on MESSAGE_BUS['ROOT_HANDLERS_HOOK'], with health "
+        "checking and server reflection, on [::]:50051 or ADDRPORT."
+    )
+    # Checks run in handle(), after the handler import has had a chance to fail clearly.
+    requires_system_checks: list[str] = []
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "addrport", nargs="?", default="[::]:50051", help="host:port or port (0: any free)"
+        )
+        parser.add_argument(
+            "--dev",
+            action="store_true",
+            help="development: reload on code changes, run system checks, log every call, "
+            "show tracebacks to clients",
+        )
+        parser.add_argument(
+            "--max-workers", type=int, help="threads per process (default MESSAGE_BUS MAX_WORKERS)"
+        )
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=1,
+            help="processes sharing the port with SO_REUSEPORT (default 1)",
+        )
+        parser.add_argument(
+            "--noreload", action="store_true", help="with --dev, do not reload on code changes"
+        )
+
+    def handle(self, *args, addrport, dev, max_workers, workers, noreload, **options):
+        if workers < 1 or (max_workers is not None and max_workers < 1):
+            raise CommandError("--workers and --max-workers must be at least 1.")
+        try:
+            _host, port = parse_address(addrport)
+        except ServerError as exc:
+            raise CommandError(str(exc)) from None
+        if workers > 1 and port == 0:
+            raise CommandError("--workers needs a fixed port: workers share it.")
+        if workers > 1 and dev:
+            raise CommandError("--dev runs one process; leave out --workers.")
+        handler = self.load_handler()
+        if dev:
+            logging.getLogger("django_grpc_bus").setLevel(logging.INFO)
+            if not logging.getLogger().handlers:
+                logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+            self.check(display_num_errors=True)
+        config = ServerConfig(
+            address=addrport,
+            max_workers=max_workers,
+            dev=dev,
+            log_calls=dev,
+            reuse_port=workers > 1,
+        )
+
+        def run() -> int:
+            try:
+                return serve(handler, config, announce=self.announce)
+            except ServerError as exc:
+                raise CommandError(str(exc)) from None
+
+        if workers > 1:
+            try:
+                ensure_port_free(addrport)
+            except ServerError as exc:
+                raise CommandError(str(exc)) from None
+            code = serve_workers(workers, run, announce=self.announce)
+        elif dev and not noreload:
+            autoreload.run_with_reloader(run)
+            code = 0
+        else:
+            code = run()
+        if code:
+            sys.exit(code)
+
+    def load_handler(self):
+        hook = bus_settings.raw("ROOT_HANDLERS_HOOK")
+        if hook is None:
+            raise CommandError(
+                "MESSAGE_BUS['ROOT_HANDLERS_HOOK'] is not set: name the handler to serve, e.g. "
+                "'handlers.handler' (`manage.py generateservices --handler` writes one)."
+            )
+        try:
+            handler = bus_settings.ROOT_HANDLERS_HOOK
+        except ImportError as exc:
+            raise CommandError(
+                f"{exc}. Check the dotted path, and run `manage.py generategrpc` and "
+                "`manage.py generateservices --handler` if the code is not generated yet."
+            ) from None
+        if not hasattr(handler, "bind_to_server"):
+            raise CommandError(
+                f"MESSAGE_BUS['ROOT_HANDLERS_HOOK'] = {hook!r} is a {type(handler).__name__}, "
+                "not a handler (e.g. django_grpc_bus.handlers.BasicHandler())."
+            )
+        return handler
+
+    def announce(self, text: str) -> None:
+        self.stdout.write(text)
+        self.stdout.flush()
+
+    def execute(self, *args, **options):
+        try:
+            return super().execute(*args, **options)
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from None

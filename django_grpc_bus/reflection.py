@@ -1,0 +1,59 @@
+"""Server reflection under both ``grpc.reflection.v1`` and ``grpc.reflection.v1alpha``.
+
+grpcio-reflection implements only v1alpha, while current tools (grpcurl, Postman, Evans) ask
+for v1 first. The two protocols are the same messages in different proto packages, so the
+official servicer answers both: v1 requests are parsed with the v1alpha classes (identical
+wire format), and the v1 descriptor, v1alpha's with its package renamed, is registered in the
+default pool so that reflection can describe itself under either name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+V1_SERVICE = "grpc.reflection.v1.ServerReflection"
+V1ALPHA_SERVICE = reflection.SERVICE_NAME
+V1_FILE = "grpc/reflection/v1/reflection.proto"
+
+
+def _register_v1_descriptor() -> None:
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindFileByName(V1_FILE)
+        return
+    except KeyError:
+        pass
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(proto)
+    proto.name = V1_FILE
+    proto.package = "grpc.reflection.v1"
+    old_prefix, new_prefix = ".grpc.reflection.v1alpha.", ".grpc.reflection.v1."
+    for message in proto.message_type:
+        for field in message.field:
+            if field.type_name.startswith(old_prefix):
+                field.type_name = new_prefix + field.type_name[len(old_prefix) :]
+    for service in proto.service:
+        for method in service.method:
+            method.input_type = new_prefix + method.input_type[len(old_prefix) :]
+            method.output_type = new_prefix + method.output_type[len(old_prefix) :]
+    pool.Add(proto)
+
+
+def enable_reflection(service_names: Iterable[str], server: grpc.Server) -> None:
+    """Serve reflection v1 and v1alpha for `service_names` (and for reflection itself)."""
+    _register_v1_descriptor()
+    names = sorted({*service_names, V1_SERVICE, V1ALPHA_SERVICE})
+    servicer = reflection.ReflectionServicer(names)
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    for service in (V1_SERVICE, V1ALPHA_SERVICE):
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, {"ServerReflectionInfo": handler}),)
+        )
