@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dj_database_url
+import grpc
 import pytest
 import yaml
 from django.core.management import call_command
 from django.test import override_settings
 
+from django_grpc_bus.testing import ServerProcess
+
+TESTS_DIR = Path(__file__).resolve().parent
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+ON_POSTGRES = DATABASE_URL.startswith(("postgres://", "postgresql://"))
+
 requires_postgres = pytest.mark.skipif(
-    not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")),
-    reason="set DATABASE_URL to a PostgreSQL database to run this test",
+    not ON_POSTGRES, reason="set DATABASE_URL to a PostgreSQL database to run this test"
 )
 
 
@@ -63,17 +72,86 @@ def project(tmp_path: Path):
 
 
 @pytest.fixture(scope="session")
-def compiled(tmp_path_factory):
-    """The default selection compiled once, importable as ``generated_grpc.grpc``.
+def compiled():
+    """The test project's own ``generated_grpc`` package (tests/generated_grpc), built once.
 
     Each proto can be imported only once per process (the default descriptor pool refuses a
-    second, different definition of a symbol), so the tests share this one package.
+    second, different definition of a symbol), so the tests share this one package; it is
+    also what the test project's services import and what its server processes serve.
     """
-    base = tmp_path_factory.mktemp("compiled")
-    with override_settings(BASE_DIR=base, MESSAGE_BUS={"PRODUCER_ROOT": "generated_grpc"}):
-        call_command("generategrpc", stdout=io.StringIO())
-    sys.path.insert(0, str(base))
+    call_command("generategrpc", stdout=io.StringIO())
+    return TESTS_DIR
+
+
+def django_command_env(database_url: str, **extra: str) -> dict[str, str]:
+    return {
+        "DJANGO_SETTINGS_MODULE": "testproject.settings",
+        "DATABASE_URL": database_url,
+        "PYTHONPATH": str(TESTS_DIR),
+        **extra,
+    }
+
+
+def run_django(database_url: str, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "django", *args],
+        cwd=TESTS_DIR,
+        env={**os.environ, **django_command_env(database_url)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.fixture(scope="session")
+def server_database(tmp_path_factory, compiled):
+    """A database of their own for server processes: a SQLite file, or a new PostgreSQL one."""
+    if not ON_POSTGRES:
+        url = f"sqlite:///{tmp_path_factory.mktemp('e2e') / 'db.sqlite3'}"
+        run_django(url, "migrate", "--run-syncdb", "-v0")
+        yield url
+        return
+    import psycopg
+
+    name = f"grpcbus_e2e_{uuid.uuid4().hex[:10]}"
+    admin = dj_database_url.parse(DATABASE_URL)
+    conninfo = psycopg.conninfo.make_conninfo(
+        host=admin["HOST"], port=admin["PORT"] or 5432, user=admin["USER"], dbname=admin["NAME"]
+    )
+    with psycopg.connect(conninfo, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    url = DATABASE_URL.rsplit("/", 1)[0] + f"/{name}"
     try:
-        yield base
+        run_django(url, "migrate", "--run-syncdb", "-v0")
+        yield url
     finally:
-        sys.path.remove(str(base))
+        with psycopg.connect(conninfo, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def start_server(database_url: str, *args: str, env: dict[str, str] | None = None):
+    return ServerProcess(
+        [sys.executable, "-m", "django"],
+        cwd=TESTS_DIR,
+        env=django_command_env(database_url, **(env or {})),
+        args=args,
+    ).start()
+
+
+@pytest.fixture(scope="module")
+def grpc_server(server_database):
+    """A real `rungrpcserver` process serving the test project, shared by a test module."""
+    server = start_server(server_database)
+    try:
+        yield server
+    finally:
+        code = server.stop()
+        assert code == 0, server.output
+
+
+@pytest.fixture(scope="module")
+def channel(grpc_server):
+    with grpc.insecure_channel(grpc_server.target) as channel:
+        yield channel

@@ -1,5 +1,6 @@
 """Settings of the test project: SQLite by default, PostgreSQL when DATABASE_URL says so."""
 
+import json
 import os
 from pathlib import Path
 
@@ -27,4 +28,11 @@ DATABASES = {
     else {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "test.sqlite3"}
 }
 
-MESSAGE_BUS = {}
+# Server-process tests vary these through the environment of the process they start.
+DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ.get("TEST_CONN_MAX_AGE", "0"))
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = os.environ.get("TEST_CONN_HEALTH_CHECKS") == "1"
+
+MESSAGE_BUS = {
+    "ROOT_HANDLERS_HOOK": "handlers.handler",
+    **json.loads(os.environ.get("TEST_MESSAGE_BUS", "{}")),
+}
