@@ -7,6 +7,7 @@ carries ``grpc_bus_server``, so generation commands can run before the handlers 
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -71,6 +72,95 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         errors += _check_servlets(user.get("SERVLETS", {}))
     if not invalid & PATH_SETTINGS:
         errors += _check_paths()
+    errors += _check_server_settings(user, invalid)
+    return errors
+
+
+# key -> smallest allowed value (None allowed where the default is None)
+MINIMUMS = {
+    "LIST_BATCH_SIZE": 1,
+    "MAX_WORKERS": 1,
+    "GRACE_PERIOD": 0,
+    "MAX_MESSAGE_SIZE": 1,
+    "MAX_CONCURRENT_RPCS": 1,
+}
+TLS_KEYS = frozenset({"CERTIFICATE", "PRIVATE_KEY", "CLIENT_CA"})
+
+
+def _check_server_settings(user: dict[str, Any], invalid: set[str]) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    for key, minimum in MINIMUMS.items():
+        value = user.get(key)
+        if key in invalid or value is None:
+            continue
+        if isinstance(value, bool) or value < minimum:
+            errors.append(
+                Error(
+                    f"{SETTING}[{key!r}] must be a number of at least {minimum}, not {value!r}.",
+                    id="django_grpc_bus.E011",
+                )
+            )
+    if "INTERCEPTORS" not in invalid:
+        for item in user.get("INTERCEPTORS", []):
+            if isinstance(item, str):
+                try:
+                    import_string(item)
+                except ImportError as exc:
+                    errors.append(
+                        Error(
+                            f"{SETTING}['INTERCEPTORS'] item {item!r} cannot be imported: {exc}",
+                            hint="Give dotted paths to grpc.ServerInterceptor classes or objects.",
+                            id="django_grpc_bus.E012",
+                        )
+                    )
+    if "SERVER_OPTIONS" not in invalid:
+        for item in user.get("SERVER_OPTIONS", []):
+            if not (
+                isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str)
+            ):
+                errors.append(
+                    Error(
+                        f"{SETTING}['SERVER_OPTIONS'] item {item!r} is not a (name, value) pair.",
+                        hint="Write e.g. [('grpc.keepalive_time_ms', 30000)].",
+                        id="django_grpc_bus.E013",
+                    )
+                )
+    tls = user.get("TLS")
+    if "TLS" not in invalid and tls:
+        errors += _check_tls(tls)
+    return errors
+
+
+def _check_tls(tls: dict[str, Any]) -> list[CheckMessage]:
+    from django_grpc_bus.conf import resolve_path
+
+    errors: list[CheckMessage] = []
+    for key in sorted(set(tls) - TLS_KEYS, key=str):
+        errors.append(
+            Error(
+                f"{SETTING}['TLS'][{key!r}] is not a TLS setting.",
+                hint=f"TLS keys: {', '.join(sorted(TLS_KEYS))}.",
+                id="django_grpc_bus.E014",
+            )
+        )
+    for key in ("CERTIFICATE", "PRIVATE_KEY"):
+        if not tls.get(key):
+            errors.append(
+                Error(
+                    f"{SETTING}['TLS'] has no {key!r}.",
+                    hint="TLS needs CERTIFICATE and PRIVATE_KEY (PEM files); CLIENT_CA adds mTLS.",
+                    id="django_grpc_bus.E014",
+                )
+            )
+    for key in sorted(TLS_KEYS & set(tls)):
+        value = tls[key]
+        if value and isinstance(value, (str, Path)) and not resolve_path(value).is_file():
+            errors.append(
+                Error(
+                    f"{SETTING}['TLS'][{key!r}] is {resolve_path(value)}, which is not a file.",
+                    id="django_grpc_bus.E014",
+                )
+            )
     return errors
 
 

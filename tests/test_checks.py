@@ -474,3 +474,63 @@ def test_generatemetayaml_output_is_a_valid_service_meta(project):
 
     assert yaml.safe_load(out)["apps"]
     assert messages(CONFIG) == []
+
+
+# -- server settings -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("LIST_BATCH_SIZE", 0),
+        ("MAX_WORKERS", 0),
+        ("GRACE_PERIOD", -1),
+        ("MAX_MESSAGE_SIZE", 0),
+        ("MAX_CONCURRENT_RPCS", 0),
+        ("LIST_BATCH_SIZE", True),
+    ],
+)
+def test_e011_server_numbers_out_of_range(project, key, value):
+    project.configure(**{key: value})
+
+    error = only("django_grpc_bus.E011")
+    assert f"['{key}']" in error.msg
+
+
+def test_e012_interceptor_that_cannot_be_imported(project):
+    project.configure(INTERCEPTORS=["no_such_module_xyz.Interceptor"])
+
+    error = only("django_grpc_bus.E012")
+    assert "INTERCEPTORS" in error.msg and "no_such_module_xyz" in error.msg
+
+
+def test_e013_server_option_that_is_not_a_pair(project):
+    project.configure(SERVER_OPTIONS=[("grpc.keepalive_time_ms", 1000), "grpc.bad"])
+
+    error = only("django_grpc_bus.E013")
+    assert "'grpc.bad'" in error.msg
+
+
+def test_e014_tls_settings(project):
+    (project.base / "cert.pem").write_text("x")
+    project.configure(TLS={"CERTIFICATE": "cert.pem", "PRIVATE_KEY": "missing.pem", "CA": "x"})
+
+    texts = [m.msg for m in messages(CONFIG) if m.id == "django_grpc_bus.E014"]
+    assert any("['CA'] is not a TLS setting" in t for t in texts)
+    assert any("['PRIVATE_KEY']" in t and "missing.pem" in t for t in texts)
+    assert not any("cert.pem" in t for t in texts)  # relative to BASE_DIR, and it exists
+
+
+def test_valid_server_settings_give_no_messages(project):
+    project.configure(
+        LIST_BATCH_SIZE=500,
+        MAX_WORKERS=4,
+        GRACE_PERIOD=2.5,
+        MAX_MESSAGE_SIZE=1024,
+        MAX_CONCURRENT_RPCS=None,
+        INTERCEPTORS=["grpc.ServerInterceptor"],
+        SERVER_OPTIONS=[("grpc.keepalive_time_ms", 1000)],
+        TLS=None,
+    )
+
+    assert messages(CONFIG) == []
