@@ -252,7 +252,17 @@ def _check_paths() -> list[CheckMessage]:
                     id="django_grpc_bus.E008",
                 )
             )
-    if bus_settings.SERVICE_META is not None:
+    meta = bus_settings.SERVICE_META
+    if meta is not None and not meta.exists():
+        # The seed sets the path first and generates the file next: not an error yet.
+        errors.append(
+            Warning(
+                f"{SETTING}['SERVICE_META'] points to {meta}, which does not exist yet.",
+                hint=f"Create it with `manage.py generatemetayaml --file {meta}`.",
+                id="django_grpc_bus.W004",
+            )
+        )
+    elif meta is not None:
         try:
             load_selection()
         except ImproperlyConfigured as exc:

@@ -125,7 +125,8 @@ class ServerProcess:
     """``manage.py rungrpcserver`` in a subprocess on a free loopback port, stopped by PID.
 
     `command` is how to run manage.py (e.g. ``[sys.executable, "manage.py"]`` or
-    ``[sys.executable, "-m", "django"]`` with ``DJANGO_SETTINGS_MODULE`` in `env`).
+    ``[sys.executable, "-m", "django"]`` with ``DJANGO_SETTINGS_MODULE`` in `env`). `env` is
+    added to this process's environment; a ``None`` value removes a variable.
     """
 
     def __init__(
@@ -133,14 +134,15 @@ class ServerProcess:
         command: Sequence[str] = (sys.executable, "manage.py"),
         *,
         cwd: str | Path | None = None,
-        env: dict[str, str] | None = None,
+        env: dict[str, str | None] | None = None,
         args: Sequence[str] = (),
         address: str = "127.0.0.1:0",
         start_timeout: float = 30.0,
     ) -> None:
         self.command = [*command, "rungrpcserver", address, *args]
         self.cwd = cwd
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        merged = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.env = {key: value for key, value in merged.items() if value is not None}
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[str] | None = None
         self.port = 0

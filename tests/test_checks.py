@@ -315,13 +315,28 @@ def test_e008_template_that_is_a_file(project):
     assert "SERVICE_TEMPLATE" in error.msg
 
 
-def test_e009_service_meta_missing_file(project):
+def test_w004_service_meta_missing_file_is_only_a_warning(project):
+    # The seed sets SERVICE_META first and generates the file next: commands must still run.
     project.configure(SERVICE_META="missing_meta.yaml")
 
-    error = only("django_grpc_bus.E009")
-    assert "SERVICE_META" in error.msg
-    assert "missing_meta.yaml" in error.msg
-    assert "generatemetayaml" in error.hint
+    warning = only("django_grpc_bus.W004")
+    assert not warning.is_serious()
+    assert "SERVICE_META" in warning.msg
+    assert "missing_meta.yaml" in warning.msg
+    assert "generatemetayaml" in warning.hint
+
+
+def test_generatemetayaml_runs_while_service_meta_is_missing_or_broken(project, monkeypatch):
+    monkeypatch.chdir(project.base)
+    project.configure(SERVICE_META="service_meta.yaml")
+    argv = ["manage.py", "generatemetayaml", "--file", "service_meta.yaml"]
+    execute_from_command_line(argv)
+    assert (project.base / "service_meta.yaml").is_file()
+    # a broken file (an error for other commands) can be replaced with --force
+    (project.base / "service_meta.yaml").write_text("apps: [nope]\n")
+    assert any(m.id == "django_grpc_bus.E009" for m in messages(CONFIG))
+    execute_from_command_line([*argv, "--force"])
+    assert "catalog" in (project.base / "service_meta.yaml").read_text()
 
 
 def test_e009_service_meta_invalid_yaml(project):

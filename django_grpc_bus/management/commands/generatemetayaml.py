@@ -13,6 +13,9 @@ class Command(BusCommand):
         "comma-separated APPS) to --file, or print it."
     )
 
+    # It writes the file SERVICE_META names: a missing or broken one must not stop it.
+    runs_config_checks = False
+
     def add_arguments(self, parser):
         parser.add_argument("apps", nargs="?", default="", help="comma-separated app labels")
         parser.add_argument("--file", help="where to write the YAML (default: standard output)")
