@@ -20,5 +20,6 @@ def _engine() -> Engine:
 
 
 def render_proto(proto: ProtoFile) -> str:
-    text = _engine().get_template(PROTO_TEMPLATE).render(Context(template_context(proto)))
+    context = Context(template_context(proto), autoescape=False)
+    text = _engine().get_template(PROTO_TEMPLATE).render(context)
     return text.rstrip() + "\n"
