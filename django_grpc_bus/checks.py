@@ -20,7 +20,7 @@ from django_grpc_bus.protogen.naming import is_python_name
 
 CONFIG_TAG = "grpc_bus"
 SERVER_TAG = "grpc_bus_server"
-SERVLET_KEYS = frozenset({"host", "port"})
+SERVLET_KEYS = frozenset({"host", "port", "hosts", "timeout", "tls", "metadata", "options"})
 SETTING = "MESSAGE_BUS"
 
 
@@ -187,6 +187,10 @@ def _check_servlets(servlets: dict[str, Any]) -> list[CheckMessage]:
             )
             continue
         missing = [key for key in ("host", "port") if key not in entry]
+        if "hosts" in entry:
+            missing = []
+            errors += _check_hosts(where, entry["hosts"])
+        errors += _check_servlet_extras(where, entry)
         if missing:
             errors.append(
                 Error(
@@ -222,6 +226,87 @@ def _check_servlets(servlets: dict[str, Any]) -> list[CheckMessage]:
                     id="django_grpc_bus.W003",
                 )
             )
+    return errors
+
+
+def _check_hosts(where: str, hosts: Any) -> list[CheckMessage]:
+    def valid(item: Any) -> bool:
+        if isinstance(item, (list, tuple)) and len(item) == 2:
+            host, port = item
+        elif isinstance(item, str) and ":" in item:
+            host, _, port = item.rpartition(":")
+            port = int(port) if port.isdigit() else None
+        else:
+            return False
+        return (
+            isinstance(host, str)
+            and bool(host.strip("[]"))
+            and isinstance(port, int)
+            and not isinstance(port, bool)
+            and 1 <= port <= 65535
+        )
+
+    if not isinstance(hosts, (list, tuple)) or not hosts or not all(map(valid, hosts)):
+        return [
+            Error(
+                f"{where}['hosts'] must be a non-empty list of 'ip:port' strings or "
+                f"(ip, port) pairs, not {hosts!r}.",
+                hint="Write 'hosts': ['10.0.0.1:50051', '10.0.0.2:50051'] (IP addresses).",
+                id="django_grpc_bus.E005",
+            )
+        ]
+    return []
+
+
+SERVLET_TLS_KEYS = frozenset({"CA", "CERTIFICATE", "PRIVATE_KEY"})
+
+
+def _check_servlet_extras(where: str, entry: dict[str, Any]) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    timeout = entry.get("timeout")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+    ):
+        errors.append(
+            Error(
+                f"{where}['timeout'] must be a number of seconds above 0, or None, "
+                f"not {timeout!r}.",
+                id="django_grpc_bus.E015",
+            )
+        )
+    metadata = entry.get("metadata")
+    if metadata is not None and not (
+        isinstance(metadata, dict) and all(isinstance(k, str) for k in metadata)
+    ):
+        errors.append(
+            Error(
+                f"{where}['metadata'] must be a dict of header names to values, not {metadata!r}.",
+                hint="Write 'metadata': {'authorization': 'Token ...'}.",
+                id="django_grpc_bus.E015",
+            )
+        )
+    tls = entry.get("tls")
+    if tls is not None:
+        if not isinstance(tls, dict) or set(tls) - SERVLET_TLS_KEYS:
+            errors.append(
+                Error(
+                    f"{where}['tls'] must be a dict with keys from "
+                    f"{', '.join(sorted(SERVLET_TLS_KEYS))}, not {tls!r}.",
+                    id="django_grpc_bus.E015",
+                )
+            )
+        else:
+            from django_grpc_bus.conf import resolve_path
+
+            for key, value in sorted(tls.items()):
+                if value and not resolve_path(value).is_file():
+                    errors.append(
+                        Error(
+                            f"{where}['tls'][{key!r}] is {resolve_path(value)}, which is not "
+                            "a file.",
+                            id="django_grpc_bus.E015",
+                        )
+                    )
     return errors
 
 

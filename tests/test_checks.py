@@ -227,12 +227,12 @@ def test_w002_servlet_name_that_is_a_keyword(project, name):
 
 
 def test_w003_unknown_servlet_key(project):
-    project.configure(SERVLETS={"library": {**VALID_SERVLET, "tls": True, "timeout": 3}})
+    project.configure(SERVLETS={"library": {**VALID_SERVLET, "ssl": True, "deadline": 3}})
 
     warnings = messages(CONFIG, "django_grpc_bus.W003")
     assert len(warnings) == 2
-    assert any("['library']['tls']" in w.msg for w in warnings)
-    assert any("['library']['timeout']" in w.msg for w in warnings)
+    assert any("['library']['ssl']" in w.msg for w in warnings)
+    assert any("['library']['deadline']" in w.msg for w in warnings)
     assert not any(w.is_serious() for w in warnings)
     assert all(m.id == "django_grpc_bus.W003" for m in messages(CONFIG))
 
@@ -546,6 +546,57 @@ def test_valid_server_settings_give_no_messages(project):
         INTERCEPTORS=["grpc.ServerInterceptor"],
         SERVER_OPTIONS=[("grpc.keepalive_time_ms", 1000)],
         TLS=None,
+    )
+
+    assert messages(CONFIG) == []
+
+
+# -- servlet client settings -----------------------------------------------------------------------
+
+
+def test_servlet_with_several_hosts_needs_no_host_or_port(project):
+    project.configure(SERVLETS={"inventory": {"hosts": ["127.0.0.1:50051", ("127.0.0.2", 50052)]}})
+
+    assert messages(CONFIG) == []
+
+
+@pytest.mark.parametrize("hosts", [[], "127.0.0.1:1", ["127.0.0.1"], ["h:0"], [("h", "1")]])
+def test_e005_bad_hosts_list(project, hosts):
+    project.configure(SERVLETS={"inventory": {"hosts": hosts}})
+
+    error = only("django_grpc_bus.E005")
+    assert "['hosts']" in error.msg
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "text"),
+    [
+        ("timeout", 0, "['timeout']"),
+        ("timeout", "5", "['timeout']"),
+        ("metadata", ["authorization"], "['metadata']"),
+        ("tls", {"CERT": "x"}, "['tls']"),
+        ("tls", {"CA": "missing-ca.pem"}, "missing-ca.pem"),
+    ],
+)
+def test_e015_servlet_client_settings(project, key, value, text):
+    project.configure(SERVLETS={"inventory": {**VALID_SERVLET, key: value}})
+
+    error = only("django_grpc_bus.E015")
+    assert text in error.msg
+
+
+def test_valid_servlet_client_settings(project):
+    (project.base / "ca.pem").write_text("x")
+    project.configure(
+        SERVLETS={
+            "inventory": {
+                **VALID_SERVLET,
+                "timeout": 2.5,
+                "metadata": {"authorization": "Token abc"},
+                "tls": {"CA": "ca.pem"},
+                "options": [("grpc.keepalive_time_ms", 1000)],
+            }
+        }
     )
 
     assert messages(CONFIG) == []

@@ -1,0 +1,216 @@
+"""``aregistry``: the registry for asyncio code (ASGI views, async tasks) on ``grpc.aio``.
+
+    from django_grpc_bus.client.aio import aregistry
+
+    book = await aregistry.server1.Book.retrieve({"id": 1})
+    async for row in aregistry.server1.Book.list():
+        ...
+
+It shares the synchronous registry's reflection cache (fetched in a worker thread on first
+use, so the event loop never blocks). Each event loop gets its own channel per servlet, as
+``grpc.aio`` channels belong to the loop that made them. Names are resolved when the call
+runs; an unknown name raises then, with the same errors as the synchronous registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import threading
+import weakref
+from typing import Any
+
+import grpc
+from django.core.signals import setting_changed
+
+from django_grpc_bus.client.channels import open_channel
+from django_grpc_bus.client.registry import registry
+from django_grpc_bus.client.servlet import DEFAULT, Method, Servlet
+from django_grpc_bus.messages import message_to_dict
+
+
+class AsyncServlet:
+    """The async view of one servlet: ``await aservlet.Book.retrieve(...)``."""
+
+    def __init__(self, servlet: Servlet) -> None:
+        self.servlet = servlet
+        self._channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+
+    async def catalog(self):
+        if self.servlet._catalog is not None:
+            return self.servlet._catalog
+        return await asyncio.to_thread(lambda: self.servlet.catalog)
+
+    async def channel(self) -> grpc.aio.Channel:
+        catalog = await self.catalog()
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            channel = self._channels.get(loop)
+            if channel is None:
+                channel = open_channel(self.servlet.config, catalog.services, aio=True)
+                self._channels[loop] = channel
+        return channel
+
+    async def method(self, service: str, method: str) -> Method:
+        await self.catalog()
+        return self.servlet.service(service).method(method)
+
+    def __getattr__(self, name: str) -> AsyncService:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return AsyncService(self, name)
+
+    def __getitem__(self, name: str) -> AsyncService:
+        return AsyncService(self, name)
+
+    async def aclose(self) -> None:
+        with self._lock:
+            channels, self._channels = list(self._channels.values()), weakref.WeakKeyDictionary()
+        for channel in channels:
+            await channel.close()
+
+
+class AsyncService:
+    def __init__(self, servlet: AsyncServlet, name: str) -> None:
+        self._servlet = servlet
+        self._name = name
+
+    def __getattr__(self, name: str) -> AsyncMethod:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return AsyncMethod(self._servlet, self._name, name)
+
+    def __getitem__(self, name: str) -> AsyncMethod:
+        return AsyncMethod(self._servlet, self._name, name)
+
+
+class AsyncMethod:
+    def __init__(self, servlet: AsyncServlet, service: str, method: str) -> None:
+        self._servlet = servlet
+        self._service = service
+        self._method = method
+
+    def __call__(self, request: Any = None, *, timeout: Any = DEFAULT, metadata: Any = None):
+        return AsyncCall(self, request, timeout, metadata)
+
+    async def resolve(self) -> tuple[Method, Any]:
+        method = await self._servlet.method(self._service, self._method)
+        channel = await self._servlet.channel()
+        kind = ("stream_" if method.client_streaming else "unary_") + (
+            "stream" if method.server_streaming else "unary"
+        )
+        multicallable = getattr(channel, kind)(
+            method.path,
+            request_serializer=method.request_class.SerializeToString,
+            response_deserializer=method.response_class.FromString,
+        )
+        return method, multicallable
+
+
+class AsyncCall:
+    """``await`` it for a unary result, or ``async for`` over a stream's rows."""
+
+    def __init__(self, method: AsyncMethod, request: Any, timeout: Any, metadata: Any) -> None:
+        self._method = method
+        self._request = request
+        self._timeout = timeout
+        self._metadata = metadata
+
+    async def _start(self) -> tuple[Method, Any]:
+        method, multicallable = await self._method.resolve()
+        if method.client_streaming:
+            requests = [method.build_request(item) for item in self._request or ()]
+            message: Any = iter(requests)
+        else:
+            message = method.build_request(self._request)
+        call = multicallable(message, **method.call_options(self._timeout, self._metadata))
+        return method, call
+
+    def __await__(self):
+        return self._result().__await__()
+
+    async def _result(self) -> Any:
+        method, call = await self._start()
+        if method.server_streaming:
+            return [row async for row in self._rows(method, call)]
+        try:
+            return message_to_dict(await call)
+        except grpc.RpcError as exc:
+            raise method.error(exc) from None
+
+    def __aiter__(self):
+        return self._iterate()
+
+    async def _iterate(self):
+        method, call = await self._start()
+        async for row in self._rows(method, call):
+            yield row
+
+    @staticmethod
+    async def _rows(method: Method, call: Any):
+        try:
+            async for response in call:
+                if method.flattens:
+                    for row in response.results:
+                        yield message_to_dict(row)
+                else:
+                    yield message_to_dict(response)
+        except grpc.RpcError as exc:
+            raise method.error(exc) from None
+        finally:
+            call.cancel()
+
+
+class AsyncRegistry:
+    """Every configured servlet, for asyncio: ``await aregistry.server1.Book.retrieve(...)``."""
+
+    def __init__(self) -> None:
+        self._servlets: dict[int, AsyncServlet] = {}
+        self._lock = threading.Lock()
+
+    def servlet(self, name: str) -> AsyncServlet:
+        return self._wrap(registry.servlet(name))
+
+    def connect(self, address: str) -> AsyncServlet:
+        return self._wrap(registry.connect(address))
+
+    def _wrap(self, servlet: Servlet) -> AsyncServlet:
+        with self._lock:
+            found = self._servlets.get(id(servlet))
+            if found is None or found.servlet is not servlet:
+                found = self._servlets[id(servlet)] = AsyncServlet(servlet)
+        return found
+
+    def __getattr__(self, name: str) -> AsyncServlet:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self.servlet(name)
+
+    def __getitem__(self, name: str) -> AsyncServlet:
+        return self.servlet(name)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._servlets = {}
+
+    async def aclose(self) -> None:
+        """Close this event loop's channels (call before the loop ends, e.g. on shutdown)."""
+        with self._lock:
+            servlets = list(self._servlets.values())
+        for servlet in servlets:
+            await servlet.aclose()
+
+
+aregistry = AsyncRegistry()
+
+
+def _settings_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "MESSAGE_BUS":
+        aregistry.reset()
+
+
+setting_changed.connect(_settings_changed)
+atexit.register(aregistry.reset)

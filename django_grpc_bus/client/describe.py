@@ -1,0 +1,44 @@
+"""Human-readable descriptions of a servlet's services, methods and message fields."""
+
+from __future__ import annotations
+
+from google.protobuf import descriptor
+
+from django_grpc_bus.generics import snake_case
+
+FD = descriptor.FieldDescriptor
+SCALARS = {
+    value: name.removeprefix("TYPE_").lower()
+    for name, value in vars(FD).items()
+    if name.startswith("TYPE_")
+}
+
+
+def field_type(field: FD) -> str:
+    if field.message_type is not None:
+        base = field.message_type.full_name
+    elif field.enum_type is not None:
+        base = field.enum_type.full_name
+    else:
+        base = SCALARS.get(field.type, "?")
+    if field.is_repeated:
+        return f"repeated {base}"
+    return f"optional {base}" if field.has_presence and field.message_type is None else base
+
+
+def describe_message(message: descriptor.Descriptor, indent: str = "      ") -> list[str]:
+    return [f"{indent}{field.name}: {field_type(field)}" for field in message.fields]
+
+
+def describe_service(service: descriptor.ServiceDescriptor, fields: bool = True) -> list[str]:
+    lines = [service.full_name]
+    for method in service.methods:
+        stream = "stream " if method.server_streaming else ""
+        lines.append(
+            f"  {snake_case(method.name)} ({method.name}): {method.input_type.full_name} -> "
+            f"{stream}{method.output_type.full_name}"
+        )
+        if fields:
+            lines.append("    request:")
+            lines += describe_message(method.input_type) or ["      (no fields)"]
+    return lines

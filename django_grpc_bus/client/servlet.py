@@ -1,0 +1,316 @@
+"""One consumed server: its catalog (from reflection), its channel, its services and methods.
+
+``Servlet`` fetches the catalog on first use, once, under a lock; ``Service`` and ``Method``
+are thin views on it. Calls take a dict (or a message) and return plain Python values.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor, message_factory
+from google.protobuf import message as _message
+
+from django_grpc_bus.client import errors
+from django_grpc_bus.client.channels import open_channel
+from django_grpc_bus.client.config import ServletConfig
+from django_grpc_bus.client.reflection import Catalog, ReflectionError, fetch_catalog
+from django_grpc_bus.generics import snake_case
+from django_grpc_bus.messages import ConversionError, fill_message, message_to_dict
+
+DEFAULT = object()  # "use the servlet's default deadline"
+UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def load_catalog(config: ServletConfig) -> Catalog:
+    """Reflection over a short-lived channel; errors name the servlet and its address."""
+    channel = open_channel(config)
+    try:
+        return fetch_catalog(channel, timeout=config.timeout, metadata=config.metadata or None)
+    except grpc.RpcError as exc:
+        where = f"servlet {config.name!r} at {config.address}"
+        if exc.code() in UNREACHABLE:
+            raise errors.ServletUnavailable(
+                exc,
+                config.name,
+                "reflection",
+                details=f"{where} is unreachable ({exc.code().name}): {exc.details()}",
+            ) from None
+        raise errors.CallError(
+            exc,
+            config.name,
+            "reflection",
+            details=f"{where} refused reflection ({exc.code().name}): {exc.details()}",
+        ) from None
+    except ReflectionError as exc:
+        raise errors.ClientError(f"servlet {config.name!r}: {exc}") from None
+    finally:
+        channel.close()
+
+
+class Servlet:
+    """A server named in ``MESSAGE_BUS['SERVLETS']``: ``servlet.Book``, ``servlet['lib.Book']``."""
+
+    def __init__(self, config: ServletConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._catalog: Catalog | None = None
+        self._channel: grpc.Channel | None = None
+        self._services: dict[str, Service] = {}
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def __repr__(self) -> str:
+        return f"<Servlet {self.name} at {self.config.address}>"
+
+    @property
+    def catalog(self) -> Catalog:
+        catalog = self._catalog
+        if catalog is None:
+            with self._lock:
+                if self._catalog is None:
+                    catalog = load_catalog(self.config)
+                    self._channel = open_channel(self.config, catalog.services)
+                    self._catalog = catalog
+                catalog = self._catalog
+        return catalog
+
+    @property
+    def channel(self) -> grpc.Channel:
+        self.catalog  # noqa: B018  (the channel is opened with the catalog)
+        assert self._channel is not None
+        return self._channel
+
+    @property
+    def services(self) -> list[str]:
+        """Full names of the services the server offers."""
+        return sorted(self.catalog.services)
+
+    def refresh(self) -> None:
+        """Forget the catalog and the channel; the next use fetches them again."""
+        with self._lock:
+            channel, self._channel = self._channel, None
+            self._catalog = None
+            self._services = {}
+        if channel is not None:
+            channel.close()
+
+    close = refresh
+
+    def resolve(self, name: str) -> str:
+        """The full name of service `name` (short when unique, or full)."""
+        catalog = self.catalog
+        if name in catalog.services:
+            return name
+        full_names = catalog.by_short_name.get(name, [])
+        if len(full_names) == 1:
+            return full_names[0]
+        if full_names:
+            raise errors.AmbiguousService(name, full_names, self.name)
+        raise errors.UnknownService("service", name, self._names(), self.name)
+
+    def service(self, name: str) -> Service:
+        full_name = self.resolve(name)
+        found = self._services.get(full_name)
+        if found is None:
+            found = self._services[full_name] = Service(self, self.catalog.services[full_name])
+        return found
+
+    def _names(self) -> list[str]:
+        catalog = self.catalog
+        short = [n for n, full in catalog.by_short_name.items() if len(full) == 1]
+        return sorted({*short, *catalog.services})
+
+    def __getattr__(self, name: str) -> Service:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self.service(name)
+
+    def __getitem__(self, name: str) -> Service:
+        return self.service(name)
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *(n for n in self._names() if n.isidentifier())})
+
+
+class Service:
+    """One service of a servlet; its methods in snake_case or as the proto names them."""
+
+    def __init__(self, servlet: Servlet, service: descriptor.ServiceDescriptor) -> None:
+        self.servlet = servlet
+        self.descriptor = service
+        self.full_name = service.full_name
+        self._methods: dict[str, Method] = {}
+        for method in service.methods:
+            proxy = Method(servlet, service, method)
+            self._methods[method.name] = proxy
+            self._methods[snake_case(method.name)] = proxy
+
+    def __repr__(self) -> str:
+        return f"<Service {self.full_name} on {self.servlet.name}>"
+
+    @property
+    def methods(self) -> list[str]:
+        return [snake_case(method.name) for method in self.descriptor.methods]
+
+    def method(self, name: str) -> Method:
+        found = self._methods.get(name)
+        if found is None:
+            raise errors.UnknownMethod(
+                "method", name, self.methods, f"{self.servlet.name}.{self.full_name}"
+            )
+        return found
+
+    def __getattr__(self, name: str) -> Method:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self.method(name)
+
+    def __getitem__(self, name: str) -> Method:
+        return self.method(name)
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *self.methods})
+
+
+class Method:
+    """One RPC: call it with a dict (or a message); get dicts back, or a generator of them."""
+
+    def __init__(
+        self,
+        servlet: Servlet,
+        service: descriptor.ServiceDescriptor,
+        method: descriptor.MethodDescriptor,
+    ) -> None:
+        self.servlet = servlet
+        self.descriptor = method
+        self.path = f"/{service.full_name}/{method.name}"
+        self.name = f"{service.full_name}.{method.name}"
+        self.request_class = message_factory.GetMessageClass(method.input_type)
+        self.response_class = message_factory.GetMessageClass(method.output_type)
+        self.client_streaming = method.client_streaming
+        self.server_streaming = method.server_streaming
+        results = method.output_type.fields_by_name.get("results")
+        # A generated List streams batches in `results`; the client flattens them into rows.
+        self.flattens = bool(
+            self.server_streaming
+            and results is not None
+            and results.is_repeated
+            and results.message_type is not None
+        )
+        self._multicallable: tuple[grpc.Channel, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Method {self.path} on {self.servlet.name}>"
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def build_request(self, request: Any = None) -> Any:
+        """The request message for a dict (or a message of the same type); fails before sending."""
+        if isinstance(request, _message.Message):
+            if request.DESCRIPTOR.full_name != self.request_class.DESCRIPTOR.full_name:
+                raise errors.RequestError(
+                    f"{self.name} takes {self.request_class.DESCRIPTOR.full_name}, "
+                    f"not {request.DESCRIPTOR.full_name}."
+                )
+            return self.request_class.FromString(request.SerializeToString())
+        message = self.request_class()
+        if request is None:
+            return message
+        try:
+            return fill_message(message, request)
+        except ConversionError as exc:
+            fields = ", ".join(f.name for f in self.request_class.DESCRIPTOR.fields) or "(none)"
+            raise errors.RequestError(
+                f"{self.name}: {exc}"
+                + ("" if "its fields:" in str(exc) else f" (fields: {fields})")
+            ) from None
+
+    def convert(self, response: Any) -> dict[str, Any]:
+        return message_to_dict(response)
+
+    # -- calling -----------------------------------------------------------------------------
+
+    def _callable(self) -> Any:
+        channel = self.servlet.channel
+        cached = self._multicallable
+        if cached is not None and cached[0] is channel:
+            return cached[1]
+        kind = ("stream_" if self.client_streaming else "unary_") + (
+            "stream" if self.server_streaming else "unary"
+        )
+        multicallable = getattr(channel, kind)(
+            self.path,
+            request_serializer=self.request_class.SerializeToString,
+            response_deserializer=self.response_class.FromString,
+        )
+        self._multicallable = (channel, multicallable)
+        return multicallable
+
+    def call_options(self, timeout: Any, metadata: Any) -> dict[str, Any]:
+        config = self.servlet.config
+        merged = list(config.metadata)
+        if metadata:
+            items = metadata.items() if hasattr(metadata, "items") else metadata
+            merged += [(str(key).lower(), value) for key, value in items]
+        return {
+            "timeout": config.timeout if timeout is DEFAULT else timeout,
+            "metadata": merged or None,
+        }
+
+    def error(self, exc: grpc.RpcError) -> errors.CallError:
+        if exc.code() in UNREACHABLE:
+            config = self.servlet.config
+            return errors.ServletUnavailable(
+                exc,
+                config.name,
+                self.name,
+                details=f"servlet {config.name!r} at {config.address}: {exc.details()}",
+            )
+        return errors.CallError(exc, self.servlet.name, self.name)
+
+    def __call__(self, request: Any = None, *, timeout: Any = DEFAULT, metadata: Any = None) -> Any:
+        """Call the RPC: unary -> a dict; server streaming -> a generator (rows, for List)."""
+        if self.client_streaming:
+            requests = _as_iterable(request, self.name)
+            message: Any = (self.build_request(item) for item in requests)
+        else:
+            message = self.build_request(request)
+        options = self.call_options(timeout, metadata)
+        multicallable = self._callable()
+        if self.server_streaming:
+            return self._stream(multicallable(message, **options))
+        try:
+            return self.convert(multicallable(message, **options))
+        except grpc.RpcError as exc:
+            raise self.error(exc) from None
+
+    def batches(self, request: Any = None, *, timeout: Any = DEFAULT, metadata: Any = None):
+        """A server stream's messages as dicts, without flattening (keeps next_page_token)."""
+        call = self._callable()(self.build_request(request), **self.call_options(timeout, metadata))
+        return self._stream(call, flatten=False)
+
+    def _stream(self, call: Any, flatten: bool | None = None) -> Iterator[Any]:
+        flatten = self.flattens if flatten is None else flatten
+        try:
+            for response in call:
+                if flatten:
+                    for row in response.results:
+                        yield message_to_dict(row)
+                else:
+                    yield self.convert(response)
+        except grpc.RpcError as exc:
+            raise self.error(exc) from None
+        finally:
+            call.cancel()  # closed or abandoned early: stop the server's work
+
+
+def _as_iterable(request: Any, name: str) -> Iterable[Any]:
+    if request is None or isinstance(request, (dict, str, bytes, _message.Message)):
+        raise errors.RequestError(f"{name} is client-streaming: pass an iterable of requests.")
+    return request

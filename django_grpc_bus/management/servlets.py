@@ -1,0 +1,21 @@
+"""Command-line servlet arguments: a configured name, or a bare host:port."""
+
+from __future__ import annotations
+
+from django.core.management.base import CommandError
+
+from django_grpc_bus.client.config import servlet_configs
+from django_grpc_bus.client.registry import Registry
+from django_grpc_bus.client.servlet import Servlet
+
+
+def servlet_for(registry: Registry, name: str) -> Servlet:
+    if name in servlet_configs():
+        return registry.servlet(name)
+    host, sep, port = name.rpartition(":")
+    if sep and host and port.isdigit():
+        return registry.connect(name)
+    known = ", ".join(sorted(servlet_configs())) or "(none configured)"
+    raise CommandError(
+        f"{name!r} is neither a servlet in MESSAGE_BUS['SERVLETS'] ({known}) nor a host:port."
+    )
