@@ -20,6 +20,16 @@ from django_grpc_bus import messages
 
 Getter = Callable[[Any], Any]
 
+# DRF fields whose values travel as proto strings but are never the empty string.
+NOT_BLANK_TEXT = (
+    serializers.DecimalField,
+    serializers.DateField,
+    serializers.TimeField,
+    serializers.DateTimeField,
+    serializers.UUIDField,
+    serializers.IPAddressField,
+)
+
 
 class FileNameField(serializers.CharField):
     """A file or image field as its storage name: gRPC messages carry no uploads."""
@@ -36,7 +46,15 @@ class SerializerPlan:
     them per call; ``prefetch`` names the many-to-many fields a list should prefetch.
     """
 
-    __slots__ = ("fields", "getters", "message_class", "nullable", "prefetch", "writable")
+    __slots__ = (
+        "blank_means_absent",
+        "fields",
+        "getters",
+        "message_class",
+        "nullable",
+        "prefetch",
+        "writable",
+    )
 
     def __init__(self, serializer: serializers.BaseSerializer, message_class: type) -> None:
         self.message_class = message_class
@@ -47,6 +65,13 @@ class SerializerPlan:
         self.fields = frozenset(fields)
         self.writable = frozenset(name for name, field in fields.items() if not field.read_only)
         self.nullable = frozenset(name for name in self.writable if fields[name].allow_null)
+        # Values carried as text that can never be "": an empty one is a field not given.
+        self.blank_means_absent = frozenset(
+            name
+            for name in self.writable
+            if isinstance(fields[name], NOT_BLANK_TEXT)
+            and not getattr(fields[name], "allow_blank", False)
+        )
         self.getters: list[tuple[str, Getter, messages.Writer]] = []
         prefetch = []
         for name, field in fields.items():
@@ -144,9 +169,14 @@ class ProtoSerializerMixin:
         """The ``data`` for DRF validation: the fields the message gave.
 
         Unset fields with presence are left out ("not given"), unless named in `nulls`, which
-        makes them explicit nulls. `only` restricts the result to some fields (a FieldMask).
+        makes them explicit nulls; so are empty strings of fields that cannot be blank (dates,
+        decimals, UUIDs), so DRF says "required" rather than "wrong format". `only` restricts
+        the result to some fields (a FieldMask).
         """
         data = messages.present_fields(message)
+        for name in cls.plan().blank_means_absent:
+            if data.get(name) == "":
+                del data[name]
         for name in nulls:
             data.setdefault(name, None)
         if only is not None:
