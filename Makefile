@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 BUF := .tools/node_modules/.bin/buf
 PYTEST_ARGS ?=
 
-.PHONY: test lint format tools clean
+.PHONY: demo test lint format tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,13 +24,16 @@ $(BUF):
 			|| echo "could not install buf; the buf lint test will be skipped"; \
 	else echo "npm not found; the buf lint test will be skipped"; fi
 
+demo: $(STAMP)
+	$(BIN)/python example/run_demo.py
+
 lint: $(STAMP)
-	$(BIN)/ruff check django_grpc_bus tests
-	$(BIN)/ruff format --check django_grpc_bus tests
+	$(BIN)/ruff check django_grpc_bus tests example
+	$(BIN)/ruff format --check django_grpc_bus tests example
 
 format: $(STAMP)
-	$(BIN)/ruff format django_grpc_bus tests
-	$(BIN)/ruff check --fix django_grpc_bus tests
+	$(BIN)/ruff format django_grpc_bus tests example
+	$(BIN)/ruff check --fix django_grpc_bus tests example
 
 test: $(STAMP) tools lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,69 @@
+"""A tour of the two producers, through the registry only: no stubs, no .proto files here."""
+
+from django.core.management.base import BaseCommand
+from django_grpc_bus.client.errors import CallError
+from django_grpc_bus.client.registry import registry
+
+
+class Command(BaseCommand):
+    help = "List, retrieve, create, update and delete books; show what errors look like."
+
+    def handle(self, *args, **options):
+        inventory, accounts = registry.inventory, registry.accounts
+        say = self.stdout.write
+
+        say(self.style.MIGRATE_HEADING("Services found through reflection"))
+        for servlet in (inventory, accounts):
+            say(f"  {servlet.name} ({servlet.config.address}): {', '.join(servlet.services)}")
+
+        say(self.style.MIGRATE_HEADING("Books in stock (inventory.Book.list, streamed)"))
+        authors = {author["id"]: author["name"] for author in inventory.Author.list()}
+        for book in inventory.Book.list():
+            say(
+                f"  #{book['id']} {book['title']!r} by {authors[book['author']]}: "
+                f"{book['price']} ({book['in_stock']} in stock, published {book['published']})"
+            )
+
+        say(self.style.MIGRATE_HEADING("One book (inventory.Book.retrieve)"))
+        book = inventory.Book.retrieve({"id": 1})
+        say(f"  {book}")
+
+        say(self.style.MIGRATE_HEADING("Create, partially update, delete"))
+        created = inventory.Book.create(
+            {
+                "title": "The Lathe of Heaven",
+                "author": 1,
+                "isbn": "9781416556961",
+                "price": "10.40",
+                "published": "1971-01-01",
+                "details": {"pages": 184, "tags": ["dreams", "portland"]},
+            }
+        )
+        say(f"  created #{created['id']}: price {created['price']}, details {created['details']}")
+        updated = inventory.Book.partial_update(
+            {"data": {"id": created["id"], "price": "7.99"}, "update_mask": ["price"]}
+        )
+        say(f"  price now {updated['price']}; title unchanged: {updated['title']!r}")
+        inventory.Book.destroy({"id": created["id"]})
+        say(f"  deleted #{created['id']}")
+
+        say(self.style.MIGRATE_HEADING("Customers (accounts.Customer.list)"))
+        for customer in accounts.Customer.list():
+            vip = " (VIP)" if customer["vip"] else ""
+            joined = f"{customer['joined']:%Y-%m-%d}"
+            say(f"  {customer['name']} <{customer['email']}>{vip}, joined {joined}")
+
+        say(self.style.MIGRATE_HEADING("What a validation error looks like"))
+        try:
+            inventory.Book.create({"title": "", "author": 1, "isbn": "1", "price": "abc"})
+        except CallError as exc:
+            say(f"  {exc.code().name}: {exc.details()}")
+            for field, problem in exc.violations:
+                say(f"    {field}: {problem}")
+
+        say(self.style.MIGRATE_HEADING("What NOT_FOUND looks like"))
+        try:
+            inventory.Book.retrieve({"id": 999})
+        except CallError as exc:
+            say(f"  {exc.code().name}: {exc.details()} (from {exc.servlet}, {exc.method})")
+        say(self.style.SUCCESS("Done."))
