@@ -77,7 +77,11 @@ def flatten_errors(detail: Any, prefix: str = "") -> Iterator[tuple[str, str, st
 
 
 def _validation(detail: Any) -> Failure:
-    errors = list(flatten_errors(detail))
+    return _violations_failure(list(flatten_errors(detail)))
+
+
+def _violations_failure(errors: list[tuple[str, str, str]]) -> Failure:
+    """INVALID_ARGUMENT for (path, message, code) errors; ALREADY_EXISTS when all are unique."""
     violations = [(path, message) for path, message, _code in errors]
     readable = "; ".join(f"{path}: {message}" if path else message for path, message in violations)
     if errors and all(code == "unique" for _path, _message, code in errors):
@@ -86,16 +90,33 @@ def _validation(detail: Any) -> Failure:
 
 
 def _django_validation(exc: django_exceptions.ValidationError) -> Failure:
-    detail = exc.message_dict if hasattr(exc, "error_dict") else exc.messages
-    return _validation(detail)
+    """Django's errors keep their codes, so a model's unique check is ALREADY_EXISTS too."""
+    if hasattr(exc, "error_dict"):
+        groups = [
+            ("" if field == django_exceptions.NON_FIELD_ERRORS else field, errors)
+            for field, errors in exc.error_dict.items()
+        ]
+    else:
+        groups = [("", exc.error_list)]
+    errors = [
+        (path, message, str(error.code or "invalid"))
+        for path, group in groups
+        for error in group
+        for message in error.messages
+    ]
+    return _violations_failure(errors)
 
 
 def _is_unique_violation(exc: IntegrityError) -> bool:
+    """By the driver's error code where it gives one; by SQLite's fixed wording otherwise."""
     cause = exc.__cause__
-    if getattr(cause, "sqlstate", None) == "23505" or getattr(cause, "pgcode", None) == "23505":
-        return True
-    text = str(exc).lower()
-    return "unique constraint" in text or "duplicate" in text or "unique failed" in text
+    sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    if sqlstate:  # PostgreSQL
+        return sqlstate == "23505"
+    args = getattr(cause, "args", ())
+    if args and isinstance(args[0], int):  # MySQL / MariaDB error numbers
+        return args[0] in (1062, 1586)
+    return str(exc).startswith("UNIQUE constraint failed")
 
 
 def _integrity(exc: IntegrityError) -> Failure:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
+from django.utils.dateparse import parse_duration
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 
@@ -59,7 +60,8 @@ def _read_wrapper(msg: Any) -> Any:
 
 
 def _write_wrapper(msg: Any, value: Any) -> None:
-    msg.value = value
+    """A wrapper's value is coerced exactly as a plain field of the wrapped type would be."""
+    msg.value = SCALAR_COERCE[msg.DESCRIPTOR.fields_by_name["value"].type](value)
 
 
 def _write_field_mask(msg: Any, value: Any) -> None:
@@ -93,6 +95,11 @@ def _write_timestamp(msg: Any, value: Any) -> None:
 
 
 def _write_duration(msg: Any, value: Any) -> None:
+    if isinstance(value, str):  # DRF's and Django's text form: "1 02:03:04.5", "P1DT2H"
+        parsed = parse_duration(value)
+        if parsed is None:
+            raise ValueError(f"{value!r} is not a duration")
+        value = parsed
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = dt.timedelta(seconds=value)
     if not isinstance(value, dt.timedelta):
@@ -278,7 +285,7 @@ def _element_writer(field: FD) -> Callable[[Any, Any], None] | Callable[[Any], A
                     write(target, value)
 
             return fill_well_known
-        return fill_message
+        return _fill
     if field.type == FD.TYPE_ENUM:
         return lambda value: _enum_number(field, value)
     return SCALAR_COERCE[field.type]
@@ -295,6 +302,7 @@ def _field_writer(field: FD) -> Writer:
             if not isinstance(value, Mapping):
                 raise TypeError(f"expected a dict, got {type(value).__name__}")
             target = getattr(msg, name)
+            target.clear()
             for key, item in value.items():
                 if is_message:
                     element(target[key], item)
@@ -308,13 +316,29 @@ def _field_writer(field: FD) -> Writer:
 
             def write_repeated_messages(msg: Any, value: Any) -> None:
                 target = getattr(msg, name)
-                for item in _as_list(value):
-                    element(target.add(), item)
+                del target[:]
+                for index, item in enumerate(_as_list(value)):
+                    try:
+                        element(target.add(), item)
+                    except ConversionError as exc:
+                        raise ConversionError(
+                            join_path(f"[{index}]", exc.path), exc.problem
+                        ) from None
+                    except (TypeError, ValueError, OverflowError) as exc:
+                        raise ConversionError(f"[{index}]", str(exc)) from None
 
             return write_repeated_messages
 
         def write_repeated(msg: Any, value: Any) -> None:
-            getattr(msg, name).extend([element(item) for item in _as_list(value)])
+            target = getattr(msg, name)
+            items = []
+            for index, item in enumerate(_as_list(value)):
+                try:
+                    items.append(element(item))
+                except (TypeError, ValueError, OverflowError) as exc:
+                    raise ConversionError(f"[{index}]", str(exc)) from None
+            del target[:]
+            target.extend(items)
 
         return write_repeated
     if field.type == FD.TYPE_MESSAGE:
@@ -343,9 +367,9 @@ def _as_list(value: Any) -> list:
 
 def message_to_dict(message: Any, fields: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Every field of `message` (or only `fields`) as a Python value, by the rules above."""
-    readers = plan_for(message.DESCRIPTOR).readers
-    names = fields if fields is not None else readers.keys()
-    return {name: readers[name](message) for name in names}
+    plan = plan_for(message.DESCRIPTOR)
+    names = fields if fields is not None else plan.field_names
+    return {name: _read(plan, name, message) for name in names}
 
 
 def present_fields(message: Any) -> dict[str, Any]:
@@ -359,27 +383,40 @@ def present_fields(message: Any) -> dict[str, Any]:
     for name, field in plan.fields.items():
         if field.has_presence and not message.HasField(name):
             continue
-        result[name] = plan.readers[name](message)
+        result[name] = _read(plan, name, message)
     return result
 
 
-def fill_message(message: Any, data: Mapping[str, Any] | Any, path: str = "") -> Any:
-    """Set the fields of `message` from a mapping (``None`` leaves a field unset)."""
+def _read(plan: MessagePlan, name: str, message: Any) -> Any:
+    try:
+        return plan.readers[name](message)
+    except (ValueError, OverflowError, TypeError) as exc:  # e.g. a Timestamp in year 0
+        raise ConversionError(name, f"not a valid value: {exc}") from None
+
+
+def join_path(prefix: str, path: str) -> str:
+    """``data`` + ``title`` -> ``data.title``; ``items`` + ``[1].name`` -> ``items[1].name``."""
+    if not path:
+        return prefix
+    if not prefix:
+        return path
+    return f"{prefix}{path}" if path.startswith("[") else f"{prefix}.{path}"
+
+
+def _fill(message: Any, data: Any) -> Any:
+    """Fill `message`; ConversionError paths are relative to it ("" is the message itself)."""
     if isinstance(data, _message.Message):
         message.CopyFrom(data)
         return message
     if not isinstance(data, Mapping):
-        raise ConversionError(
-            path or message.DESCRIPTOR.full_name, f"expected a dict, got {type(data).__name__}"
-        )
+        raise ConversionError("", f"expected a dict, got {type(data).__name__}")
     plan = plan_for(message.DESCRIPTOR)
     writers = plan.writers
     for key, value in data.items():
         writer = writers.get(key)
-        field_path = f"{path}.{key}" if path else str(key)
         if writer is None:
             raise ConversionError(
-                field_path,
+                str(key),
                 f"{message.DESCRIPTOR.full_name} has no field {key!r}; "
                 f"its fields: {', '.join(plan.field_names) or '(none)'}",
             )
@@ -388,12 +425,24 @@ def fill_message(message: Any, data: Mapping[str, Any] | Any, path: str = "") ->
         try:
             writer(message, value)
         except ConversionError as exc:
-            if path or exc.path.startswith(field_path):
-                raise
-            raise ConversionError(f"{field_path}.{exc.path}", exc.problem) from None
+            raise ConversionError(join_path(str(key), exc.path), exc.problem) from None
         except (TypeError, ValueError, OverflowError) as exc:
-            raise ConversionError(field_path, str(exc)) from None
+            raise ConversionError(str(key), str(exc)) from None
     return message
+
+
+def fill_message(message: Any, data: Mapping[str, Any] | Any) -> Any:
+    """Set the fields of `message` from a mapping (``None`` leaves a field unset).
+
+    Repeated fields and maps are replaced, not appended to. A value that does not fit raises
+    :class:`ConversionError` naming its path (``data.title``, ``items[1].name``).
+    """
+    try:
+        return _fill(message, data)
+    except ConversionError as exc:
+        if exc.path:
+            raise
+        raise ConversionError(message.DESCRIPTOR.full_name, exc.problem) from None
 
 
 def build_message(message_class: type, data: Mapping[str, Any] | Any | None = None) -> Any:
