@@ -17,6 +17,36 @@ from django_grpc_bus.meta import primary_key_fields
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
+_generated_columns: dict[type[models.Model], tuple[str, ...]] = {}
+
+
+def generated_columns(model: type[models.Model]) -> tuple[str, ...]:
+    """The model's ``GeneratedField`` columns (Django 5.0+), looked up once per model."""
+    found = _generated_columns.get(model)
+    if found is None:
+        generated_class = getattr(models, "GeneratedField", None)
+        found = _generated_columns[model] = tuple(
+            field.attname
+            for field in model._meta.concrete_fields
+            if generated_class is not None and isinstance(field, generated_class)
+        )
+    return found
+
+
+def saved_message(serializer) -> Any:
+    """The response after a save, with the columns the database computes read back first.
+
+    Django does not refresh ``GeneratedField`` values on update, so the response would show the
+    old ones; one query for those columns (only on models that have them) makes the response
+    what Retrieve returns.
+    """
+    instance = serializer.instance
+    columns = generated_columns(type(instance))
+    if columns:
+        instance.refresh_from_db(fields=columns)
+    return serializer.message
+
+
 class CreateModelMixin:
     """Create a row from the request message."""
 
@@ -26,7 +56,7 @@ class CreateModelMixin:
         )
         serializer.is_valid(raise_exception=True)
         self.perform_create(serializer)
-        return serializer.message
+        return saved_message(serializer)
 
     def perform_create(self, serializer) -> None:
         serializer.save()
@@ -53,7 +83,7 @@ class UpdateModelMixin:
         serializer = self.get_serializer(instance, data=data)
         serializer.is_valid(raise_exception=True)
         self.perform_update(serializer)
-        return serializer.message
+        return saved_message(serializer)
 
     def partial_update(self, request: Any, context: grpc.ServicerContext) -> Any:
         self.lookup_message = request.data
@@ -74,7 +104,7 @@ class UpdateModelMixin:
         serializer = self.get_serializer(instance, data=data, partial=True)
         serializer.is_valid(raise_exception=True)
         self.perform_update(serializer)
-        return serializer.message
+        return saved_message(serializer)
 
     def get_update_paths(self, request: Any, plan) -> list[str]:
         """The FieldMask's paths, each a writable field; anything else is INVALID_ARGUMENT."""
@@ -159,7 +189,7 @@ class ListModelMixin:
 
     def get_page(self, request: Any) -> tuple[int, int]:
         page_size = getattr(request, "page_size", 0)
-        if page_size < 0:
+        if not 0 <= page_size <= MAX_OFFSET:
             raise GrpcError(
                 INVALID, "page_size cannot be negative.", [("page_size", "Must be >= 0.")]
             )
@@ -171,12 +201,15 @@ def encode_page_token(offset: int) -> str:
     return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode().rstrip("=")
 
 
+MAX_OFFSET = 2**53  # far beyond any real table; keeps offset + page_size inside int64
+
+
 def decode_page_token(token: str) -> int:
     try:
         text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
         kind, _, value = text.partition(":")
         offset = int(value)
-        if kind != "o" or offset < 0:
+        if kind != "o" or not 0 <= offset <= MAX_OFFSET:
             raise ValueError(text)
     except (ValueError, UnicodeDecodeError):
         raise GrpcError(
