@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
@@ -105,11 +106,12 @@ def run_django(database_url: str, *args: str) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.fixture(scope="session")
-def server_database(tmp_path_factory, compiled):
-    """A database of their own for server processes: a SQLite file, or a new PostgreSQL one."""
+@contextlib.contextmanager
+def new_database(folder: Path):
+    """A new, migrated, empty database for server processes: a SQLite file in `folder`, or a
+    PostgreSQL database of its own (dropped afterwards) when DATABASE_URL points there."""
     if not ON_POSTGRES:
-        url = f"sqlite:///{tmp_path_factory.mktemp('e2e') / 'db.sqlite3'}"
+        url = f"sqlite:///{folder / f'db-{uuid.uuid4().hex[:8]}.sqlite3'}"
         run_django(url, "migrate", "--run-syncdb", "-v0")
         yield url
         return
@@ -129,6 +131,20 @@ def server_database(tmp_path_factory, compiled):
     finally:
         with psycopg.connect(conninfo, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def server_database(tmp_path_factory, compiled):
+    """The database the shared server processes use (one per test session)."""
+    with new_database(tmp_path_factory.mktemp("e2e")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def fresh_database(tmp_path_factory, compiled):
+    """A new, empty database for one test module's own servers."""
+    with new_database(tmp_path_factory.mktemp("fresh")) as url:
+        yield url
 
 
 def start_server(database_url: str, *args: str, env: dict[str, str] | None = None):
