@@ -56,7 +56,8 @@ def main() -> int:
             servers[project] = ServerProcess(
                 [sys.executable, "manage.py"], cwd=HERE / project, env=ENV
             ).start()
-            print(f"  {project}: serving on {servers[project].target}")
+            server = servers[project]
+            print(f"  {project}: serving on {server.target} (pid {server.process.pid})")
         env = {k: v for k, v in os.environ.items() if k not in ENV}
         env |= {
             "INVENTORY_PORT": str(servers["inventory"].port),

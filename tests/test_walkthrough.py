@@ -58,6 +58,21 @@ MESSAGE_BUS = {
 """
 
 
+# The consumer snippet of the README's tutorial, run as is.
+README_CONSUMER = """
+from django_grpc_bus.client.registry import registry
+
+author = registry.library.Author.create({"name": "Ursula K. Le Guin"})
+book = registry.library.Book.create(
+    {"title": "The Dispossessed", "author": author["id"], "price": "12.50"}
+)
+registry.library.Book.partial_update({"data": {"id": book["id"], "price": "9.99"},
+                                      "update_mask": ["price"]})
+for row in registry.library.Book.list():      # a generator of dicts
+    print(row["title"], row["price"])
+"""
+
+
 def manage(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
     result = subprocess.run(
@@ -163,6 +178,26 @@ def test_seed_steps_then_serve_and_call_through_reflection(new_project):
             with pytest.raises(grpc.RpcError) as duplicate:
                 create_customer(customer_request(email="a@example.com"), timeout=5)
             assert duplicate.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+        # The README's consumer: a second project, SERVLETS, and the registry snippet verbatim.
+        consumer = project.parent / f"{project.name}-consumer"
+        consumer.mkdir()
+        subprocess.run(
+            [sys.executable, "-m", "django", "startproject", "consumer", str(consumer)],
+            check=True,
+            env={k: v for k, v in os.environ.items() if k not in CLEAN_ENV},
+            timeout=60,
+        )
+        settings = consumer / "consumer/settings.py"
+        settings.write_text(
+            settings.read_text()
+            + 'INSTALLED_APPS += ["django_grpc_bus"]\n'
+            + 'MESSAGE_BUS = {"SERVLETS": {"library": {"host": "127.0.0.1", "port": '
+            + f"{server.port}}}}}}}\n"
+        )
+        printed = manage(consumer, "shell", "-c", README_CONSUMER).stdout
+        assert "The Dispossessed 12.50" in printed
+        assert "The Dispossessed 9.99" in printed
         assert server.stop() == 0
 
 
