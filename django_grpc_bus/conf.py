@@ -31,6 +31,9 @@ DEFAULTS: dict[str, Any] = {
     "INTERCEPTORS": [],
     "SERVER_OPTIONS": [],
     "TLS": None,
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "PROTECT_HEALTH_AND_REFLECTION": False,
 }
 
 # The Python types each key accepts; `None` in a tuple means the key may be left unset.
@@ -51,10 +54,20 @@ EXPECTED_TYPES: dict[str, tuple[type | None, ...]] = {
     "INTERCEPTORS": (list, tuple),
     "SERVER_OPTIONS": (list, tuple),
     "TLS": (dict, None),
+    "DEFAULT_AUTHENTICATION_CLASSES": (list, tuple),
+    "DEFAULT_PERMISSION_CLASSES": (list, tuple),
+    "PROTECT_HEALTH_AND_REFLECTION": (bool,),
 }
 
 # Keys whose value is a dotted path, imported on first access.
-IMPORT_STRINGS = frozenset({"ROOT_HANDLERS_HOOK", "INTERCEPTORS"})
+IMPORT_STRINGS = frozenset(
+    {
+        "ROOT_HANDLERS_HOOK",
+        "INTERCEPTORS",
+        "DEFAULT_AUTHENTICATION_CLASSES",
+        "DEFAULT_PERMISSION_CLASSES",
+    }
+)
 
 # Keys whose value is a filesystem path, resolved against BASE_DIR when relative.
 PATH_SETTINGS = frozenset({"SERVICE_META", "PRODUCER_ROOT", "SERVICE_TEMPLATE", "HANDLER_TEMPLATE"})

@@ -118,6 +118,7 @@ def unary_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Any]:
         call = _Call(context)
         try:
             service = route.new_service(request, context)
+            service.initial()
             action = getattr(service, route.action)
             if route.atomic:
                 with transaction.atomic():
@@ -137,6 +138,7 @@ def stream_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Itera
         call = _Call(context)
         try:
             service = route.new_service(request, context)
+            service.initial()
             yield from getattr(service, route.action)(request, context)
         except GeneratorExit:  # the client went away; the database iterator closes with us
             call.code = grpc.StatusCode.CANCELLED

@@ -16,7 +16,7 @@ from django.db import models
 from django.db.models import QuerySet
 from rest_framework import serializers as drf_serializers
 
-from django_grpc_bus import mixins
+from django_grpc_bus import auth, mixins
 from django_grpc_bus.errors import GrpcError
 from django_grpc_bus.meta import primary_key_fields
 
@@ -41,6 +41,9 @@ class GenericService:
     # The generated module and proto service; derived from the model when not given.
     grpc_module: ClassVar[str | None] = None
     proto_service: ClassVar[str | None] = None
+    # None: MESSAGE_BUS DEFAULT_AUTHENTICATION_CLASSES / DEFAULT_PERMISSION_CLASSES.
+    authentication_classes: ClassVar[list[type] | None] = None
+    permission_classes: ClassVar[list[type] | None] = None
     # Actions that run inside one database transaction.
     atomic_actions: ClassVar[frozenset[str]] = frozenset(
         {"create", "update", "partial_update", "destroy"}
@@ -58,6 +61,38 @@ class GenericService:
         self.action = action
         self.response_class = response_class
         self.lookup_message = request
+        self.call = auth.CallRequest(request, context, action)
+
+    # -- authentication and permissions, as in DRF's APIView ---------------------------------
+
+    def initial(self) -> None:
+        """Runs before the action: authenticate the call, then check the permissions."""
+        auth.authenticate(self.call, self.get_authenticators())
+        self.check_permissions()
+
+    def get_authenticators(self) -> list[Any]:
+        if self.authentication_classes is None:
+            return auth.default_authenticators()
+        return [klass() for klass in self.authentication_classes]
+
+    def get_permissions(self) -> list[Any]:
+        if self.permission_classes is None:
+            return auth.default_permissions()
+        return [klass() for klass in self.permission_classes]
+
+    @property
+    def user(self) -> Any:
+        """The authenticated user (``AnonymousUser`` when none)."""
+        return self.call.user
+
+    def check_permissions(self) -> None:
+        for permission in self.get_permissions():
+            if not permission.has_permission(self.call, self):
+                auth.refuse(
+                    self.call,
+                    getattr(permission, "message", None),
+                    getattr(permission, "code", None),
+                )
 
     # -- the model ---------------------------------------------------------------------------
 
@@ -92,7 +127,15 @@ class GenericService:
         return self.serializer_class
 
     def get_serializer_context(self) -> dict[str, Any]:
-        return {"request": self.request, "grpc_context": self.context, "service": self}
+        # "request" is the call (user, META) as DRF fields such as CurrentUserDefault expect;
+        # the request message itself is `message`.
+        return {
+            "request": self.call,
+            "message": self.request,
+            "grpc_context": self.context,
+            "service": self,
+            "view": self,
+        }
 
     def get_serializer(self, *args: Any, **kwargs: Any) -> drf_serializers.BaseSerializer:
         kwargs.setdefault("context", self.get_serializer_context())
@@ -146,10 +189,15 @@ class GenericService:
         self.check_object_permissions(obj)
         return obj
 
-    # -- permissions (extended by the authentication work) ----------------------------------
-
     def check_object_permissions(self, obj: models.Model) -> None:
-        """Refuse access to `obj` by raising; default: allow."""
+        """Refuse access to `obj` when a permission class's ``has_object_permission`` says no."""
+        for permission in self.get_permissions():
+            if not permission.has_object_permission(self.call, self, obj):
+                auth.refuse(
+                    self.call,
+                    getattr(permission, "message", None),
+                    getattr(permission, "code", None),
+                )
 
 
 class GenericModelService(GenericService):

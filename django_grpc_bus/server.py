@@ -25,6 +25,7 @@ import grpc
 
 from django_grpc_bus.conf import bus_settings, resolve_path
 from django_grpc_bus.dispatch import traffic
+from django_grpc_bus.interceptors import InfrastructureGuard
 
 logger = logging.getLogger("django_grpc_bus.server")
 
@@ -101,6 +102,8 @@ def build_server(handler: Any, config: ServerConfig) -> tuple[grpc.Server, int, 
     interceptors = [
         item() if isinstance(item, type) else item for item in bus_settings.INTERCEPTORS
     ]
+    if bus_settings.PROTECT_HEALTH_AND_REFLECTION:
+        interceptors.insert(0, InfrastructureGuard())
     server = grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=config.max_workers or bus_settings.MAX_WORKERS,

@@ -49,8 +49,14 @@ def stub_for(model: type[models.Model], channel: grpc.Channel) -> Any:
     return getattr(module, f"{model.__name__}Stub")(channel)
 
 
-def wait_until_serving(target: str, timeout: float = 15.0, credentials: Any = None) -> None:
-    """Block until the server at `target` answers its health check with SERVING."""
+def wait_until_serving(
+    target: str, timeout: float = 15.0, credentials: Any = None, metadata: Any = None
+) -> None:
+    """Block until the server at `target` answers its health check with SERVING.
+
+    `credentials` are TLS channel credentials; `metadata` is sent with the check (for a server
+    with ``PROTECT_HEALTH_AND_REFLECTION``).
+    """
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
@@ -61,7 +67,7 @@ def wait_until_serving(target: str, timeout: float = 15.0, credentials: Any = No
         ) as channel:
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=1
+                    health_pb2.HealthCheckRequest(), timeout=1, metadata=metadata
                 )
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
@@ -126,7 +132,8 @@ class ServerProcess:
 
     `command` is how to run manage.py (e.g. ``[sys.executable, "manage.py"]`` or
     ``[sys.executable, "-m", "django"]`` with ``DJANGO_SETTINGS_MODULE`` in `env`). `env` is
-    added to this process's environment; a ``None`` value removes a variable.
+    added to this process's environment; a ``None`` value removes a variable. `credentials`
+    (TLS) and `health_metadata` are used for the readiness check.
     """
 
     def __init__(
@@ -138,12 +145,16 @@ class ServerProcess:
         args: Sequence[str] = (),
         address: str = "127.0.0.1:0",
         start_timeout: float = 30.0,
+        credentials: Any = None,
+        health_metadata: Any = None,
     ) -> None:
         self.command = [*command, "rungrpcserver", address, *args]
         self.cwd = cwd
         merged = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.env = {key: value for key, value in merged.items() if value is not None}
         self.start_timeout = start_timeout
+        self.credentials = credentials
+        self.health_metadata = health_metadata
         self.process: subprocess.Popen[str] | None = None
         self.port = 0
         self.lines: list[str] = []
@@ -172,7 +183,12 @@ class ServerProcess:
         if not self._announced.wait(self.start_timeout) or not self.port:
             self.stop(timeout=5)
             raise RuntimeError(f"rungrpcserver did not start:\n{self.output}")
-        wait_until_serving(self.target, timeout=self.start_timeout)
+        wait_until_serving(
+            self.target,
+            timeout=self.start_timeout,
+            credentials=self.credentials,
+            metadata=self.health_metadata,
+        )
         return self
 
     def _read(self) -> None:

@@ -1,0 +1,110 @@
+"""Authentication and permissions for calls, with DRF's own classes.
+
+DRF authentication classes read credentials from ``request.META`` (``HTTP_AUTHORIZATION``), so a
+call's metadata is presented to them the same way: ``authorization: Token abc`` is
+``META["HTTP_AUTHORIZATION"]``. Permission classes see ``request.method`` as HTTP would have it
+(List/Retrieve GET, Create POST, Update PUT, PartialUpdate PATCH, Destroy DELETE), so
+``DjangoModelPermissions`` works unchanged. As in DRF, a refused call whose credentials were
+missing or wrong is UNAUTHENTICATED (401); one whose user lacks the right, PERMISSION_DENIED (403).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import grpc
+from django.apps import apps
+from rest_framework import exceptions
+
+from django_grpc_bus.conf import bus_settings
+
+# The HTTP method each standard action stands for, for permission classes that ask.
+ACTION_METHODS = {
+    "list": "GET",
+    "retrieve": "GET",
+    "create": "POST",
+    "update": "PUT",
+    "partial_update": "PATCH",
+    "destroy": "DELETE",
+}
+
+
+def anonymous_user() -> Any:
+    """``AnonymousUser`` when django.contrib.auth is installed (a producer may not have it)."""
+    if not apps.is_installed("django.contrib.auth"):
+        return None
+    from django.contrib.auth.models import AnonymousUser
+
+    return AnonymousUser()
+
+
+def meta_from_metadata(metadata: Iterable[tuple[str, Any]] | None) -> dict[str, Any]:
+    """Call metadata as WSGI-style ``META`` (``x-api-key`` -> ``HTTP_X_API_KEY``)."""
+    meta: dict[str, Any] = {}
+    for key, value in metadata or ():
+        if key.endswith("-bin"):
+            continue  # binary metadata is not a header a DRF class would read
+        meta["HTTP_" + key.upper().replace("-", "_")] = value
+    return meta
+
+
+class CallRequest:
+    """What DRF authentication and permission classes need of a request, for one gRPC call."""
+
+    def __init__(self, message: Any, context: grpc.ServicerContext | None, action: str | None):
+        self.message = message
+        self.context = context
+        self.action = action
+        self.method = ACTION_METHODS.get(action or "", "POST")
+        metadata = context.invocation_metadata() if context is not None else ()
+        self.META = meta_from_metadata(metadata)
+        if context is not None:
+            self.META["REMOTE_ADDR"] = _peer_address(context.peer())
+        self.user: Any = anonymous_user()
+        self.auth: Any = None
+        self.authenticators: Sequence[Any] = ()
+        self.successful_authenticator: Any = None
+        self._request = self  # some classes reach for the underlying HttpRequest
+
+    @property
+    def data(self) -> Any:
+        return self.message
+
+    @property
+    def query_params(self) -> dict[str, Any]:
+        return {}
+
+
+def _peer_address(peer: str) -> str:
+    """``ipv4:127.0.0.1:5000`` -> ``127.0.0.1``; ``ipv6:[::1]:5000`` -> ``::1``."""
+    _scheme, _, rest = peer.partition(":")
+    host = rest.rsplit(":", 1)[0] if ":" in rest else rest
+    return host.strip("[]")
+
+
+def authenticate(request: CallRequest, authenticators: Sequence[Any]) -> None:
+    """Set ``request.user``/``auth`` from the first authenticator that recognises the call."""
+    request.authenticators = authenticators
+    for authenticator in authenticators:
+        result = authenticator.authenticate(request)
+        if result is not None:
+            request.user, request.auth = result
+            request.successful_authenticator = authenticator
+            return
+    request.user, request.auth = anonymous_user(), None
+
+
+def refuse(request: CallRequest, message: str | None = None, code: str | None = None) -> None:
+    """Raise DRF's NotAuthenticated when no credentials were accepted, else PermissionDenied."""
+    if request.authenticators and not request.successful_authenticator:
+        raise exceptions.NotAuthenticated()
+    raise exceptions.PermissionDenied(detail=message, code=code)
+
+
+def default_authenticators() -> list[Any]:
+    return [klass() for klass in bus_settings.DEFAULT_AUTHENTICATION_CLASSES]
+
+
+def default_permissions() -> list[Any]:
+    return [klass() for klass in bus_settings.DEFAULT_PERMISSION_CLASSES]

@@ -1,0 +1,62 @@
+"""Server interceptors the package adds itself."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from django.core.signals import request_finished, request_started
+from rest_framework import exceptions
+
+from django_grpc_bus import auth
+
+INFRASTRUCTURE_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+class _Details:
+    """The bits of a ServicerContext the authentication classes read, from call details."""
+
+    def __init__(self, details: grpc.HandlerCallDetails) -> None:
+        self._metadata = details.invocation_metadata or ()
+
+    def invocation_metadata(self) -> Any:
+        return self._metadata
+
+    def peer(self) -> str:
+        return ""
+
+
+def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, text: str):
+    def refuse(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(code, text)
+
+    kind = ("stream_" if handler.request_streaming else "unary_") + (
+        "stream" if handler.response_streaming else "unary"
+    )
+    return handler._replace(**{kind: refuse})
+
+
+class InfrastructureGuard(grpc.ServerInterceptor):
+    """Health and reflection only for authenticated callers (``PROTECT_HEALTH_AND_REFLECTION``).
+
+    Callers are authenticated with ``DEFAULT_AUTHENTICATION_CLASSES``; with none configured,
+    every call to them is refused.
+    """
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or not handler_call_details.method.startswith(INFRASTRUCTURE_PREFIXES):
+            return handler
+        call = auth.CallRequest(None, _Details(handler_call_details), "list")
+        request_started.send(sender=InfrastructureGuard, environ={})
+        try:
+            auth.authenticate(call, auth.default_authenticators())
+        except exceptions.AuthenticationFailed as exc:
+            return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED, str(exc.detail))
+        finally:
+            request_finished.send(sender=InfrastructureGuard)
+        if call.successful_authenticator is None:
+            return _refusal(
+                handler, grpc.StatusCode.UNAUTHENTICATED, "Credentials are required for this call."
+            )
+        return handler
