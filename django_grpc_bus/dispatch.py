@@ -122,7 +122,12 @@ def unary_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Any]:
             action = getattr(service, route.action)
             if route.atomic:
                 with transaction.atomic():
-                    return action(request, context)
+                    result = action(request, context)
+                    if not context.is_active():
+                        # Cancelled, past its deadline, or cut off by shutdown: the client saw
+                        # a failure, so nothing of this call may stay in the database.
+                        transaction.set_rollback(True)
+                    return result
             return action(request, context)
         except Exception as exc:
             _abort(route, call, exc, context)

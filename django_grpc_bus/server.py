@@ -137,11 +137,14 @@ def _bind_failure(address: str, exc: Exception | None) -> str:
 
 
 def stop_gracefully(server: grpc.Server, handler: Any, grace: float) -> bool:
-    """Drain, then stop. Returns True when every call in flight finished within `grace`."""
+    """Drain, then stop. Returns True when every call in flight finished within `grace`.
+
+    Health and reflection streams (a load balancer's Watch) do not hold the shutdown: once
+    the services' own calls are done, or the grace period is over, everything left is ended.
+    """
     handler.enter_graceful_shutdown()
-    deadline = time.monotonic() + grace
     finished = traffic.drain(grace)
-    server.stop(max(0.0, deadline - time.monotonic())).wait(grace + 5)
+    server.stop(0).wait(5)
     return finished
 
 
@@ -152,11 +155,18 @@ def serve(
     announce: Callable[[str], None] = print,
     install_signals: bool = True,
     stop_event: threading.Event | None = None,
+    exit_when_cut_short: bool = False,
 ) -> int:
-    """Run until SIGTERM/SIGINT (or `stop_event`), then stop gracefully; returns 0."""
+    """Run until SIGTERM/SIGINT (or `stop_event`), then stop gracefully; returns 0.
+
+    Signal handlers are installed only on the main thread (under Django's autoreloader the
+    server runs in another thread, and the reloader owns the signals). With
+    `exit_when_cut_short`, a process whose calls outlived the grace period exits at once
+    rather than waiting for their threads.
+    """
     stop_event = stop_event or threading.Event()
     server, port, names = build_server(handler, config)
-    if install_signals:
+    if install_signals and threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop_event.set())
     traffic.reopen()
@@ -172,6 +182,10 @@ def serve(
     announce(f"Stopping (pid {os.getpid()}): draining calls in flight for up to {grace:g}s.")
     finished = stop_gracefully(server, handler, grace)
     announce("Stopped." if finished else "Stopped; some calls were cancelled at the deadline.")
+    if not finished and exit_when_cut_short:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # the cut-short calls' threads would otherwise keep the process alive
     return 0
 
 

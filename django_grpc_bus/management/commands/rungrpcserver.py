@@ -74,7 +74,7 @@ class Command(BaseCommand):
 
         def run() -> int:
             try:
-                return serve(handler, config, announce=self.announce)
+                return serve(handler, config, announce=self.announce, exit_when_cut_short=True)
             except ServerError as exc:
                 raise CommandError(str(exc)) from None
 
