@@ -17,9 +17,11 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "rest_framework",
+    "rest_framework.authtoken",
     "django_grpc_bus",
     "catalog",
     "shop",
+    "faults",
 ]
 
 DATABASES = {
