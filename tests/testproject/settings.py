@@ -30,6 +30,10 @@ DATABASES = {
     else {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "test.sqlite3"}
 }
 
+# One test database per test run, so that runs side by side (CI and a developer) never drop
+# each other's database.
+DATABASES["default"]["TEST"] = {"NAME": f"test_grpcbus_{os.getpid()}"}
+
 # Server-process tests vary these through the environment of the process they start.
 DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ.get("TEST_CONN_MAX_AGE", "0"))
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = os.environ.get("TEST_CONN_HEALTH_CHECKS") == "1"
