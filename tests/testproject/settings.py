@@ -32,7 +32,8 @@ DATABASES = {
 
 # One test database per test run, so that runs side by side (CI and a developer) never drop
 # each other's database.
-DATABASES["default"]["TEST"] = {"NAME": f"test_grpcbus_{os.getpid()}"}
+if "sqlite" not in DATABASES["default"]["ENGINE"]:  # SQLite's test database is in memory
+    DATABASES["default"]["TEST"] = {"NAME": f"test_grpcbus_{os.getpid()}"}
 
 # Server-process tests vary these through the environment of the process they start.
 DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ.get("TEST_CONN_MAX_AGE", "0"))
