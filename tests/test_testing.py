@@ -1,0 +1,65 @@
+"""django_grpc_bus.testing: the in-process server users run in their own tests; interceptors."""
+
+import grpc
+import interceptors
+import pytest
+from catalog.models import Author
+from django.test import override_settings
+
+from django_grpc_bus.testing import GrpcTestServer, stub_for
+
+
+@pytest.mark.django_db(transaction=True)
+def test_in_process_server_serves_the_handler_on_a_free_port(compiled):
+    from generated_grpc.grpc import Author_pb2
+
+    Author.objects.create(name="In the database before the server")
+    with GrpcTestServer() as server:
+        assert server.port > 0
+        assert server.target == f"127.0.0.1:{server.port}"
+        stub = server.stub(Author)
+        rows = [
+            row
+            for batch in stub.List(Author_pb2.AuthorListRequest(), timeout=5)
+            for row in batch.results
+        ]
+        assert [row.name for row in rows] == ["In the database before the server"]
+        created = stub.Create(Author_pb2.AuthorData(name="Through gRPC"), timeout=5)
+        # the server's thread committed: the test's own connection sees the row
+        assert Author.objects.get(pk=created.id).name == "Through gRPC"
+        with pytest.raises(grpc.RpcError) as missing:
+            stub.Retrieve(Author_pb2.AuthorLookupRequest(id=10**6), timeout=5)
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        channel = server.channel
+    # stopped: the port no longer answers
+    with pytest.raises(grpc.RpcError):
+        stub_for(Author, grpc.insecure_channel(server.target)).Retrieve(
+            Author_pb2.AuthorLookupRequest(id=created.id), timeout=1
+        )
+    assert channel is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_interceptors_from_settings_wrap_every_call(compiled, settings):
+    from generated_grpc.grpc import Author_pb2
+
+    settings.MESSAGE_BUS = {
+        **settings.MESSAGE_BUS,
+        "INTERCEPTORS": ["interceptors.RecordingInterceptor"],
+    }
+    interceptors.calls.clear()
+    with GrpcTestServer() as server:
+        stub = server.stub(Author)
+        _reply, call = stub.Create.with_call(Author_pb2.AuthorData(name="Tagged"), timeout=5)
+        assert ("x-intercepted", "yes") in tuple(call.trailing_metadata())
+    assert "/catalog.Author/Create" in interceptors.calls
+
+
+def test_a_handler_given_explicitly(compiled):
+    from handlers import full_handler
+
+    with override_settings(MESSAGE_BUS={}):  # no ROOT_HANDLERS_HOOK needed
+        with GrpcTestServer(full_handler) as server:
+            names = set(full_handler.bound_names)
+            assert {"catalog.Author", "shop.Book", "shop.Customer"} <= names
+            assert server.port
