@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import threading
 import weakref
 from typing import Any
@@ -146,8 +147,10 @@ class AsyncCall:
 
     async def _iterate(self):
         method, call = await self._start()
-        async for row in self._rows(method, call):
-            yield row
+        # Closing this generator closes the inner one now, which cancels the call.
+        async with contextlib.aclosing(self._rows(method, call)) as rows:
+            async for row in rows:
+                yield row
 
     @staticmethod
     async def _rows(method: Method, call: Any):

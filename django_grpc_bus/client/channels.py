@@ -54,6 +54,9 @@ def service_config(config: ServletConfig, services: Iterable[str]) -> str:
 def channel_options(config: ServletConfig, services: Iterable[str] = ()) -> list[tuple[str, Any]]:
     return [
         *KEEPALIVE,
+        # A channel of its own connections: after refresh() a new channel must not inherit
+        # a failed connection to a server that has just restarted.
+        ("grpc.use_local_subchannel_pool", 1),
         ("grpc.enable_retries", 1),
         ("grpc.service_config", service_config(config, services)),
         *config.options,

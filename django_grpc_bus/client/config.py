@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from django_grpc_bus.client.errors import ServletMisconfigured
 from django_grpc_bus.conf import bus_settings
 
 
@@ -24,7 +25,24 @@ class ServletConfig:
         return ", ".join(f"{host}:{port}" for host, port in self.targets)
 
     @classmethod
-    def from_settings(cls, name: str, entry: dict[str, Any]) -> ServletConfig:
+    def from_settings(cls, name: str, entry: Any) -> ServletConfig:
+        """The servlet `name` of the settings; a malformed entry is an error naming it."""
+        where = f"MESSAGE_BUS['SERVLETS'][{name!r}]"
+        if not isinstance(entry, dict):
+            raise ServletMisconfigured(f"{where} must be a dict with 'host' and 'port'.")
+        missing = [key for key in ("host", "port") if key not in entry]
+        if missing and not entry.get("hosts"):
+            raise ServletMisconfigured(
+                f"{where} has no {' and no '.join(map(repr, missing))} "
+                "(or 'hosts'); run `manage.py check` for every problem."
+            )
+        try:
+            return cls._from_entry(name, entry)
+        except (TypeError, ValueError) as exc:
+            raise ServletMisconfigured(f"{where} is not valid: {exc}") from None
+
+    @classmethod
+    def _from_entry(cls, name: str, entry: dict[str, Any]) -> ServletConfig:
         hosts = entry.get("hosts") or [(entry["host"], entry["port"])]
         targets = tuple(_split(item, entry.get("port")) for item in hosts)
         timeout = entry.get("timeout", bus_settings.SERVICE_TIMEOUT)
@@ -59,8 +77,13 @@ def _split(item: Any, default_port: Any) -> tuple[str, int]:
     return text.strip("[]"), int(default_port)
 
 
-def servlet_configs() -> dict[str, ServletConfig]:
-    return {
-        name: ServletConfig.from_settings(name, entry)
-        for name, entry in (bus_settings.SERVLETS or {}).items()
-    }
+def servlet_names() -> list[str]:
+    return sorted(bus_settings.SERVLETS or {})
+
+
+def servlet_config(name: str) -> ServletConfig | None:
+    """The configuration of servlet `name`, or None when there is no such servlet."""
+    servlets = bus_settings.SERVLETS or {}
+    if name not in servlets:
+        return None
+    return ServletConfig.from_settings(name, servlets[name])

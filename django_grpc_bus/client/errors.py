@@ -48,6 +48,10 @@ class AmbiguousService(ClientError, AttributeError):
         )
 
 
+class ServletMisconfigured(ClientError):
+    """A ``MESSAGE_BUS['SERVLETS']`` entry the client cannot use (the message names it)."""
+
+
 class RequestError(ClientError, ValueError):
     """A request that cannot become the method's message; nothing was sent."""
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from django.core.signals import setting_changed
 
-from django_grpc_bus.client.config import ServletConfig, servlet_configs
+from django_grpc_bus.client.config import ServletConfig, servlet_config, servlet_names
 from django_grpc_bus.client.errors import UnknownServlet
 from django_grpc_bus.client.servlet import Servlet
 
@@ -37,10 +37,12 @@ class Registry:
             with self._lock:
                 found = self._servlets.get(name)
                 if found is None:
-                    configs = servlet_configs()
-                    if name not in configs:
-                        raise UnknownServlet("servlet", name, configs, "MESSAGE_BUS['SERVLETS']")
-                    found = self._servlets[name] = Servlet(configs[name])
+                    config = servlet_config(name)
+                    if config is None:
+                        raise UnknownServlet(
+                            "servlet", name, servlet_names(), "MESSAGE_BUS['SERVLETS']"
+                        )
+                    found = self._servlets[name] = Servlet(config)
         return found
 
     def connect(self, address: str) -> Servlet:
@@ -61,7 +63,7 @@ class Registry:
         return self.servlet(name)
 
     def __dir__(self) -> list[str]:
-        names = [n for n in servlet_configs() if n.isidentifier()]
+        names = [n for n in servlet_names() if n.isidentifier()]
         return sorted({*super().__dir__(), *names})
 
     def reset(self) -> None:

@@ -264,7 +264,8 @@ class Method:
         }
 
     def error(self, exc: grpc.RpcError) -> errors.CallError:
-        if exc.code() in UNREACHABLE:
+        # Only UNAVAILABLE means "not reached": past a deadline, a slow server may have acted.
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
             config = self.servlet.config
             return errors.ServletUnavailable(
                 exc,

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from django.core.management.base import CommandError
 
-from django_grpc_bus.client.config import servlet_configs
+from django_grpc_bus.client.config import servlet_names
 from django_grpc_bus.client.registry import Registry
 from django_grpc_bus.client.servlet import Servlet
 
 
 def servlet_for(registry: Registry, name: str) -> Servlet:
-    if name in servlet_configs():
+    if name in servlet_names():
         return registry.servlet(name)
     host, sep, port = name.rpartition(":")
     if sep and host and port.isdigit():
         return registry.connect(name)
-    known = ", ".join(sorted(servlet_configs())) or "(none configured)"
+    known = ", ".join(servlet_names()) or "(none configured)"
     raise CommandError(
         f"{name!r} is neither a servlet in MESSAGE_BUS['SERVLETS'] ({known}) nor a host:port."
     )
