@@ -81,77 +81,82 @@ class Traffic:
 traffic = Traffic()
 
 
-class _Call:
-    """The bookkeeping of one call: when it started and the status it ended with."""
+class Call:
+    """One call as a Django request, used as ``with Call(route, context):`` around its work.
 
-    __slots__ = ("code", "started")
+    Entering counts the call in flight (or refuses it while draining) and sends
+    ``request_started``; leaving turns an exception into the call's status through the error
+    table (unless the service ended the call itself), sends ``request_finished`` and logs.
+    """
 
-    def __init__(self, context: grpc.ServicerContext) -> None:
+    __slots__ = ("code", "context", "route", "started")
+
+    def __init__(self, route: Route, context: grpc.ServicerContext) -> None:
         traffic.enter(context)
         request_started.send(sender=Route, environ={})
+        self.route = route
+        self.context = context
         self.started = time.perf_counter()
         self.code = OK
 
-    def end(self, route: Route) -> None:
+    def __enter__(self) -> Call:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, traceback: Any) -> bool:
+        try:
+            if exc_type is GeneratorExit:  # a stream's client went away
+                self.code = grpc.StatusCode.CANCELLED
+            elif isinstance(exc, Exception):
+                self.abort(exc)  # raises the abort, which replaces `exc`
+        finally:
+            self.end()
+        return False
+
+    def abort(self, exc: Exception) -> None:
+        """End the call for `exc`, unless the service already ended it with its own status."""
+        own = self.context.code()
+        if own is not None and own is not OK:
+            self.code = own
+            return
+        failure = describe_failure(exc, self.route.method, self.route.dev)
+        self.code = failure.code
+        abort_with(self.context, failure)
+
+    def end(self) -> None:
         try:
             request_finished.send(sender=Route)
         finally:
             traffic.leave()
-        if route.log_calls:
+        if self.route.log_calls:
             elapsed = (time.perf_counter() - self.started) * 1e3
-            logger.info("%s %s %.1fms", route.method, self.code.name, elapsed)
-
-
-def _abort(route: Route, call: _Call, exc: Exception, context: grpc.ServicerContext) -> None:
-    """Abort the call for `exc`, unless the service already ended it with a status of its own."""
-    own = context.code()
-    if own is not None and own is not OK:
-        call.code = own
-        return
-    failure = describe_failure(exc, route.method, route.dev)
-    call.code = failure.code
-    abort_with(context, failure)
+            logger.info("%s %s %.1fms", self.route.method, self.code.name, elapsed)
 
 
 def unary_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Any]:
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
-        call = _Call(context)
-        try:
+        with Call(route, context):
             service = route.new_service(request, context)
             service.initial()
             action = getattr(service, route.action)
-            if route.atomic:
-                with transaction.atomic():
-                    result = action(request, context)
-                    if not context.is_active():
-                        # Cancelled, past its deadline, or cut off by shutdown: the client saw
-                        # a failure, so nothing of this call may stay in the database.
-                        transaction.set_rollback(True)
-                    return result
-            return action(request, context)
-        except Exception as exc:
-            _abort(route, call, exc, context)
-            raise
-        finally:
-            call.end(route)
+            if not route.atomic:
+                return action(request, context)
+            with transaction.atomic():
+                result = action(request, context)
+                if not context.is_active():
+                    # Cancelled, past its deadline, or cut off by shutdown: the client saw a
+                    # failure, so nothing of this call may stay in the database.
+                    transaction.set_rollback(True)
+                return result
 
     return handle
 
 
 def stream_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
     def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        call = _Call(context)
-        try:
+        with Call(route, context):
             service = route.new_service(request, context)
             service.initial()
+            # Closing this generator (cancellation) closes the database iterator too.
             yield from getattr(service, route.action)(request, context)
-        except GeneratorExit:  # the client went away; the database iterator closes with us
-            call.code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:
-            _abort(route, call, exc, context)
-            raise
-        finally:
-            call.end(route)
 
     return handle
