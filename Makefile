@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 BUF := .tools/node_modules/.bin/buf
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint format tools clean
+.PHONY: demo test lint format tools clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ $(BUF):
 
 demo: $(STAMP)
 	$(BIN)/python example/run_demo.py
+
+# django-grpc-bus against a hand-written grpcio servicer (bench/README.md); about 4 minutes.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check django_grpc_bus tests example

@@ -1,0 +1,415 @@
+"""``make bench``: django-grpc-bus against a hand-written grpcio servicer; prints the table.
+
+Both servers serve the same generated proto from the same SQLite database, each on core 0
+(``taskset``); the load generator (``load.py``, one process per measurement) runs on core 1.
+The two are measured alternately, A then B, in each of ROUNDS rounds; a cell shows the median
+over rounds and [min–max], and a ratio is taken within each round before its median is.
+The table also goes to ``bench/results/latest.md``. See bench/README.md for what each row means.
+
+Environment: BENCH_ROUNDS (default 3) and BENCH_SECONDS (measured seconds per closed-loop run,
+default 5) shorten a trial run; the numbers in the README use the defaults.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PROJECT = HERE / "project"
+HANDWRITTEN = HERE / "handwritten"
+RESULTS = HERE / "results"
+SMALL_DB = PROJECT / "books-10k.sqlite3"
+LARGE_DB = PROJECT / "books-1m.sqlite3"
+PYTHON = sys.executable
+
+ROUNDS = max(1, int(os.environ.get("BENCH_ROUNDS", "3")))
+# Three busy processes on two cores land differently from run to run: more rounds.
+WORKER_ROUNDS = max(ROUNDS, 5) if ROUNDS >= 3 else ROUNDS
+SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
+WARMUP = 1.0
+MAX_WORKERS = 10  # threads per server process, the same for both servers
+SMALL_ROWS, LARGE_ROWS, LIST_ROWS = 10_000, 1_000_000, 1000
+SERVER_CPUS, LOAD_CPUS, ALL_CPUS = "0", "1", "0,1"
+
+sys.path.insert(0, str(HERE))
+from django_grpc_bus.testing import ServerProcess  # noqa: E402
+
+import databases  # noqa: E402
+
+
+class BenchError(Exception):
+    """A step failed; the message says which and shows its output."""
+
+
+def taskset(cpus: str) -> list[str]:
+    return ["taskset", "-c", cpus]
+
+
+def project_env(database: Path) -> dict[str, str | None]:
+    return {"BENCH_DATABASE": str(database), "DJANGO_SETTINGS_MODULE": None}
+
+
+def manage(*args: str, database: Path = SMALL_DB) -> None:
+    env = {k: v for k, v in {**os.environ, **project_env(database)}.items() if v is not None}
+    done = subprocess.run(
+        [PYTHON, "manage.py", *args],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if done.returncode:
+        raise BenchError(f"manage.py {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+
+
+# -- preparation ----------------------------------------------------------------------------------
+
+
+def prepare() -> None:
+    """Generated code for both servers, the fresh small database, the cached large one."""
+    manage("generateproto", "-v0")
+    manage("generategrpc", "-v0")
+    from grpc_tools import protoc
+
+    include = Path(protoc.__file__).parent / "_proto"
+    code = protoc.main(
+        [
+            "protoc",
+            f"-I{HANDWRITTEN}",
+            f"-I{include}",
+            f"--python_out={HANDWRITTEN}",
+            f"--grpc_python_out={HANDWRITTEN}",
+            str(HANDWRITTEN / "bench.proto"),
+        ]
+    )
+    if code:
+        raise BenchError("protoc could not compile bench/handwritten/bench.proto")
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    command = [PYTHON, "manage.py"]
+    databases.build(SMALL_DB, SMALL_ROWS, command, PROJECT, env)
+    began = time.monotonic()
+    if databases.ensure(LARGE_DB, LARGE_ROWS, command, PROJECT, env):
+        print(f"  built {LARGE_DB.name} in {time.monotonic() - began:.1f}s (kept for next runs)")
+
+
+# -- servers and the load generator ---------------------------------------------------------------
+
+
+def bus_server(
+    database: Path,
+    *,
+    cpus: str = SERVER_CPUS,
+    workers: int = 1,
+    wrapper: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> ServerProcess:
+    """``manage.py rungrpcserver``; a fixed free port when it forks workers sharing it.
+
+    `wrapper` is a script that runs manage.py (the profiler's), `env` extra variables.
+    """
+    address = f"127.0.0.1:{free_port()}" if workers > 1 else "127.0.0.1:0"
+    args = ["--max-workers", str(MAX_WORKERS), "--workers", str(workers)]
+    return ServerProcess(
+        [*taskset(cpus), PYTHON, *wrapper, "manage.py"],
+        cwd=PROJECT,
+        env={**project_env(database), **(env or {})},
+        args=args,
+        address=address,
+    ).start()
+
+
+def handwritten_server(
+    database: Path, *, wrapper: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> ServerProcess:
+    """bench/handwritten/server.py, started, awaited and stopped exactly like rungrpcserver."""
+    server = ServerProcess(cwd=PROJECT, env={**project_env(database), **(env or {})})
+    server.command = [
+        *taskset(SERVER_CPUS),
+        PYTHON,
+        *wrapper,
+        str(HANDWRITTEN / "server.py"),
+        "127.0.0.1:0",
+        "--max-workers",
+        str(MAX_WORKERS),
+    ]
+    return server.start()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def load(mode: str, server: ServerProcess, *options: object, cpus: str = LOAD_CPUS) -> dict:
+    """Run load.py once on `cpus` against `server`; its JSON result."""
+    command = [
+        *taskset(cpus),
+        PYTHON,
+        str(HERE / "load.py"),
+        mode,
+        "--target",
+        server.target,
+        *map(str, options),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if done.returncode:
+        raise BenchError(f"load.py {mode} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if result.get("errors"):
+        print(f"  warning: {result['errors']} failed calls in load.py {' '.join(command[4:])}")
+    return result
+
+
+def closed_loop(server: ServerProcess, rpc: str, concurrency: int, **extra: object) -> dict:
+    cpus = str(extra.pop("cpus", LOAD_CPUS))
+    options: list[object] = ["--rpc", rpc, "--concurrency", concurrency]
+    options += ["--warmup", WARMUP, "--duration", SECONDS]
+    for key, value in extra.items():
+        options += [f"--{key.replace('_', '-')}", value]
+    return load("closed-loop", server, *options, cpus=cpus)
+
+
+def memory_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1])
+    raise BenchError(f"/proc/{pid}/status has no {key}")
+
+
+# -- the workloads --------------------------------------------------------------------------------
+
+Samples = dict[str, list[float]]  # metric name -> one value per round (or per sample)
+
+
+def against_handwritten(samples: Samples) -> None:
+    """Retrieve, create and list-1000, and the client's CPU: A then B in every round."""
+    bus = bus_server(SMALL_DB)
+    hand = handwritten_server(SMALL_DB)
+    try:
+        print(f"  servers: django-grpc-bus pid {bus.process.pid}, hand-written {hand.process.pid}")
+        load("verify", bus, "--handwritten", hand.target, "--rows", LIST_ROWS)
+        print("  verified: same Retrieve bytes, same list of dicts from both servers")
+        for round_number in range(1, ROUNDS + 1):
+            began = time.monotonic()
+            for side, server in (("bus", bus), ("hand", hand)):
+                pid = server.process.pid
+                got = closed_loop(server, "retrieve", 8, server_pid=pid)
+                samples[f"retrieve.rate.{side}"].append(got["calls_per_s"])
+                samples[f"retrieve.p50.{side}"].append(got["p50_ms"])
+                samples[f"retrieve.p99.{side}"].append(got["p99_ms"])
+                samples[f"retrieve.cpu.{side}"].append(got["server_cpu_us_per_call"])
+            for side, server in (("bus", bus), ("hand", hand)):
+                got = closed_loop(server, "create", 4, server_pid=server.process.pid)
+                samples[f"create.rate.{side}"].append(got["calls_per_s"])
+                samples[f"create.cpu.{side}"].append(got["server_cpu_us_per_call"])
+            for side, server, client in (("bus", bus, "registry"), ("hand", hand, "stub")):
+                got = load("list", server, "--client", client, "--rows", LIST_ROWS)
+                samples[f"list.ms.{side}"].append(got["ms"])
+            for client in ("registry", "stub"):
+                got = load("client-cpu", bus, "--client", client, "--calls", 2000)
+                samples[f"client.cpu.{client}"].append(got["cpu_us_per_call"])
+            print(f"  round {round_number}/{ROUNDS} done in {time.monotonic() - began:.0f}s")
+    finally:
+        bus.stop(timeout=15)
+        hand.stop(timeout=15)
+
+
+def workers(samples: Samples) -> None:
+    """Retrieve with --workers 2 and --workers 1, server and load free to use both cores.
+
+    A third server, --workers 1 pinned to core 0 with the load on core 1, shows what one
+    process does when it does not share its core with the load generator.
+    """
+    setups = {
+        "2": (bus_server(SMALL_DB, cpus=ALL_CPUS, workers=2), ALL_CPUS),
+        "1": (bus_server(SMALL_DB, cpus=ALL_CPUS, workers=1), ALL_CPUS),
+        "1-pinned": (bus_server(SMALL_DB, cpus=SERVER_CPUS, workers=1), LOAD_CPUS),
+    }
+    try:
+        for _ in range(WORKER_ROUNDS):
+            for name, (server, load_cpus) in setups.items():
+                # One connection per task: SO_REUSEPORT spreads connections, not calls.
+                got = closed_loop(server, "retrieve", 8, channels=8, cpus=load_cpus)
+                samples[f"workers.rate.{name}"].append(got["calls_per_s"])
+        print("  workers: done")
+    finally:
+        for server, _cpus in setups.values():
+            server.stop(timeout=15)
+
+
+def large_list(samples: Samples) -> None:
+    """1,000,000 rows: time to the first row, then the whole stream with the server's peak RSS."""
+    server = bus_server(LARGE_DB)
+    try:
+        pid = server.process.pid
+        got = load("first-row", server, "--samples", 5)
+        samples["large.first_row_ms"] = got["first_row_ms"]
+        before = memory_kb(pid, "VmRSS")
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        got = load("first-row", server, "--samples", 1, "--consume-all")
+        peak = memory_kb(pid, "VmHWM")
+        if got["rows"] != LARGE_ROWS:
+            raise BenchError(f"the 1M list returned {got['rows']} rows")
+        samples["large.rss_rise_mb"] = [(peak - before) / 1024]
+        samples["large.whole_s"] = [got["whole_s"]]
+        print(
+            f"  1M list: {got['whole_s']:.1f}s, RSS {before // 1024} MB -> peak {peak // 1024} MB"
+        )
+    finally:
+        server.stop(timeout=15)
+
+
+# -- the table ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    workload: str
+    unit: str
+    ours: list[float]
+    theirs: list[float] | None = None  # round by round, paired with `ours`
+    target: str = "—"
+    meets: Callable[[float], bool] | None = None  # on the ratio, or on `ours` without a baseline
+    labels: tuple[str, str] = ("", "")  # when the two columns are not bus vs hand-written
+
+
+def number(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def spread(values: list[float], unit: str = "") -> str:
+    text = number(statistics.median(values))
+    if len(values) > 1:
+        text += f" [{number(min(values))}–{number(max(values))}]"
+    return f"{text} {unit}".strip()
+
+
+def cells(row: Row) -> list[str]:
+    ours = spread(row.ours, row.unit) + (f" ({row.labels[0]})" if row.labels[0] else "")
+    if row.theirs is None:
+        theirs, ratio = "n/a", "—"
+        judged = statistics.median(row.ours)
+    else:
+        theirs = spread(row.theirs, row.unit) + (f" ({row.labels[1]})" if row.labels[1] else "")
+        ratios = [a / b for a, b in zip(row.ours, row.theirs, strict=True)]
+        ratio = spread(ratios) + "×"
+        judged = statistics.median(ratios)
+    met = "—" if row.meets is None else ("yes" if row.meets(judged) else "**no**")
+    return [row.workload, ours, theirs, ratio, row.target, met]
+
+
+def rows_of(s: Samples) -> list[Row]:
+    return [
+        Row("retrieve, c=8: calls/s", "/s", s["retrieve.rate.bus"], s["retrieve.rate.hand"],
+            "≥ 0.95×", lambda r: r >= 0.95),
+        Row("retrieve, c=8: p50 latency", "ms", s["retrieve.p50.bus"], s["retrieve.p50.hand"]),
+        Row("retrieve, c=8: p99 latency", "ms", s["retrieve.p99.bus"], s["retrieve.p99.hand"]),
+        Row("retrieve, c=8: server CPU per call", "µs", s["retrieve.cpu.bus"],
+            s["retrieve.cpu.hand"], "≤ 1.1×", lambda r: r <= 1.1),
+        Row("create, c=4: calls/s", "/s", s["create.rate.bus"], s["create.rate.hand"],
+            "≥ 0.85×", lambda r: r >= 0.85),
+        Row("create, c=4: server CPU per call", "µs", s["create.cpu.bus"], s["create.cpu.hand"]),
+        Row("list 1,000 rows as dicts: time per call", "ms", s["list.ms.bus"], s["list.ms.hand"],
+            "≤ 1.0×", lambda r: r <= 1.0),
+        Row("list 1,000,000 rows: server RSS rise", "MB", s["large.rss_rise_mb"],
+            target="< 30 MB", meets=lambda v: v < 30),
+        Row("list 1,000,000 rows: time to first row", "ms", s["large.first_row_ms"],
+            target="< 50 ms", meets=lambda v: v < 50),
+        Row("list 1,000,000 rows: whole stream", "s", s["large.whole_s"]),
+        Row("retrieve, c=8, 8 connections, both cores: calls/s", "/s", s["workers.rate.2"],
+            s["workers.rate.1"], "≥ 1.3×", lambda r: r >= 1.3, ("--workers 2", "--workers 1")),
+        Row("retrieve, c=8, 8 connections: calls/s", "/s", s["workers.rate.2"],
+            s["workers.rate.1-pinned"], labels=("--workers 2, both cores",
+            "--workers 1 on core 0, load on core 1")),
+        Row("client CPU per retrieve, 1 thread", "µs", s["client.cpu.registry"],
+            s["client.cpu.stub"], "≤ 1.15×", lambda r: r <= 1.15, ("registry", "stub")),
+    ]  # fmt: skip
+
+
+def table(rows: list[Row]) -> str:
+    header = ["workload", "django-grpc-bus", "hand-written", "ratio", "target", "met?"]
+    lines = [header, *(cells(row) for row in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+
+    def render(line: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([render(header), rule, *(render(line) for line in lines[1:])])
+
+
+def versions() -> str:
+    names = ("grpcio", "protobuf", "Django", "djangorestframework")
+    found = ", ".join(f"{name} {metadata.version(name)}" for name in names)
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=HERE, capture_output=True, text=True
+    ).stdout.strip()
+    return f"Python {platform.python_version()}, {found}; django-grpc-bus at {commit or '?'}"
+
+
+def report(text: str, elapsed: float, load_before: str) -> Path:
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / "latest.md"
+    path.write_text(
+        f"# django-grpc-bus benchmark\n\n"
+        f"- date: {now}\n- nproc: {nproc}\n- {versions()}\n"
+        f"- rounds: {ROUNDS} ({WORKER_ROUNDS} for the workers rows), {WARMUP:g} s warm-up + "
+        f"{SECONDS:g} s per closed-loop run\n"
+        f"- wall time of the whole run: {elapsed:.0f} s\n"
+        f"- load average (1, 5, 15 min) before: {load_before}; after: {load_average()} "
+        f"(other processes on the machine add noise)\n\n"
+        f"Cells: median over rounds [min–max]; ratio: django-grpc-bus ÷ baseline, taken round by "
+        f"round. See bench/README.md.\n\n{text}\n"
+    )
+    return path
+
+
+def load_average() -> str:
+    return ", ".join(f"{value:.1f}" for value in os.getloadavg())
+
+
+def main() -> int:
+    began = time.monotonic()
+    load_before = load_average()
+    print(f"django-grpc-bus benchmark: {ROUNDS} rounds, {SECONDS:g} s per closed-loop run")
+    print(f"  load average before: {load_before}")
+    samples: Samples = defaultdict(list)
+    try:
+        prepare()
+        against_handwritten(samples)
+        workers(samples)
+        large_list(samples)
+    except BenchError as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 1
+    text = table(rows_of(samples))
+    elapsed = time.monotonic() - began
+    path = report(text, elapsed, load_before)
+    print(f"\n{text}\n\nWall time {elapsed:.0f} s; written to {path.relative_to(HERE.parent)}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
