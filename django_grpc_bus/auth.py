@@ -10,6 +10,7 @@ missing or wrong is UNAUTHENTICATED (401); one whose user lacks the right, PERMI
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -30,13 +31,19 @@ ACTION_METHODS = {
 }
 
 
-def anonymous_user() -> Any:
-    """``AnonymousUser`` when django.contrib.auth is installed (a producer may not have it)."""
+@functools.cache
+def _anonymous_class() -> type | None:
     if not apps.is_installed("django.contrib.auth"):
         return None
     from django.contrib.auth.models import AnonymousUser
 
-    return AnonymousUser()
+    return AnonymousUser
+
+
+def anonymous_user() -> Any:
+    """``AnonymousUser`` when django.contrib.auth is installed (a producer may not have it)."""
+    anonymous = _anonymous_class()
+    return anonymous() if anonymous is not None else None
 
 
 def meta_from_metadata(metadata: Iterable[tuple[str, Any]] | None) -> dict[str, Any]:
@@ -50,22 +57,44 @@ def meta_from_metadata(metadata: Iterable[tuple[str, Any]] | None) -> dict[str, 
 
 
 class CallRequest:
-    """What DRF authentication and permission classes need of a request, for one gRPC call."""
+    """What DRF authentication and permission classes need of a request, for one gRPC call.
+
+    ``META`` and the anonymous ``user`` are worked out on first use, so a call that no class
+    looks at does not pay for them.
+    """
+
+    _UNSET = object()
 
     def __init__(self, message: Any, context: grpc.ServicerContext | None, action: str | None):
         self.message = message
         self.context = context
         self.action = action
         self.method = ACTION_METHODS.get(action or "", "POST")
-        metadata = context.invocation_metadata() if context is not None else ()
-        self.META = meta_from_metadata(metadata)
-        if context is not None:
-            self.META["REMOTE_ADDR"] = _peer_address(context.peer())
-        self.user: Any = anonymous_user()
+        self._meta: dict[str, Any] | None = None
+        self._user: Any = self._UNSET
         self.auth: Any = None
         self.authenticators: Sequence[Any] = ()
         self.successful_authenticator: Any = None
         self._request = self  # some classes reach for the underlying HttpRequest
+
+    @property
+    def META(self) -> dict[str, Any]:
+        if self._meta is None:
+            context = self.context
+            self._meta = meta_from_metadata(context.invocation_metadata() if context else ())
+            if context is not None:
+                self._meta["REMOTE_ADDR"] = _peer_address(context.peer())
+        return self._meta
+
+    @property
+    def user(self) -> Any:
+        if self._user is self._UNSET:
+            self._user = anonymous_user()
+        return self._user
+
+    @user.setter
+    def user(self, value: Any) -> None:
+        self._user = value
 
     @property
     def data(self) -> Any:
@@ -86,6 +115,8 @@ def _peer_address(peer: str) -> str:
 def authenticate(request: CallRequest, authenticators: Sequence[Any]) -> None:
     """Set ``request.user``/``auth`` from the first authenticator that recognises the call."""
     request.authenticators = authenticators
+    if not authenticators:
+        return  # the user stays anonymous (created only if someone asks)
     for authenticator in authenticators:
         result = authenticator.authenticate(request)
         if result is not None:

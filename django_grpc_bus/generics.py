@@ -144,12 +144,20 @@ class GenericService:
     # -- one object --------------------------------------------------------------------------
 
     def get_lookup_fields(self) -> list[tuple[str, str]]:
-        """(model lookup, request field) pairs identifying one row."""
-        if self.lookup_field == "pk" and self.lookup_request_field is None:
-            model = self.get_model()
+        """(model lookup, request field) pairs identifying one row (worked out once per class)."""
+        cls = type(self)
+        found = cls.__dict__.get("_lookup_fields")
+        if found is None:
+            found = cls._lookup_fields = cls._find_lookup_fields()
+        return found
+
+    @classmethod
+    def _find_lookup_fields(cls) -> list[tuple[str, str]]:
+        if cls.lookup_field == "pk" and cls.lookup_request_field is None:
+            model = cls.get_model()
             if model is not None:
                 return [(field.name, field.name) for field in primary_key_fields(model)]
-        return [(self.lookup_field, self.lookup_request_field or self.lookup_field)]
+        return [(cls.lookup_field, cls.lookup_request_field or cls.lookup_field)]
 
     def get_object(self) -> models.Model:
         queryset = self.filter_queryset(self.get_queryset())

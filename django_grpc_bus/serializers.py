@@ -17,7 +17,7 @@ from typing import Any
 from django.db import models
 from rest_framework import serializers
 
-from django_grpc_bus import messages
+from django_grpc_bus import messages, typemap
 
 Getter = Callable[[Any], Any]
 
@@ -79,11 +79,16 @@ class SerializerPlan:
             if field.write_only or name not in proto_writers:
                 continue
             getter = None
+            writer = proto_writers[name]
             if model is not None and name not in declared and field.source == name:
                 getter = _model_getter(model, name)
-                if getter is not None and model._meta.get_field(name).many_to_many:
-                    prefetch.append(name)
-            self.getters.append((name, getter or _drf_getter(field), proto_writers[name]))
+                if getter is not None:
+                    model_field = model._meta.get_field(name)
+                    if model_field.many_to_many:
+                        prefetch.append(name)
+                    elif typemap.proto_type(model_field).kind in DIRECT_KINDS:
+                        writer = _direct_writer(name, writer)
+            self.getters.append((name, getter or _drf_getter(field), writer))
         self.prefetch = tuple(prefetch)
 
     def fill(self, message: Any, instance: Any) -> Any:
@@ -95,6 +100,21 @@ class SerializerPlan:
 
     def build(self, instance: Any) -> Any:
         return self.fill(self.message_class(), instance)
+
+
+# Kinds whose model values are already what the message field takes (int, str, ...): they are
+# assigned as they are, and only a value of another type goes through the coercing writer.
+DIRECT_KINDS = frozenset({"int", "float", "bool", "str", "bytes"})
+
+
+def _direct_writer(name: str, coercing: messages.Writer) -> messages.Writer:
+    def write(message: Any, value: Any) -> None:
+        try:
+            setattr(message, name, value)
+        except TypeError:
+            coercing(message, value)
+
+    return write
 
 
 def _model_getter(model: type[models.Model], name: str) -> Getter | None:
