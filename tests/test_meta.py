@@ -49,11 +49,11 @@ def test_default_selection_is_every_model_of_the_project_apps(project):
     labels = [s.label for s in selection]
     expected = sorted(
         f"{model._meta.app_label}.{model.__name__}"
-        for label in ("catalog", "shop")
+        for label in ("catalog", "faults", "shop")
         for model in apps.get_app_config(label).get_models()
     )
     assert labels == expected
-    assert {s.app_label for s in selection} == {"catalog", "shop"}
+    assert {s.app_label for s in selection} == {"catalog", "faults", "shop"}
     assert "catalog.Book" in labels and "shop.Book" in labels
 
 
@@ -209,7 +209,7 @@ def test_unknown_app(project):
     message = meta_error(project, {"apps": [{"name": "catalog"}, {"name": "nope"}]})
 
     assert "apps[1] (nope)" in message
-    assert "Project apps: catalog, shop" in message
+    assert "Project apps: catalog, faults, shop" in message
     assert "service_meta.yaml" in message  # the source file
 
 
@@ -401,7 +401,7 @@ def test_generatemetayaml_stdout_round_trips_to_the_default_selection(project):
     out, _ = project.call("generatemetayaml")
 
     document = yaml.safe_load(out)
-    assert [entry["name"] for entry in document["apps"]] == ["catalog", "shop"]
+    assert [entry["name"] for entry in document["apps"]] == ["catalog", "shop", "faults"]
     default = picked(load_selection())
     assert picked(resolve_meta(document)) == default
 
@@ -469,7 +469,7 @@ def test_generatemetayaml_unknown_app(project):
 
     message = str(excinfo.value)
     assert "'nope'" in message
-    assert "catalog, shop" in message
+    assert "catalog, faults, shop" in message
 
 
 def test_generatemetayaml_output_loads_with_a_model_less_project_app(project):

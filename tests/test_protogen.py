@@ -70,6 +70,9 @@ def test_default_selection_writes_one_proto_per_model_in_app_folders(project):
         "catalog/Profile.proto",
         "catalog/Tag.proto",
         "catalog/Token.proto",
+        "faults/Entry.proto",
+        "faults/Ledger.proto",
+        "faults/Sleeper.proto",
         "shop/Book.proto",
         "shop/Customer.proto",
     ]
@@ -121,7 +124,7 @@ def test_output_is_byte_identical_across_runs(project):
     project.call("generateproto")
     first = {p: p.read_bytes() for p in project.root.rglob("*.proto")}
     out, _ = project.call("generateproto")
-    assert "0 file(s) written or removed, 8 unchanged" in out
+    assert "0 file(s) written or removed, 11 unchanged" in out
     assert {p: p.read_bytes() for p in project.root.rglob("*.proto")} == first
 
 
@@ -290,7 +293,7 @@ def test_symbol_collision_inside_one_app_is_refused():
 
 def test_generategrpc_generates_missing_protos_and_an_importable_package(project):
     out, _ = project.call("generategrpc")
-    assert "8 .proto file(s) missing; generating them first." in out
+    assert "11 .proto file(s) missing; generating them first." in out
     grpc_dir = project.root / "grpc"
     for name in ("Everything_pb2.py", "Everything_pb2.pyi", "Everything_pb2_grpc.py"):
         assert (grpc_dir / name).exists(), name
