@@ -94,6 +94,27 @@ def resolve_path(value: str | Path | None) -> Path | None:
     return path.resolve()
 
 
+class OutsideBaseDir(ImproperlyConfigured):
+    """A path the package would write to resolves outside BASE_DIR."""
+
+
+def inside_base_dir(path: Path, what: str) -> Path:
+    """`path` with symlinks resolved; refused (OutsideBaseDir) when that is outside BASE_DIR.
+
+    Every file the commands write goes through this, so no setting, YAML entry, app label or
+    symlink can make them write elsewhere.
+    """
+    base = base_dir()
+    resolved = Path(path).resolve()
+    if not resolved.is_relative_to(base):
+        shown = f"{path} (which resolves to {resolved})" if resolved != Path(path) else str(path)
+        raise OutsideBaseDir(
+            f"{what} is {shown}, outside BASE_DIR ({base}); django-grpc-bus writes only inside "
+            "the project."
+        )
+    return resolved
+
+
 def perform_import(value: Any, key: str) -> Any:
     """Import `value` when it is a dotted path (or each item of a list); others are unchanged."""
     if isinstance(value, (list, tuple)):

@@ -20,8 +20,9 @@ from typing import Any
 import grpc
 from django.conf import settings
 from django.db import close_old_connections, reset_queries, transaction
+from google.protobuf.message import DecodeError
 
-from django_grpc_bus.errors import abort_with, describe_failure
+from django_grpc_bus.errors import Failure, abort_with, describe_failure
 
 logger = logging.getLogger("django_grpc_bus.calls")
 
@@ -53,6 +54,7 @@ class Traffic:
         self._lock = threading.Condition()
         self.active = 0
         self.draining = False
+        self.limit: int | None = None  # MAX_CONCURRENT_RPCS, set when a server is built
 
     def enter(self, context: grpc.ServicerContext) -> None:
         with self._lock:
@@ -60,6 +62,13 @@ class Traffic:
                 context.abort(
                     grpc.StatusCode.UNAVAILABLE,
                     "The server is shutting down; retry on another instance.",
+                )
+            if self.limit is not None and self.active >= self.limit:
+                # Refused at once rather than queued; health and reflection are not counted,
+                # so a busy server still answers its probes.
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"The server is at its limit of {self.limit} concurrent calls; retry later.",
                 )
             self.active += 1
 
@@ -136,8 +145,47 @@ class Call:
             logger.info("%s %s %.1fms", self.route.method, self.code.name, elapsed)
 
 
+class Undecodable:
+    """A request whose bytes are not a valid message (kept so the call can say so)."""
+
+    __slots__ = ("problem",)
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def lenient_parser(message_class: type) -> Callable[[bytes], Any]:
+    """Parse request bytes; on failure return :class:`Undecodable` instead of raising."""
+    parse = message_class.FromString
+    name = message_class.DESCRIPTOR.full_name
+
+    def parse_request(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return Undecodable(f"The request is not a valid {name} message: {exc}")
+
+    return parse_request
+
+
+def _refuse_undecodable(request: Any, context: grpc.ServicerContext) -> None:
+    if isinstance(request, Undecodable):
+        abort_with(context, Failure(grpc.StatusCode.INVALID_ARGUMENT, request.problem))
+
+
+def unimplemented_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def handle(request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"{route.method} is not offered by {route.service_class.__name__}.",
+        )
+
+    return handle
+
+
 def unary_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Any]:
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
+        _refuse_undecodable(request, context)
         with Call(route, context):
             service = route.new_service(request, context)
             service.initial()
@@ -157,6 +205,7 @@ def unary_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Any]:
 
 def stream_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
     def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        _refuse_undecodable(request, context)
         with Call(route, context):
             service = route.new_service(request, context)
             service.initial()

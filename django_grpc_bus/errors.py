@@ -30,7 +30,28 @@ from django_grpc_bus.messages import ConversionError
 logger = logging.getLogger("django_grpc_bus")
 
 Code = grpc.StatusCode
-MAX_DEV_TRACEBACK = 2000  # characters; status details travel in a header of limited size
+# A status travels in trailers twice: the message percent-encoded in grpc-message, and the whole
+# google.rpc.Status base64-encoded in grpc-status-details-bin. Clients refuse trailers past
+# 8 KiB, so texts that echo a client's value are cut to fit these budgets (in encoded bytes).
+MAX_DEV_TRACEBACK = 1500
+MESSAGE_BUDGET = 1800  # grpc-message, percent-encoded
+DETAILS_BUDGET = 2400  # the serialized Status (base64 adds a third)
+MAX_VIOLATION = 200  # characters of one field path or description
+
+
+def _encoded_cost(char: str) -> int:
+    """Bytes `char` takes in grpc-message (printable ASCII as is, the rest as %XX per byte)."""
+    return 1 if " " <= char <= "~" and char != "%" else 3 * len(char.encode())
+
+
+def _clip(text: str, budget: int) -> str:
+    """`text` cut (with an ellipsis) so that its percent-encoded form fits `budget` bytes."""
+    used = 0
+    for index, char in enumerate(text):
+        used += _encoded_cost(char)
+        if used > budget - 9:  # room for the ellipsis, itself encoded
+            return text[:index] + "…"
+    return text
 
 
 class GrpcError(Exception):
@@ -193,22 +214,30 @@ def failure_for(exc: BaseException) -> Failure | None:
 
 
 def status_for(failure: Failure) -> grpc.Status:
-    """A ``grpc.Status`` carrying the google.rpc.Status (with BadRequest) in its trailers."""
-    details = []
+    """A ``grpc.Status`` carrying the google.rpc.Status (with BadRequest) in its trailers.
+
+    Long texts are clipped and at most ``MAX_VIOLATIONS`` violations are sent, so the trailers
+    always fit what clients accept.
+    """
+    message = _clip(failure.message, MESSAGE_BUDGET)
+    status = status_pb2.Status(code=getattr(code_pb2, failure.code.name), message=message)
     if failure.violations:
-        bad_request = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=path, description=text)
-                for path, text in failure.violations
-            ]
-        )
+        bad_request = error_details_pb2.BadRequest()
+        room = DETAILS_BUDGET - status.ByteSize() - 64  # the Any's type URL and framing
+        for shown, (path, text) in enumerate(failure.violations):
+            violation = error_details_pb2.BadRequest.FieldViolation(
+                field=path[:MAX_VIOLATION], description=text[:MAX_VIOLATION]
+            )
+            room -= violation.ByteSize() + 3
+            if room < 48:  # keep room for the note that some were left out
+                left = len(failure.violations) - shown
+                bad_request.field_violations.add(description=f"{left} more not shown")
+                break
+            bad_request.field_violations.append(violation)
         packed = any_pb2.Any()
         packed.Pack(bad_request)
-        details.append(packed)
-    code_number = getattr(code_pb2, failure.code.name)
-    return rpc_status.to_status(
-        status_pb2.Status(code=code_number, message=failure.message, details=details)
-    )
+        status.details.append(packed)
+    return rpc_status.to_status(status)
 
 
 def describe_failure(exc: BaseException, method: str, dev: bool) -> Failure:

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
+from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from django_grpc_bus import dispatch
@@ -93,8 +94,13 @@ class BasicHandler:
         for service_class in self._registered:
             module, service_name = resolve_grpc_module(service_class)
             descriptor = _service_descriptor(module, service_name)
-            servicer = build_servicer(service_class, module, descriptor, dev, log_calls)
-            getattr(module, f"add_{service_name}Servicer_to_server")(servicer, server)
+            handlers = method_handlers(service_class, descriptor, dev, log_calls)
+            server.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)
+            )
+            # Registered methods skip grpc's per-call lookup (grpcio 1.62+), as generated code does.
+            if hasattr(server, "add_registered_method_handlers"):
+                server.add_registered_method_handlers(descriptor.full_name, handlers)
             names.append(descriptor.full_name)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self.set_serving(names)
@@ -123,45 +129,49 @@ def _service_descriptor(module: Any, service_name: str):
         ) from None
 
 
-def build_servicer(service_class, module, descriptor, dev: bool, log_calls: bool) -> Any:
-    """An instance of the generated ``<Name>Servicer`` whose methods run `service_class`."""
-    from google.protobuf import message_factory
+def method_handlers(
+    service_class: type[GenericService], descriptor: Any, dev: bool, log_calls: bool
+) -> dict[str, grpc.RpcMethodHandler]:
+    """One handler per RPC of the proto service, each running `service_class` through dispatch.
 
-    methods = {}
+    These are what the generated ``add_<Name>Servicer_to_server`` would register, except that
+    requests are parsed by :func:`dispatch.lenient_parser`: bytes that are not a valid message
+    reach the call and end as INVALID_ARGUMENT, not as grpc's own INTERNAL.
+    """
+    handlers = {}
     for method in descriptor.methods:
         action = snake_case(method.name)
         full_method = f"/{descriptor.full_name}/{method.name}"
-        if method.client_streaming or not callable(getattr(service_class, action, None)):
-            methods[method.name] = _unimplemented(service_class, full_method)
-            continue
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        offered = not method.client_streaming and callable(getattr(service_class, action, None))
         route = dispatch.Route(
             service_class=service_class,
             action=action,
             method=full_method,
-            response_class=message_factory.GetMessageClass(method.output_type),
+            response_class=response_class,
             atomic=action in service_class.atomic_actions,
             dev=dev,
             log_calls=log_calls,
         )
-        behavior = dispatch.stream_behavior if method.server_streaming else dispatch.unary_behavior
-        methods[method.name] = _as_method(behavior(route))
-    base = getattr(module, f"{descriptor.name}Servicer")
-    servicer_class = type(f"{service_class.__name__}Servicer", (base,), methods)
-    return servicer_class()
-
-
-def _as_method(behavior):
-    def method(self, request, context):
-        return behavior(request, context)
-
-    return method
-
-
-def _unimplemented(service_class: type, full_method: str):
-    def method(self, request, context):
-        context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            f"{full_method} is not offered by {service_class.__name__}.",
+        if not offered:
+            behavior = dispatch.unimplemented_behavior(route)
+        elif method.server_streaming:
+            behavior = dispatch.stream_behavior(route)
+        else:
+            behavior = dispatch.unary_behavior(route)
+        make = _HANDLER_KINDS[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = make(
+            behavior,
+            request_deserializer=dispatch.lenient_parser(request_class),
+            response_serializer=response_class.SerializeToString,
         )
+    return handlers
 
-    return method
+
+_HANDLER_KINDS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}

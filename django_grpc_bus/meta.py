@@ -36,6 +36,16 @@ class ModelSelection:
     model: type[models.Model]
     fields: tuple[models.Field, ...]
 
+    def __post_init__(self) -> None:
+        # Names become file names, proto symbols and Python identifiers.
+        name = self.model.__name__
+        label = self.model._meta.app_label
+        if not (name.isidentifier() and label.isidentifier()):
+            raise ServiceMetaError(
+                f"Model {label}.{name!r} cannot be exposed: app labels and model class names "
+                "must be Python identifiers (they become file, proto and module names)."
+            )
+
     @property
     def app_label(self) -> str:
         return self.model._meta.app_label

@@ -145,6 +145,10 @@ class DestroyModelMixin:
         instance.delete()
 
 
+BATCH_HEADROOM = 1024  # bytes kept free in a batch for next_page_token and framing
+ROW_FRAMING = 6  # a repeated field's tag and length prefix, at most
+
+
 class ListModelMixin:
     """Stream rows in batches straight from the database cursor.
 
@@ -169,14 +173,26 @@ class ListModelMixin:
             queryset = queryset.prefetch_related(*plan.prefetch)
         fill = plan.fill
         response_class = self.response_class
+        # A batch is also sent early when one more row would take it past the message limit.
+        byte_budget = bus_settings.MAX_MESSAGE_SIZE - BATCH_HEADROOM
         response = response_class()
         results = response.results
-        sent = 0
+        batch_bytes = sent = 0
         for instance in queryset.iterator(chunk_size=batch_size):
             if page_size and sent == page_size:
                 response.next_page_token = encode_page_token(offset + page_size)
                 break
-            fill(results.add(), instance)
+            row_bytes = fill(results.add(), instance).ByteSize() + ROW_FRAMING
+            if batch_bytes + row_bytes > byte_budget and len(results) > 1:
+                del results[-1]
+                yield response
+                if not context.is_active():
+                    return
+                response = response_class()
+                results = response.results
+                fill(results.add(), instance)
+                batch_bytes = 0
+            batch_bytes += row_bytes
             sent += 1
             if len(results) == batch_size:
                 yield response
@@ -184,6 +200,7 @@ class ListModelMixin:
                     return
                 response = response_class()
                 results = response.results
+                batch_bytes = 0
         if len(results) or response.next_page_token or not sent:
             yield response
 

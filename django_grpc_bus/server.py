@@ -111,8 +111,8 @@ def build_server(handler: Any, config: ServerConfig) -> tuple[grpc.Server, int, 
         ),
         interceptors=interceptors,
         options=options,
-        maximum_concurrent_rpcs=bus_settings.MAX_CONCURRENT_RPCS,
     )
+    traffic.limit = bus_settings.MAX_CONCURRENT_RPCS
     names = handler.bind_to_server(server, dev=config.dev, log_calls=config.log_calls)
     parse_address(config.address)  # a clear error before grpc's own
     credentials = server_credentials()

@@ -20,6 +20,9 @@ from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 # Doubles represent every integer up to 2**53 exactly; integral JSON numbers within that range
 # come back as `int`, so `{"n": 1}` round-trips as 1 and not 1.0.
 MAX_EXACT_INT = 2**53
+# Each JSON level is three message levels (Value, Struct, map entry) and protobuf parses at
+# most 100; a row must still parse inside a List response, two levels deeper.
+MAX_JSON_DEPTH = 30
 
 
 def _file_name(value: Any) -> str:
@@ -76,8 +79,10 @@ def duration_to_timedelta(message: duration_pb2.Duration) -> dt.timedelta:
     return message.ToTimedelta()
 
 
-def json_to_value(value: Any, message: struct_pb2.Value) -> None:
+def json_to_value(value: Any, message: struct_pb2.Value, depth: int = 0) -> None:
     """Fill a ``google.protobuf.Value`` from a JSON-compatible Python value."""
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     if value is None:
         message.null_value = struct_pb2.NULL_VALUE
     elif isinstance(value, bool):
@@ -90,18 +95,20 @@ def json_to_value(value: Any, message: struct_pb2.Value) -> None:
         fields = message.struct_value.fields
         message.struct_value.SetInParent()
         for key, item in value.items():
-            json_to_value(item, fields[str(key)])
+            json_to_value(item, fields[str(key)], depth + 1)
     elif isinstance(value, (list, tuple)):
         items = message.list_value.values
         message.list_value.SetInParent()
         for item in value:
-            json_to_value(item, items.add())
+            json_to_value(item, items.add(), depth + 1)
     else:
         raise TypeError(f"{type(value).__name__} is not a JSON value")
 
 
-def value_to_json(message: struct_pb2.Value) -> Any:
+def value_to_json(message: struct_pb2.Value, depth: int = 0) -> Any:
     """The Python value of a ``google.protobuf.Value`` (integral numbers as ``int``)."""
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     kind = message.WhichOneof("kind")
     if kind == "number_value":
         number = message.number_value
@@ -113,9 +120,10 @@ def value_to_json(message: struct_pb2.Value) -> Any:
     if kind == "bool_value":
         return message.bool_value
     if kind == "struct_value":
-        return {key: value_to_json(item) for key, item in message.struct_value.fields.items()}
+        fields = message.struct_value.fields
+        return {key: value_to_json(item, depth + 1) for key, item in fields.items()}
     if kind == "list_value":
-        return [value_to_json(item) for item in message.list_value.values]
+        return [value_to_json(item, depth + 1) for item in message.list_value.values]
     return None
 
 

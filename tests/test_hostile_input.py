@@ -15,15 +15,11 @@ got; the summary is printed when the module ends.
 The rows this module creates are destroyed when it ends (the database is shared with other
 modules). HOSTILE_INPUT_SCALE multiplies the number of inputs for a longer hunt.
 
-Known package bugs are pinned by strict xfail tests: a request the server cannot decode (not
-protobuf, invalid UTF-8, nesting past protobuf's depth limit) ends as INTERNAL ("Exception
-deserializing request!", grpc's own answer); a validation message that echoes a huge value is
-cut off by the client's metadata limit (RESOURCE_EXHAUSTED instead of INVALID_ARGUMENT); JSON
-that Create accepts can be too deep for any List response to be parsed; and List batches rows
-by count, not size, so rows that each fit MAX_MESSAGE_SIZE cannot be listed together. The
-property tests tolerate exactly the first two (counted as ``INTERNAL (undecodable, BUG)`` and
-``RESOURCE_EXHAUSTED (trailers too large, BUG)``), the first only for requests protobuf itself
-cannot parse, so that every other INTERNAL still fails them.
+Dedicated tests cover what the properties found: a request the server cannot decode (not
+protobuf, invalid UTF-8, nesting past protobuf's depth limit) is INVALID_ARGUMENT; a validation
+message that echoes a huge value is clipped so its status survives the client's metadata limit;
+JSON too deep for a List response to parse is refused at Create; and List batches by size as
+well as by count, so rows that each fit MAX_MESSAGE_SIZE can be listed together.
 """
 
 from __future__ import annotations
@@ -43,7 +39,6 @@ import pytest
 from catalog.models import Everything
 from conftest import start_server
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
-from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -64,9 +59,6 @@ ALLOWED = frozenset(
     }
 )
 LEAKS = ("Traceback", "SELECT", "INSERT", "UPDATE ")
-UNDECODABLE = "Exception deserializing request!"  # grpc's own text for a request it cannot parse
-UNDECODABLE_BUG = "INTERNAL (undecodable, BUG)"
-METADATA_BUG = "RESOURCE_EXHAUSTED (trailers too large, BUG)"
 DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
 SERVICE = "catalog.Everything"
 RPCS = ("List", "Create", "Retrieve", "Update", "PartialUpdate", "Destroy")
@@ -102,15 +94,6 @@ def examples(count: int) -> settings:
 # -- calls and checks ----------------------------------------------------------------------------
 
 
-def undecodable(payload: bytes, message_class: type) -> bool:
-    """Whether protobuf itself refuses to parse `payload` as `message_class`."""
-    try:
-        message_class.FromString(payload)
-    except DecodeError:
-        return True
-    return False
-
-
 def check_call(
     rpc: str, invoke: Any, payload: bytes, message_class: type, limit: int = DEFAULT_MAX_MESSAGE
 ) -> tuple[Code, Any]:
@@ -125,19 +108,15 @@ def check_call(
         code, details = exc.code(), exc.details() or ""
     elapsed = time.monotonic() - started
     label = code.name
-    if code is Code.INTERNAL and details == UNDECODABLE and undecodable(payload, message_class):
-        label = UNDECODABLE_BUG  # pinned by test_undecodable_requests_are_invalid_argument
-    elif code is Code.RESOURCE_EXHAUSTED and "metadata size exceeds" in details:
-        label = METADATA_BUG  # pinned by test_a_huge_value_echoed_in_an_error_keeps_its_status
     TRIED[rpc][label] += 1
     assert elapsed < TIMEOUT, f"{rpc} took {elapsed:.1f}s"
-    if label != UNDECODABLE_BUG:
-        assert code in ALLOWED, (rpc, code, details[:500])
+    assert code in ALLOWED, (rpc, code, details[:500])
+    assert "metadata size exceeds" not in details, (rpc, details[:500])
     for word in LEAKS:
         if word in details:
             # Only a leak when the server did not just echo what the request itself said.
             assert word.encode() in payload, (rpc, word, details[:2000])
-    if code is Code.RESOURCE_EXHAUSTED and label != METADATA_BUG:
+    if code is Code.RESOURCE_EXHAUSTED:
         assert len(payload) > limit, (rpc, len(payload), details[:500])
     return code, result
 
@@ -530,13 +509,6 @@ def test_list_with_hostile_page_sizes_and_tokens(channel, pb, seed):
     assert_serving(channel)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Create accepts JSON nested just under protobuf's parse limit (objects ~33 "
-    "deep), but a List response carrying the row is deeper than clients parse: every List "
-    "that includes it fails with INTERNAL 'Exception deserializing response!'. The server "
-    "should refuse JSON nested deeper than its responses can carry (INVALID_ARGUMENT)",
-)
 def test_json_that_create_accepts_can_be_listed(channel, pb, seed):
     everything_pb2, _ = pb
     stub = stub_for(Everything, channel)
@@ -776,12 +748,6 @@ def test_rows_that_each_fit_the_limit_can_be_read_one_by_one(small_server, pb, f
         assert_serving(small)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: mixins.py ListModelMixin.list packs LIST_BATCH_SIZE rows into one message "
-    "whatever their size: rows that each fit MAX_MESSAGE_SIZE make a batch that does not, and "
-    "the whole List fails with RESOURCE_EXHAUSTED, so no client can list the table",
-)
 def test_rows_that_each_fit_the_limit_can_be_listed_together(small_server, pb, filepath):
     everything_pb2, _ = pb
     with grpc.insecure_channel(small_server.target) as small:
@@ -803,11 +769,6 @@ def test_rows_that_each_fit_the_limit_can_be_listed_together(small_server, pb, f
 # -- known bugs ----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a request grpc cannot deserialize ends as INTERNAL 'Exception deserializing "
-    "request!' (grpc's default); it is the client's fault: INVALID_ARGUMENT",
-)
 @pytest.mark.parametrize("payload", MALFORMED, ids=lambda payload: payload.hex()[:16])
 def test_undecodable_requests_are_invalid_argument(channel, payload):
     call = channel.unary_unary(
@@ -818,11 +779,6 @@ def test_undecodable_requests_are_invalid_argument(channel, payload):
     assert info.value.code() is Code.INVALID_ARGUMENT, (info.value.code(), info.value.details())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: JSON nested deeper than protobuf's parse limit (100) ends as INTERNAL "
-    "'Exception deserializing request!'; should be INVALID_ARGUMENT",
-)
 def test_json_nested_past_the_parse_limit_is_invalid_argument(channel, pb):
     everything_pb2, _ = pb
     message = deep_json_request(everything_pb2, 120)
@@ -832,12 +788,6 @@ def test_json_nested_past_the_parse_limit_is_invalid_argument(channel, pb):
     assert info.value.code() is Code.INVALID_ARGUMENT, (info.value.code(), info.value.details())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: validation messages echo the value (\"'xxx…' is not a valid choice.\"), "
-    "unbounded, in grpc-message and grpc-status-details-bin; past the client's 16 KiB "
-    "metadata limit the call arrives as RESOURCE_EXHAUSTED without its violations",
-)
 def test_a_huge_value_echoed_in_an_error_keeps_its_status(channel, pb, seed):
     everything_pb2, _ = pb
     message = everything_pb2.EverythingData(**{**seed["base"], "f_choice_str": "z" * 100_000})

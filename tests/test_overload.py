@@ -152,12 +152,6 @@ def test_the_server_serves_normally_after_the_bursts(channel, pb, sleeper):
         assert [o.code for o in outcomes] == [Code.OK] * LIMIT, [o.details for o in outcomes]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: MAX_CONCURRENT_RPCS is grpc's maximum_concurrent_rpcs (server.py), which "
-    "counts health checks too: while the services are at the limit the health probe gets "
-    "RESOURCE_EXHAUSTED, so a Kubernetes gRPC liveness probe restarts a merely busy pod",
-)
 def test_health_answers_while_the_services_are_at_the_limit(channel, pb, sleeper):
     stub = stub_for(Sleeper, channel)
     calls = [

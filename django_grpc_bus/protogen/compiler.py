@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from django_grpc_bus.conf import base_dir, bus_settings
+from django_grpc_bus.conf import base_dir, bus_settings, inside_base_dir
 from django_grpc_bus.meta import Selection
 from django_grpc_bus.protogen import naming
 from django_grpc_bus.protogen.protoc import run_protoc
@@ -52,6 +52,7 @@ def compile_package(selection: Selection) -> tuple[list[str], str]:
 
     dest = root / naming.GRPC_PACKAGE
     dest.mkdir(parents=True, exist_ok=True)
+    dest = inside_base_dir(dest, f"The compiled package folder {dest}")
     with tempfile.TemporaryDirectory(dir=root, prefix=".build-") as tmp:
         warnings = run_protoc(
             [

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import difflib
 import os
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
-from django_grpc_bus.conf import bus_settings
+from django_grpc_bus.conf import base_dir, bus_settings, inside_base_dir
 from django_grpc_bus.meta import Selection
 from django_grpc_bus.protogen import naming
 from django_grpc_bus.protogen.existing import read_numbering
@@ -67,7 +68,10 @@ def check_symbol_collisions(selection: Selection) -> None:
 def generated_protos(root: Path) -> list[str]:
     """Relative paths of the ``.proto`` files under `root` that this package wrote."""
     found = []
+    base = base_dir()
     for path in sorted(root.glob("*/*.proto")):
+        if not path.resolve().is_relative_to(base):
+            continue  # behind a symlink that leads out of the project: never ours to delete
         try:
             with path.open(encoding="utf-8") as handle:
                 first = handle.readline()
@@ -79,6 +83,7 @@ def generated_protos(root: Path) -> list[str]:
 
 
 def plan_protos(selection: Selection) -> ProtoPlan:
+    naming.producer_package()  # refuses a PRODUCER_ROOT outside BASE_DIR before any write
     check_symbol_collisions(selection)
     root = bus_settings.PRODUCER_ROOT
     relpaths = {naming.proto_relpath(selected.model): selected for selected in selection}
@@ -100,16 +105,23 @@ def plan_protos(selection: Selection) -> ProtoPlan:
 
 
 def write_atomically(path: Path, text: str) -> None:
+    """Write through a new temporary file beside `path` (never a name someone could plant)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def apply_plan(plan: ProtoPlan) -> None:
     for change in plan.changes:
         path = plan.root / change.relpath
+        inside_base_dir(path.parent, f"The folder of {change.relpath}")
         if change.new is None:
-            path.unlink()
+            inside_base_dir(path, change.relpath).unlink()
         else:
             write_atomically(path, change.new)

@@ -70,22 +70,30 @@ def producer_package() -> str:
             "are not Python identifiers (or are keywords), so its modules cannot be imported. "
             "Rename them."
         )
-    _refuse_shadowing(parts[0], root)
+    refuse_shadowing(parts[0], f"MESSAGE_BUS['PRODUCER_ROOT'] ({root})")
     return ".".join(parts)
 
 
-def _refuse_shadowing(top: str, root) -> None:
+def refuse_shadowing(top: str, what: str) -> None:
+    """Refuse a module name that Python or an installed package already owns (os, grpc, ...).
+
+    A file written under that name in the project would hide the real module, or never be
+    imported at all.
+    """
     try:
         spec = importlib.util.find_spec(top)
     except (ImportError, ValueError):
         return
-    locations = [spec.origin] if spec and spec.origin else []
-    locations += list(spec.submodule_search_locations or []) if spec else []
-    if any(location and is_library_path(location) for location in locations):
+    if spec is None:
+        return
+    locations = [spec.origin] if spec.origin else []
+    locations += list(spec.submodule_search_locations or [])
+    if spec.origin in ("built-in", "frozen") or any(
+        location and is_library_path(location) for location in locations
+    ):
         raise ImproperlyConfigured(
-            f"MESSAGE_BUS['PRODUCER_ROOT'] ({root}) would be imported as {top!r}, the name of "
-            "an installed package it would hide. Choose another folder name, such as "
-            "'generated_grpc'."
+            f"{what} would be imported as {top!r}, the name of a module Python or an installed "
+            "package already has. Choose another name."
         )
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from django.apps import AppConfig, apps
+from django.core.exceptions import ImproperlyConfigured
 
-from django_grpc_bus.conf import base_dir
+from django_grpc_bus.conf import OutsideBaseDir, base_dir, inside_base_dir
 from django_grpc_bus.meta import ModelSelection, Selection, is_project_app
 from django_grpc_bus.protogen import naming
 from django_grpc_bus.scaffold.report import ScaffoldError
@@ -106,15 +107,10 @@ class HandlerTarget:
 
 def ensure_inside_base(path: Path, what: str) -> Path:
     """Return `path` with symlinks resolved, or refuse it when that is outside BASE_DIR."""
-    base = base_dir()
-    resolved = path.resolve()
-    if not resolved.is_relative_to(base):
-        shown = f"{path} (which resolves to {resolved})" if resolved != path else str(path)
-        raise ScaffoldError(
-            f"{what} is {shown}, outside BASE_DIR ({base}); generateservices writes only "
-            "inside the project."
-        )
-    return resolved
+    try:
+        return inside_base_dir(path, what)
+    except OutsideBaseDir as exc:
+        raise ScaffoldError(str(exc)) from None
 
 
 def relative_to_base(path: Path) -> str:
@@ -181,6 +177,10 @@ def handler_target(hook: Any) -> HandlerTarget:
             "object inside the project, such as 'handlers.handler' or 'config.grpc.handler'."
         )
     *module_parts, name = parts
+    try:
+        naming.refuse_shadowing(module_parts[0], f"MESSAGE_BUS['ROOT_HANDLERS_HOOK'] = {dotted!r}")
+    except ImproperlyConfigured as exc:
+        raise ScaffoldError(str(exc)) from None
     package_dir = base_dir().joinpath(*module_parts)
     if (package_dir / "__init__.py").is_file():
         path = package_dir / "__init__.py"
