@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 from django.apps import apps
+from django.http.request import HttpHeaders
 from rest_framework import exceptions
 
 from django_grpc_bus.conf import bus_settings
@@ -85,6 +86,11 @@ class CallRequest:
             if context is not None:
                 self._meta["REMOTE_ADDR"] = _peer_address(context.peer())
         return self._meta
+
+    @property
+    def headers(self) -> HttpHeaders:
+        """The metadata as Django's case-insensitive ``request.headers`` (DRF 3.16+ reads it)."""
+        return HttpHeaders(self.META)
 
     @property
     def user(self) -> Any:

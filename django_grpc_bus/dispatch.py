@@ -104,6 +104,10 @@ class Call:
 
     def __init__(self, route: Route, context: grpc.ServicerContext) -> None:
         traffic.enter(context)
+        # Counted in flight until grpc has finished the RPC (the response sent, or the call
+        # cancelled), not merely until our code returns: a drain must not cut off a reply.
+        if not context.add_callback(traffic.leave):
+            traffic.leave()
         if settings.DEBUG:
             reset_queries()  # DEBUG keeps every query; a long-lived server must not
         close_old_connections()
@@ -136,10 +140,7 @@ class Call:
         abort_with(self.context, failure)
 
     def end(self) -> None:
-        try:
-            close_old_connections()
-        finally:
-            traffic.leave()
+        close_old_connections()
         if self.route.log_calls:
             elapsed = (time.perf_counter() - self.started) * 1e3
             logger.info("%s %s %.1fms", self.route.method, self.code.name, elapsed)
@@ -194,6 +195,11 @@ def unary_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Any]:
                 return action(request, context)
             with transaction.atomic():
                 result = action(request, context)
+                connection = transaction.get_connection()
+                if connection.vendor == "postgresql":
+                    # Deferred constraints (foreign keys) are checked now rather than at COMMIT,
+                    # where waiting on a lock could outlast the deadline unnoticed.
+                    connection.check_constraints()
                 if not context.is_active():
                     # Cancelled, past its deadline, or cut off by shutdown: the client saw a
                     # failure, so nothing of this call may stay in the database.

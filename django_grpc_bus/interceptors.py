@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
 from rest_framework import exceptions
 
 from django_grpc_bus import auth
+from django_grpc_bus.errors import describe_failure
 
 INFRASTRUCTURE_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
@@ -48,13 +49,16 @@ class InfrastructureGuard(grpc.ServerInterceptor):
         if handler is None or not handler_call_details.method.startswith(INFRASTRUCTURE_PREFIXES):
             return handler
         call = auth.CallRequest(None, _Details(handler_call_details), "list")
-        request_started.send(sender=InfrastructureGuard, environ={})
+        close_old_connections()
         try:
             auth.authenticate(call, auth.default_authenticators())
         except exceptions.AuthenticationFailed as exc:
             return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED, str(exc.detail))
+        except Exception as exc:  # e.g. the token table cannot be read: never UNKNOWN
+            failure = describe_failure(exc, handler_call_details.method, dev=False)
+            return _refusal(handler, failure.code, failure.message)
         finally:
-            request_finished.send(sender=InfrastructureGuard)
+            close_old_connections()
         if call.successful_authenticator is None:
             return _refusal(
                 handler, grpc.StatusCode.UNAUTHENTICATED, "Credentials are required for this call."
