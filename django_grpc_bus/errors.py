@@ -196,6 +196,8 @@ STATUS_TABLE: list[tuple[type[BaseException], Callable[[Any], Failure]]] = [
     (RestrictedError, _fixed(Code.FAILED_PRECONDITION, "Other rows still refer to this one.")),
     (IntegrityError, _integrity),
     (DataError, _fixed(Code.INVALID_ARGUMENT, "A value does not fit its database column.")),
+    # e.g. SQLite's 64-bit integers, which hold a duration in microseconds
+    (OverflowError, _fixed(Code.INVALID_ARGUMENT, "A value is too large to store.")),
     (OperationalError, _fixed(Code.UNAVAILABLE, "The database is unavailable; retry later.")),
     (InterfaceError, _fixed(Code.UNAVAILABLE, "The database is unavailable; retry later.")),
     (django_exceptions.MultipleObjectsReturned, _own_message(Code.FAILED_PRECONDITION)),

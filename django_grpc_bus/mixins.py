@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 from django.db import models
+from django.db.models.query import ModelIterable
 from google.protobuf import empty_pb2
 
 from django_grpc_bus.conf import bus_settings
@@ -172,6 +173,13 @@ class ListModelMixin:
         if plan.prefetch and not queryset._prefetch_related_lookups:
             queryset = queryset.prefetch_related(*plan.prefetch)
         fill = plan.fill
+        if (
+            plan.columns is not None  # plain columns only: tuples, no model instances
+            and not queryset._prefetch_related_lookups
+            and queryset._iterable_class is ModelIterable
+        ):
+            queryset = queryset.values_list(*plan.columns)
+            fill = plan.fill_row
         response_class = self.response_class
         # A batch is also sent early when one more row would take it past the message limit.
         byte_budget = bus_settings.MAX_MESSAGE_SIZE - BATCH_HEADROOM

@@ -47,15 +47,23 @@ class SerializerPlan:
     ``fill(message, instance)`` copies the readable fields of an instance into a message;
     ``writable``/``nullable``/``fields`` answer questions about the fields without building
     them per call; ``prefetch`` names the many-to-many fields a list should prefetch.
+
+    When every readable field is a plain model column, ``columns`` names them (attnames) and
+    ``fill_row(message, row)`` fills a message from a ``values_list()`` tuple, so a List need
+    not build a model instance per row. A serializer that overrides ``to_representation``
+    keeps it: its messages are built from what that returns.
     """
 
     __slots__ = (
         "blank_means_absent",
+        "columns",
         "fields",
         "getters",
         "message_class",
         "nullable",
         "prefetch",
+        "row_writers",
+        "serializer_class",
         "writable",
     )
 
@@ -75,8 +83,11 @@ class SerializerPlan:
             if isinstance(fields[name], NOT_BLANK_TEXT)
             and not getattr(fields[name], "allow_blank", False)
         )
+        self.serializer_class = type(serializer)
         self.getters: list[tuple[str, Getter, messages.Writer]] = []
         prefetch = []
+        columns: list[str] | None = []
+        row_writers: list[messages.Writer] = []
         for name, field in fields.items():
             if field.write_only or name not in proto_writers:
                 continue
@@ -91,8 +102,18 @@ class SerializerPlan:
                     else:
                         kind = typemap.proto_type(model_field).kind
                         writer = direct_writer(kind, name, writer)
+                        if columns is not None:
+                            columns.append(model_field.attname)
+                            row_writers.append(writer)
+            if getter is None or name in prefetch:
+                columns = None  # a value that is not a column: rows need instances
             self.getters.append((name, getter or _drf_getter(field), writer))
         self.prefetch = tuple(prefetch)
+        if overrides_representation(type(serializer)):
+            columns = None
+            self.getters = [("", _representation_getter(serializer), _fill_from_dict)]
+        self.columns = tuple(columns) if columns else None
+        self.row_writers = tuple(row_writers)
 
     def fill(self, message: Any, instance: Any) -> Any:
         for _name, getter, write in self.getters:
@@ -101,8 +122,41 @@ class SerializerPlan:
                 write(message, value)
         return message
 
+    def fill_row(self, message: Any, row: tuple) -> Any:
+        """Fill `message` from a ``values_list(*columns)`` row."""
+        for value, write in zip(row, self.row_writers, strict=True):
+            if value is not None:
+                write(message, value)
+        return message
+
     def build(self, instance: Any) -> Any:
         return self.fill(self.message_class(), instance)
+
+
+def overrides_representation(serializer_class: type) -> bool:
+    """Whether a user's serializer class defines its own ``to_representation``."""
+    own = serializer_class.to_representation
+    return own not in (
+        serializers.ModelSerializer.to_representation,
+        serializers.Serializer.to_representation,
+    )
+
+
+def _representation_getter(serializer: serializers.BaseSerializer) -> Getter:
+    serializer_class = type(serializer)
+
+    def represent(instance: Any) -> Any:
+        return serializer_class(instance).data
+
+    return represent
+
+
+def _fill_from_dict(message: Any, data: Any) -> None:
+    messages.fill_message(message, {k: v for k, v in data.items() if k in _field_names(message)})
+
+
+def _field_names(message: Any) -> Any:
+    return messages.plan_for(message.DESCRIPTOR).writers
 
 
 # Kinds whose model values are already what the message field takes (int, str, ...): they are

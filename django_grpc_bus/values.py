@@ -75,7 +75,13 @@ def timedelta_to_duration(value: dt.timedelta, message: duration_pb2.Duration) -
     message.FromTimedelta(value)
 
 
+# google.protobuf.Duration's documented range: about +-10,000 years.
+MAX_DURATION_SECONDS = 315_576_000_000
+
+
 def duration_to_timedelta(message: duration_pb2.Duration) -> dt.timedelta:
+    if abs(message.seconds) > MAX_DURATION_SECONDS:
+        raise ValueError(f"{message.seconds} s is outside google.protobuf.Duration's range")
     return message.ToTimedelta()
 
 

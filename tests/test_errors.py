@@ -91,6 +91,7 @@ TABLE_CASES = [
     (RestrictedError("restricted", set()), RestrictedError, Code.FAILED_PRECONDITION),
     (IntegrityError("CHECK constraint failed: price"), IntegrityError, Code.FAILED_PRECONDITION),
     (DataError("value too long for type character varying(5)"), DataError, Code.INVALID_ARGUMENT),
+    (OverflowError("Python int too large"), OverflowError, Code.INVALID_ARGUMENT),
     (OperationalError("could not connect to server"), OperationalError, Code.UNAVAILABLE),
     (InterfaceError("connection already closed"), InterfaceError, Code.UNAVAILABLE),
     (

@@ -1000,3 +1000,11 @@ def test_duration_takes_django_text_forms(everything):
     assert message_to_dict(message)["f_duration"] == expected
     message = fill_message(everything.EverythingData(), {"f_duration": "90"})
     assert message_to_dict(message)["f_duration"] == dt.timedelta(seconds=90)
+
+
+def test_a_duration_outside_protobufs_range_is_a_conversion_error(everything):
+    message = everything.EverythingData()
+    message.f_duration.seconds = 315_576_000_001
+    with pytest.raises(ConversionError) as caught:
+        present_fields(message)
+    assert caught.value.path == "f_duration"

@@ -816,3 +816,67 @@ def test_invalid_page_tokens_are_invalid_argument(token):
 )
 def test_snake_case(name, expected):
     assert snake_case(name) == expected
+
+
+# -- a user's own to_representation, and List's column path -------------------------------------
+
+
+@pytest.mark.django_db
+def test_an_overridden_to_representation_is_honoured(compiled):
+    from catalog.models import Author
+    from catalog.serializers import AuthorSerializer
+
+    class ShoutingAuthorSerializer(AuthorSerializer):
+        def to_representation(self, instance):
+            data = super().to_representation(instance)
+            data["name"] = data["name"].upper()
+            return data
+
+    author = Author.objects.create(name="quiet")
+    assert ShoutingAuthorSerializer.to_message(author).name == "QUIET"
+    assert ShoutingAuthorSerializer.plan().columns is None  # List builds instances for it
+    assert AuthorSerializer.to_message(author).name == "quiet"
+    assert AuthorSerializer.plan().columns == ("id", "name")
+
+
+def test_plan_columns_only_for_plain_model_columns(compiled):
+    from catalog.serializers import BookSerializer, EverythingSerializer
+
+    assert BookSerializer.plan().columns == ("id", "title", "author_id", "isbn")
+    assert EverythingSerializer.plan().columns is None  # tags is many-to-many
+
+
+@pytest.mark.django_db
+def test_list_reads_columns_and_keeps_instances_where_needed(compiled):
+    from catalog.models import Author, Book
+    from catalog.services import BookService
+    from generated_grpc.grpc import catalog_Book_pb2
+
+    author = Author.objects.create(name="A")
+    for n in range(3):
+        Book.objects.create(title=f"t{n}", author=author, isbn=f"isbn-col-{n}")
+
+    class Context:
+        def is_active(self):
+            return True
+
+    def rows(service_class):
+        service = service_class(
+            request=catalog_Book_pb2.BookListRequest(),
+            context=Context(),
+            action="list",
+            response_class=catalog_Book_pb2.BookListResponse,
+        )
+        return [
+            (row.title, row.author, row.isbn)
+            for batch in service.list(service.request, service.context)
+            for row in batch.results
+        ]
+
+    class PrefetchingBookService(BookService):
+        def get_queryset(self):  # a user's prefetch: rows must stay model instances
+            return super().get_queryset().prefetch_related("author")
+
+    expected = [(f"t{n}", author.pk, f"isbn-col-{n}") for n in range(3)]
+    assert rows(BookService) == expected
+    assert rows(PrefetchingBookService) == expected
