@@ -1,63 +1,18 @@
-"""Fixtures: a throw-away project folder per test, and one compiled package per session."""
+"""Fixtures: a throw-away project folder per test, one compiled package per session, and the
+databases and server processes of the end-to-end tests (helpers live in support.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
-import subprocess
 import sys
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import dj_database_url
 import grpc
 import pytest
-import yaml
 from django.core.management import call_command
 from django.test import override_settings
-
-from django_grpc_bus.testing import ServerProcess
-
-TESTS_DIR = Path(__file__).resolve().parent
-DATABASE_URL = os.environ.get("DATABASE_URL", "")
-ON_POSTGRES = DATABASE_URL.startswith(("postgres://", "postgresql://"))
-
-requires_postgres = pytest.mark.skipif(
-    not ON_POSTGRES, reason="set DATABASE_URL to a PostgreSQL database to run this test"
-)
-
-
-@dataclass
-class Project:
-    """A BASE_DIR in a temporary folder, with MESSAGE_BUS pointing into it."""
-
-    base: Path
-    settings: dict[str, Any]
-
-    @property
-    def root(self) -> Path:
-        return self.base / "generated_grpc"
-
-    def write_meta(self, document: Any, name: str = "service_meta.yaml") -> Path:
-        path = self.base / name
-        text = document if isinstance(document, str) else yaml.safe_dump(document)
-        path.write_text(text)
-        self.configure(SERVICE_META=name)
-        return path
-
-    def configure(self, **changes: Any) -> None:
-        self.settings.update(changes)
-        self._override.disable()
-        self._override = override_settings(BASE_DIR=self.base, MESSAGE_BUS=dict(self.settings))
-        self._override.enable()
-
-    def call(self, name: str, *args: str) -> tuple[str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        call_command(name, *args, stdout=out, stderr=err)
-        return out.getvalue(), err.getvalue()
+from support import TESTS_DIR, Project, file_in_tmp, new_database, running_server
 
 
 @pytest.fixture
@@ -72,65 +27,45 @@ def project(tmp_path: Path):
         proj._override.disable()
 
 
+@pytest.fixture
+def make_module(tmp_path, monkeypatch):
+    """Write a uniquely named module under tmp_path, importable; forgotten after the test."""
+    folder = tmp_path / "modules"
+    folder.mkdir()
+    names: list[str] = []
+
+    def make(source: str) -> str:
+        name = f"bus_test_module_{uuid.uuid4().hex[:12]}"
+        (folder / f"{name}.py").write_text(source)
+        names.append(name)
+        return name
+
+    monkeypatch.syspath_prepend(str(folder))
+    yield make
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+def pytest_sessionstart(session):
+    """Build the test project's ``generated_grpc`` package (tests/generated_grpc) first.
+
+    Before collection, because test modules import the test project's services, which import
+    the generated modules; and on every run, so that they always come from this environment's
+    protoc (a package built by a newer one does not import under an older protobuf).
+    """
+    call_command("generategrpc", stdout=io.StringIO())
+
+
 @pytest.fixture(scope="session")
 def compiled():
-    """The test project's own ``generated_grpc`` package (tests/generated_grpc), built once.
+    """The test project's generated package (built at session start), importable as
+    ``generated_grpc.grpc``.
 
     Each proto can be imported only once per process (the default descriptor pool refuses a
     second, different definition of a symbol), so the tests share this one package; it is
     also what the test project's services import and what its server processes serve.
     """
-    call_command("generategrpc", stdout=io.StringIO())
     return TESTS_DIR
-
-
-def django_command_env(database_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "DJANGO_SETTINGS_MODULE": "testproject.settings",
-        "DATABASE_URL": database_url,
-        "PYTHONPATH": str(TESTS_DIR),
-        **extra,
-    }
-
-
-def run_django(database_url: str, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "django", *args],
-        cwd=TESTS_DIR,
-        env={**os.environ, **django_command_env(database_url)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
-@contextlib.contextmanager
-def new_database(folder: Path):
-    """A new, migrated, empty database for server processes: a SQLite file in `folder`, or a
-    PostgreSQL database of its own (dropped afterwards) when DATABASE_URL points there."""
-    if not ON_POSTGRES:
-        url = f"sqlite:///{folder / f'db-{uuid.uuid4().hex[:8]}.sqlite3'}"
-        run_django(url, "migrate", "--run-syncdb", "-v0")
-        yield url
-        return
-    import psycopg
-
-    name = f"grpcbus_e2e_{uuid.uuid4().hex[:10]}"
-    admin = dj_database_url.parse(DATABASE_URL)
-    conninfo = psycopg.conninfo.make_conninfo(
-        host=admin["HOST"], port=admin["PORT"] or 5432, user=admin["USER"], dbname=admin["NAME"]
-    )
-    with psycopg.connect(conninfo, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    url = DATABASE_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
-        run_django(url, "migrate", "--run-syncdb", "-v0")
-        yield url
-    finally:
-        with psycopg.connect(conninfo, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -147,27 +82,21 @@ def fresh_database(tmp_path_factory, compiled):
         yield url
 
 
-def start_server(database_url: str, *args: str, env: dict[str, str] | None = None):
-    return ServerProcess(
-        [sys.executable, "-m", "django"],
-        cwd=TESTS_DIR,
-        env=django_command_env(database_url, **(env or {})),
-        args=args,
-    ).start()
-
-
 @pytest.fixture(scope="module")
 def grpc_server(server_database):
     """A real `rungrpcserver` process serving the test project, shared by a test module."""
-    server = start_server(server_database)
-    try:
+    with running_server(server_database) as server:
         yield server
-    finally:
-        code = server.stop()
-        assert code == 0, server.output
 
 
 @pytest.fixture(scope="module")
 def channel(grpc_server):
     with grpc.insecure_channel(grpc_server.target) as channel:
         yield channel
+
+
+@pytest.fixture(scope="module")
+def filepath(request):
+    """A file directly in /tmp for this module: FilePathField(path="/tmp") takes no other."""
+    with file_in_tmp(request.module.__name__.removeprefix("test_")) as path:
+        yield path

@@ -13,68 +13,44 @@ the call; each successful call's writes must all be there.
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import uuid
 from typing import Any
 
-import dj_database_url
 import grpc
 import pytest
-from conftest import start_server
 from faults.models import FAIL_ON_DELETE, Entry, Ledger
 from faults.services import AUDIT_LEDGER, FAIL_DESTROY_IN_SERVICE, FAIL_IN_SERVICE, FAIL_UNIQUE
+from support import bus_env, db_query, running_server
 
 from django_grpc_bus.testing import stub_for
 
 TIMEOUT = 10  # seconds, for every call
 Code = grpc.StatusCode
 GENERIC = "Internal server error."
-HANDLER = {"TEST_MESSAGE_BUS": json.dumps({"ROOT_HANDLERS_HOOK": "faults.handlers.handler"})}
+HANDLER = bus_env(ROOT_HANDLERS_HOOK="faults.handlers.handler")
 
 
 # -- the server's database, directly -------------------------------------------------------------
 
 
-def query(url: str, statement: str, params: tuple = ()) -> list[tuple]:
-    """Rows of one read-only statement (``%s`` placeholders) on the database at `url`."""
-    config = dj_database_url.parse(url)
-    if config["ENGINE"].endswith("sqlite3"):
-        connection = sqlite3.connect(config["NAME"], timeout=TIMEOUT)
-        try:
-            return list(connection.execute(statement.replace("%s", "?"), params))
-        finally:
-            connection.close()
-    import psycopg
-
-    with psycopg.connect(
-        host=config["HOST"],
-        port=config["PORT"] or 5432,
-        user=config["USER"],
-        password=config["PASSWORD"] or None,
-        dbname=config["NAME"],
-    ) as connection:
-        return list(connection.execute(statement, params).fetchall())
-
-
 def snapshot(url: str) -> dict[str, list[tuple]]:
     """Every row of the faults tables, in primary key order."""
     return {
-        table: query(url, f"SELECT * FROM {table} ORDER BY id")
+        table: db_query(url, f"SELECT * FROM {table} ORDER BY id")
         for table in (Ledger._meta.db_table, Entry._meta.db_table)
     }
 
 
 def ledger(url: str, name: str) -> tuple[int, int] | None:
     """(balance, touches) of the ledger `name`, or None when it has no row."""
-    found = query(
+    found = db_query(
         url, f"SELECT balance, touches FROM {Ledger._meta.db_table} WHERE name = %s", (name,)
     )
     return tuple(found[0]) if found else None
 
 
 def entry(url: str, pk: int) -> tuple[str, int, str] | None:
-    found = query(
+    found = db_query(
         url, f"SELECT ledger_name, amount, note FROM {Entry._meta.db_table} WHERE id = %s", (pk,)
     )
     return tuple(found[0]) if found else None
@@ -85,12 +61,8 @@ def entry(url: str, pk: int) -> tuple[str, int, str] | None:
 
 @pytest.fixture(scope="module")
 def faults_server(fresh_database):
-    server = start_server(fresh_database, env=HANDLER)
-    try:
+    with running_server(fresh_database, env=HANDLER) as server:
         yield server
-    finally:
-        code = server.stop()
-        assert code == 0, server.output
 
 
 @pytest.fixture(scope="module")

@@ -16,16 +16,14 @@ Every server is a subprocess stopped by its PID; every call has a deadline.
 from __future__ import annotations
 
 import json
-import sys
 
-import dj_database_url
 import grpc
 import pytest
 from catalog.models import Author
-from conftest import ON_POSTGRES, TESTS_DIR, django_command_env, run_django, start_server
 from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
+from support import bus_env, db_query, run_django, running_server, servlet_entry
 
 from django_grpc_bus.client import errors
 from django_grpc_bus.client.registry import registry
@@ -61,36 +59,6 @@ User.objects.get(username={user!r}).user_permissions.add(permission)
 """
 
 
-def bus_env(**settings) -> dict[str, str]:
-    return {"TEST_MESSAGE_BUS": json.dumps(settings)}
-
-
-def run_sql(database_url: str, sql: str) -> None:
-    """One statement on the servers' database, directly (not through Django)."""
-    config = dj_database_url.parse(database_url)
-    if ON_POSTGRES:
-        import psycopg
-
-        conninfo = psycopg.conninfo.make_conninfo(
-            host=config["HOST"],
-            port=config["PORT"] or 5432,
-            user=config["USER"],
-            password=config["PASSWORD"] or None,
-            dbname=config["NAME"],
-        )
-        with psycopg.connect(conninfo, autocommit=True) as connection:
-            connection.execute(sql)
-        return
-    import sqlite3
-
-    connection = sqlite3.connect(config["NAME"], timeout=10)
-    try:
-        with connection:
-            connection.execute(sql)
-    finally:
-        connection.close()
-
-
 def grant(database_url: str, user: str, codename: str) -> None:
     run_django(database_url, "shell", "-c", GRANT.format(user=user, codename=codename))
 
@@ -111,9 +79,15 @@ def code_of(call, *args, **kwargs) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-def stop(server: ServerProcess) -> None:
-    code = server.stop(timeout=15)
-    assert code == 0, server.output
+def auth_server(database_url: str, permission: str, protect: bool = False, **options):
+    """A server with TokenAuthentication and the permission class `permission`, for a block."""
+    settings = {
+        "DEFAULT_AUTHENTICATION_CLASSES": TOKEN_AUTH,
+        "DEFAULT_PERMISSION_CLASSES": [permission],
+    }
+    if protect:
+        settings["PROTECT_HEALTH_AND_REFLECTION"] = True
+    return running_server(database_url, env=bus_env(**settings), stop_timeout=15, **options)
 
 
 # -- fixtures ------------------------------------------------------------------------------------
@@ -129,55 +103,27 @@ def keys(fresh_database) -> dict:
 
 @pytest.fixture(scope="module")
 def perms_server(fresh_database, keys):
-    server = start_server(
-        fresh_database,
-        env=bus_env(
-            DEFAULT_AUTHENTICATION_CLASSES=TOKEN_AUTH,
-            DEFAULT_PERMISSION_CLASSES=["rest_framework.permissions.DjangoModelPermissions"],
-        ),
-    )
-    try:
+    with auth_server(fresh_database, "rest_framework.permissions.DjangoModelPermissions") as server:
         yield server
-    finally:
-        stop(server)
 
 
 @pytest.fixture(scope="module")
 def authenticated_server(fresh_database, keys):
-    server = start_server(
-        fresh_database,
-        env=bus_env(
-            DEFAULT_AUTHENTICATION_CLASSES=TOKEN_AUTH,
-            DEFAULT_PERMISSION_CLASSES=["rest_framework.permissions.IsAuthenticated"],
-        ),
-    )
-    try:
+    with auth_server(fresh_database, "rest_framework.permissions.IsAuthenticated") as server:
         yield server
-    finally:
-        stop(server)
 
 
 @pytest.fixture(scope="module")
 def protected_server(fresh_database, keys):
     # The readiness check itself needs a token: the user exists before the server starts.
-    server = ServerProcess(
-        [sys.executable, "-m", "django"],
-        cwd=TESTS_DIR,
-        env=django_command_env(
-            fresh_database,
-            **bus_env(
-                DEFAULT_AUTHENTICATION_CLASSES=TOKEN_AUTH,
-                DEFAULT_PERMISSION_CLASSES=["rest_framework.permissions.IsAuthenticated"],
-                PROTECT_HEALTH_AND_REFLECTION=True,
-            ),
-        ),
+    with auth_server(
+        fresh_database,
+        "rest_framework.permissions.IsAuthenticated",
+        protect=True,
         health_metadata=token(keys["guard"]),
         start_timeout=15,
-    ).start()
-    try:
+    ) as server:
         yield server
-    finally:
-        stop(server)
 
 
 @pytest.fixture
@@ -373,7 +319,7 @@ def test_is_authenticated_lets_any_valid_token_write(authenticated_server, autho
 
 
 def servlet(server: ServerProcess, **extra) -> dict:
-    return {"host": "127.0.0.1", "port": server.port, "timeout": TIMEOUT, **extra}
+    return servlet_entry(server.port, TIMEOUT, **extra)
 
 
 def test_client_sends_servlet_metadata(settings, perms_server, keys):
@@ -483,11 +429,11 @@ def test_protected_health_with_a_failing_token_lookup_is_not_unknown(
     lookup = messages().AuthorLookupRequest(id=keys["author"])
     with grpc.insecure_channel(perms_server.target) as channel:
         stub = stub_for(Author, channel)
-        run_sql(fresh_database, "ALTER TABLE authtoken_token RENAME TO authtoken_token_away")
+        db_query(fresh_database, "ALTER TABLE authtoken_token RENAME TO authtoken_token_away")
         try:
             assert health_code(protected_server.target, guard) in acceptable
             assert code_of(stub.Retrieve, lookup, metadata=guard) in acceptable
         finally:
-            run_sql(fresh_database, "ALTER TABLE authtoken_token_away RENAME TO authtoken_token")
+            db_query(fresh_database, "ALTER TABLE authtoken_token_away RENAME TO authtoken_token")
         assert health_code(protected_server.target, guard) == grpc.StatusCode.OK
         assert stub.Retrieve(lookup, timeout=TIMEOUT, metadata=guard).id == keys["author"]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import sys
-import uuid
 
 import pytest
 import yaml
@@ -36,24 +34,6 @@ def run_cli(*argv: str) -> int:
     except SystemExit as exc:
         return exc.code or 0
     return 0
-
-
-@pytest.fixture
-def make_module(tmp_path, monkeypatch):
-    folder = tmp_path / "modules"
-    folder.mkdir()
-    names: list[str] = []
-
-    def make(source: str) -> str:
-        name = f"bus_checks_test_{uuid.uuid4().hex[:12]}"
-        (folder / f"{name}.py").write_text(source)
-        names.append(name)
-        return name
-
-    monkeypatch.syspath_prepend(str(folder))
-    yield make
-    for name in names:
-        sys.modules.pop(name, None)
 
 
 # -- the whole setting ----------------------------------------------------------------------------
@@ -417,6 +397,7 @@ def test_e010_root_handlers_hook_not_a_dotted_path(project):
 # -- through the commands -------------------------------------------------------------------------
 
 
+@pytest.mark.django_db  # Django 6's check command runs the database checks too
 def test_check_command_raises_system_check_error_on_errors(project):
     project.configure(SERVLETS={"library": {"host": "127.0.0.1", "port": "50051"}})
 
@@ -427,6 +408,7 @@ def test_check_command_raises_system_check_error_on_errors(project):
     assert "'port'" in str(excinfo.value)
 
 
+@pytest.mark.django_db  # Django 6's check command runs the database checks too
 def test_check_command_passes_with_warnings_only(project):
     project.configure(SERVLETS={"my-servlet": VALID_SERVLET})
     err = io.StringIO()
@@ -436,6 +418,7 @@ def test_check_command_passes_with_warnings_only(project):
     assert "django_grpc_bus.W002" in err.getvalue()
 
 
+@pytest.mark.django_db  # Django 6's check command runs the database checks too
 def test_check_command_includes_the_handlers_hook(project, make_module):
     module = make_module("raise ValueError('nope')\n")
     project.configure(ROOT_HANDLERS_HOOK=f"{module}.handler")

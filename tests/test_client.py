@@ -21,34 +21,37 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import dj_database_url
 import django
 import grpc
 import pytest
-from conftest import (
-    DATABASE_URL,
-    ON_POSTGRES,
-    TESTS_DIR,
-    django_command_env,
-    run_django,
-    start_server,
-)
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
+from support import (
+    ON_POSTGRES,
+    TESTS_DIR,
+    add_servlets,
+    bus_env,
+    counting_load_catalog,
+    django_command_env,
+    free_port,
+    new_database,
+    run_django,
+    servlet_entry,
+    start_server,
+    stop_server,
+)
 
 from django_grpc_bus.client import errors
-from django_grpc_bus.client import servlet as servlet_module
 from django_grpc_bus.client.registry import registry
 from django_grpc_bus.testing import ServerProcess
 
 INT64_MAX = 2**63 - 1
 TIMEOUT = 5  # every servlet's deadline, unless a test says otherwise
-FULL_HANDLER = {"TEST_MESSAGE_BUS": json.dumps({"ROOT_HANDLERS_HOOK": "handlers.full_handler"})}
-BATCHES_OF_3 = {"TEST_MESSAGE_BUS": json.dumps({"LIST_BATCH_SIZE": 3})}
+FULL_HANDLER = bus_env(ROOT_HANDLERS_HOOK="handlers.full_handler")
+BATCHES_OF_3 = bus_env(LIST_BATCH_SIZE=3)
 
 
 # -- fixtures --------------------------------------------------------------------------------------
@@ -57,27 +60,8 @@ BATCHES_OF_3 = {"TEST_MESSAGE_BUS": json.dumps({"LIST_BATCH_SIZE": 3})}
 @pytest.fixture(scope="module")
 def client_database(tmp_path_factory, compiled):
     """A new, migrated, empty database for this module's servers (exact row counts)."""
-    if not ON_POSTGRES:
-        url = f"sqlite:///{tmp_path_factory.mktemp('client') / 'db.sqlite3'}"
-        run_django(url, "migrate", "--run-syncdb", "-v0")
+    with new_database(tmp_path_factory.mktemp("client"), prefix="grpcbus_client") as url:
         yield url
-        return
-    import psycopg
-
-    name = f"grpcbus_client_{uuid.uuid4().hex[:10]}"
-    admin = dj_database_url.parse(DATABASE_URL)
-    conninfo = psycopg.conninfo.make_conninfo(
-        host=admin["HOST"], port=admin["PORT"] or 5432, user=admin["USER"], dbname=admin["NAME"]
-    )
-    with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    url = DATABASE_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
-        run_django(url, "migrate", "--run-syncdb", "-v0")
-        yield url
-    finally:
-        with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")
@@ -100,18 +84,7 @@ def servers(client_database, tag_ids):
         yield SimpleNamespace(one=started[0], two=started[1], three=started[2])
     finally:
         for server in started:
-            code = server.stop()
-            assert code == 0, server.output
-
-
-def servlet_entry(port: int, timeout: float = TIMEOUT) -> dict[str, Any]:
-    return {"host": "127.0.0.1", "port": port, "timeout": timeout}
-
-
-def add_servlets(settings, **entries: dict[str, Any]) -> None:
-    """Add servlets to MESSAGE_BUS (the registry resets itself on the change)."""
-    current = settings.MESSAGE_BUS.get("SERVLETS", {})
-    settings.MESSAGE_BUS = {**settings.MESSAGE_BUS, "SERVLETS": {**current, **entries}}
+            stop_server(server)
 
 
 @pytest.fixture(autouse=True)
@@ -123,15 +96,6 @@ def servlets(settings, servers):
         three=servlet_entry(servers.three.port),
     )
     return servers
-
-
-@pytest.fixture(scope="module")
-def filepath():
-    """FilePathField(path="/tmp") accepts only existing files directly in /tmp."""
-    path = Path("/tmp") / f"grpcbus-client-{uuid.uuid4().hex[:8]}.txt"
-    path.write_text("client")
-    yield str(path)
-    path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -155,12 +119,6 @@ def author_count(servlet: str = "one") -> int:
     return len(list(registry[servlet].Author.list()))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def silent_listener() -> Iterator[socket.socket]:
     """A loopback TCP port that accepts connections (in the backlog) and never answers."""
@@ -178,19 +136,6 @@ def connected(sock: socket.socket) -> bool:
         return False
     connection.close()
     return True
-
-
-def counting_load_catalog(monkeypatch) -> list[str]:
-    """Replace load_catalog with a wrapper recording each fetch's servlet name."""
-    fetches: list[str] = []
-    real = servlet_module.load_catalog
-
-    def load_catalog(config):
-        fetches.append(config.name)
-        return real(config)
-
-    monkeypatch.setattr(servlet_module, "load_catalog", load_catalog)
-    return fetches
 
 
 # -- several servlets ------------------------------------------------------------------------------
@@ -320,7 +265,7 @@ def test_importing_the_registry_connects_nowhere(compiled):
             "print(len(registry._servlets), len(aregistry._servlets))\n"
             "registry.mute\n"
         )
-        env = {**django_command_env("sqlite://:memory:"), "TEST_MESSAGE_BUS": json.dumps(bus)}
+        env = django_command_env("sqlite://:memory:", **bus_env(**bus))
         result = subprocess.run(
             [sys.executable, "-c", code],
             cwd=TESTS_DIR,
@@ -623,16 +568,6 @@ def test_a_tiny_timeout_on_a_fast_call_is_passed_through():
         assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-def start_on(database_url: str, address: str, env: dict[str, str] | None = None) -> ServerProcess:
-    """conftest.start_server, on a fixed address."""
-    return ServerProcess(
-        [sys.executable, "-m", "django"],
-        cwd=TESTS_DIR,
-        env=django_command_env(database_url, **(env or {})),
-        address=address,
-    ).start()
-
-
 def services_soon(servlet, within: float = 5.0) -> list[str]:
     """`servlet.services`, refreshing while the first attempts fail.
 
@@ -675,7 +610,7 @@ def test_a_stopped_server_fails_fast_and_refresh_reaches_its_restart(settings, c
             assert f"127.0.0.1:{port}" in str(caught.value)
 
         # Back on the same port, now serving more services: refresh() sees them.
-        restarted = start_on(client_database, f"127.0.0.1:{port}", env=FULL_HANDLER)
+        restarted = start_server(client_database, address=f"127.0.0.1:{port}", env=FULL_HANDLER)
         assert restarted.port == port
         temp.refresh()
         assert "shop.Customer" in services_soon(temp)

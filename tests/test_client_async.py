@@ -7,29 +7,23 @@ channels with ``aregistry.aclose()`` before the loop ends.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from typing import Any
 
 import grpc
 import pytest
+from support import add_servlets, counting_load_catalog, free_port, servlet_entry
 
 from django_grpc_bus.client import errors
-from django_grpc_bus.client import servlet as servlet_module
 from django_grpc_bus.client.aio import AsyncMethod, aregistry
 from django_grpc_bus.client.registry import registry
 
 TIMEOUT = 5
 
 
-def add_servlets(settings, **entries: dict[str, Any]) -> None:
-    current = settings.MESSAGE_BUS.get("SERVLETS", {})
-    settings.MESSAGE_BUS = {**settings.MESSAGE_BUS, "SERVLETS": {**current, **entries}}
-
-
 @pytest.fixture(autouse=True)
 def servlets(settings, grpc_server):
-    add_servlets(settings, one={"host": "127.0.0.1", "port": grpc_server.port, "timeout": TIMEOUT})
+    add_servlets(settings, one=servlet_entry(grpc_server.port, TIMEOUT))
     return grpc_server
 
 
@@ -43,24 +37,6 @@ def run(coroutine_function, *args: Any) -> Any:
             await aregistry.aclose()
 
     return asyncio.run(main())
-
-
-def counting_load_catalog(monkeypatch) -> list[str]:
-    fetches: list[str] = []
-    real = servlet_module.load_catalog
-
-    def load_catalog(config):
-        fetches.append(config.name)
-        return real(config)
-
-    monkeypatch.setattr(servlet_module, "load_catalog", load_catalog)
-    return fetches
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_await_unary_calls():

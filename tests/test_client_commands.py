@@ -5,35 +5,23 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import socket
 import uuid
-from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import start_server
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from support import bus_env, free_port, running_server, servlet_entry
 
 from django_grpc_bus.client.registry import registry
 
 TIMEOUT = 5
-FULL_HANDLER = {"TEST_MESSAGE_BUS": json.dumps({"ROOT_HANDLERS_HOOK": "handlers.full_handler"})}
+FULL_HANDLER = bus_env(ROOT_HANDLERS_HOOK="handlers.full_handler")
 
 
 @pytest.fixture(scope="module")
 def full_server(server_database):
-    server = start_server(server_database, env=FULL_HANDLER)
-    try:
+    with running_server(server_database, env=FULL_HANDLER) as server:
         yield server
-    finally:
-        assert server.stop() == 0, server.output
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -43,25 +31,14 @@ def down_port() -> int:
 
 @pytest.fixture(autouse=True)
 def servlets(settings, grpc_server, full_server, down_port):
-    def entry(port: int, timeout: float = TIMEOUT) -> dict[str, Any]:
-        return {"host": "127.0.0.1", "port": port, "timeout": timeout}
-
     settings.MESSAGE_BUS = {
         **settings.MESSAGE_BUS,
         "SERVLETS": {
-            "one": entry(grpc_server.port),
-            "three": entry(full_server.port),
-            "down": entry(down_port, 2),
+            "one": servlet_entry(grpc_server.port, TIMEOUT),
+            "three": servlet_entry(full_server.port, TIMEOUT),
+            "down": servlet_entry(down_port, 2),
         },
     }
-
-
-@pytest.fixture(scope="module")
-def filepath():
-    path = Path("/tmp") / f"grpcbus-commands-{uuid.uuid4().hex[:8]}.txt"
-    path.write_text("commands")
-    yield str(path)
-    path.unlink(missing_ok=True)
 
 
 def run(name: str, *args: str) -> tuple[str, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -11,26 +10,6 @@ from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
 from django_grpc_bus.conf import DEFAULTS, bus_settings
-
-
-@pytest.fixture
-def make_module(tmp_path, monkeypatch):
-    """Write a uniquely named module under tmp_path, importable; forgotten after the test."""
-    folder = tmp_path / "modules"
-    folder.mkdir()
-    names: list[str] = []
-
-    def make(source: str) -> str:
-        name = f"bus_conf_test_{uuid.uuid4().hex[:12]}"
-        (folder / f"{name}.py").write_text(source)
-        names.append(name)
-        return name
-
-    monkeypatch.syspath_prepend(str(folder))
-    yield make
-    for name in names:
-        sys.modules.pop(name, None)
-
 
 # -- defaults --------------------------------------------------------------------------------------
 

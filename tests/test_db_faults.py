@@ -23,7 +23,14 @@ import dj_database_url
 import grpc
 import pytest
 from catalog.models import Author, Book
-from conftest import DATABASE_URL, requires_postgres, start_server
+from support import (
+    DATABASE_URL,
+    insert_authors,
+    pg_connect,
+    pg_connection_count,
+    requires_postgres,
+    start_server,
+)
 
 from django_grpc_bus.conf import DEFAULTS
 from django_grpc_bus.protogen import naming
@@ -45,27 +52,14 @@ OK = grpc.StatusCode.OK
 
 
 def connect(url: str):
-    import psycopg
-
-    config = dj_database_url.parse(url)
-    conninfo = psycopg.conninfo.make_conninfo(
-        host=config["HOST"],
-        port=config["PORT"] or 5432,
-        user=config["USER"],
-        password=config["PASSWORD"] or None,
-        dbname=config["NAME"],
-        connect_timeout=5,
-    )
-    return psycopg.connect(conninfo, autocommit=True)
+    """An autocommit connection to the database at `url` (never waiting long for it)."""
+    return pg_connect(url, connect_timeout=5)
 
 
 def connection_count(database_url: str) -> int:
     """Connections to the server's database, seen from the admin database (never counted)."""
-    name = dj_database_url.parse(database_url)["NAME"]
     with connect(DATABASE_URL) as monitor:
-        return monitor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,)
-        ).fetchone()[0]
+        return pg_connection_count(monitor, database_url)
 
 
 def cluster() -> list[str]:
@@ -144,10 +138,7 @@ def load(target: str, author_id: int, index: int, until, records: list) -> None:
     f"running at the same time: set {RESTART_ENV}=1 to run it (CI does)",
 )
 def test_postgres_restart_under_load(fresh_database):
-    with connect(fresh_database) as connection:
-        (author_id,) = connection.execute(
-            "INSERT INTO catalog_author (name) VALUES ('restart') RETURNING id"
-        ).fetchone()
+    (author_id,) = insert_authors(fresh_database, ["restart"])
     server = start_server(
         fresh_database,
         env={"TEST_CONN_MAX_AGE": "60", "TEST_CONN_HEALTH_CHECKS": "1"},
@@ -233,10 +224,7 @@ def test_postgres_restart_under_load(fresh_database):
 def test_write_whose_deadline_passes_during_commit_is_not_kept(fresh_database):
     book_pb2 = importlib.import_module(naming.python_module(Book, "_pb2"))
     isbn = uuid.uuid4().hex[:13]
-    with connect(fresh_database) as connection:
-        (author_id,) = connection.execute(
-            "INSERT INTO catalog_author (name) VALUES ('locked') RETURNING id"
-        ).fetchone()
+    (author_id,) = insert_authors(fresh_database, ["locked"])
     server = start_server(fresh_database)
     locker = connect(fresh_database)
     try:

@@ -7,7 +7,6 @@ Connections are counted in pg_stat_activity for the server's own database.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +15,17 @@ import dj_database_url
 import grpc
 import pytest
 from catalog.models import Author
-from conftest import DATABASE_URL, requires_postgres, start_server
+from support import (
+    DATABASE_URL,
+    SMALL_WINDOW,
+    bus_env,
+    ensure_authors,
+    insert_authors,
+    pg_connect,
+    pg_connection_count,
+    requires_postgres,
+    start_server,
+)
 
 from django_grpc_bus.conf import DEFAULTS
 from django_grpc_bus.testing import stub_for
@@ -25,20 +34,6 @@ pytestmark = requires_postgres
 
 MAX_WORKERS = DEFAULTS["MAX_WORKERS"]
 LIST_ROWS = 3000
-
-
-def connect(url: str):
-    import psycopg
-
-    config = dj_database_url.parse(url)
-    conninfo = psycopg.conninfo.make_conninfo(
-        host=config["HOST"],
-        port=config["PORT"] or 5432,
-        user=config["USER"],
-        password=config["PASSWORD"] or None,
-        dbname=config["NAME"],
-    )
-    return psycopg.connect(conninfo, autocommit=True)
 
 
 class Activity:
@@ -51,7 +46,7 @@ class Activity:
     def __init__(self, url: str) -> None:
         self.url = url
         self.name = dj_database_url.parse(url)["NAME"]
-        self.connection = connect(DATABASE_URL)
+        self.connection = pg_connect(DATABASE_URL)
 
     def close(self) -> None:
         self.connection.close()
@@ -61,10 +56,7 @@ class Activity:
 
     def count(self) -> int:
         """Connections to the server's database."""
-        return self.query(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            self.name,
-        )[0][0]
+        return pg_connection_count(self.connection, self.url)
 
     def busy_with(self, table: str) -> list[tuple]:
         """Other sessions running (or holding a transaction open over) a query on `table`."""
@@ -104,30 +96,13 @@ def activity(server_database):
 
 @pytest.fixture(scope="module")
 def author_id(server_database):
-    with connect(server_database) as connection:
-        return connection.execute(
-            "INSERT INTO catalog_author (name) VALUES ('hygiene') RETURNING id"
-        ).fetchone()[0]
+    return insert_authors(server_database, ["hygiene"])[0]
 
 
 @pytest.fixture(scope="module")
 def many_authors(server_database):
-    with connect(server_database) as connection:
-        (count,) = connection.execute("SELECT count(*) FROM catalog_author").fetchone()
-        if count < LIST_ROWS:
-            with connection.cursor() as cursor:
-                cursor.executemany(
-                    "INSERT INTO catalog_author (name) VALUES (%s)",
-                    [(f"bulk {i:05d} " + "y" * 80,) for i in range(LIST_ROWS - count)],
-                )
+    ensure_authors(server_database, LIST_ROWS, "bulk {:05d} " + "y" * 80)
     return server_database
-
-
-def env(**values) -> dict[str, str]:
-    result = {}
-    for key, value in values.items():
-        result[key] = json.dumps(value) if key == "TEST_MESSAGE_BUS" else str(value)
-    return result
 
 
 def retrieve_many(target: str, author_id: int, calls: int, threads: int) -> list:
@@ -155,7 +130,7 @@ def retrieve_many(target: str, author_id: int, calls: int, threads: int) -> list
 
 def test_persistent_connections_are_bounded_by_worker_threads(server_database, activity, author_id):
     baseline = activity.wait_for_count(lambda n: n == 0, timeout=3)
-    server = start_server(server_database, env=env(TEST_CONN_MAX_AGE=60))
+    server = start_server(server_database, env={"TEST_CONN_MAX_AGE": "60"})
     peak = [baseline]
     stop_sampling = threading.Event()
 
@@ -191,7 +166,7 @@ def test_persistent_connections_are_bounded_by_worker_threads(server_database, a
 
 def test_connections_closed_after_each_call_without_max_age(server_database, activity, author_id):
     baseline = activity.wait_for_count(lambda n: n == 0, timeout=3)
-    server = start_server(server_database, env=env(TEST_CONN_MAX_AGE=0))
+    server = start_server(server_database, env={"TEST_CONN_MAX_AGE": "0"})
     try:
         codes = retrieve_many(server.target, author_id, calls=100, threads=10)
         assert set(codes) == {grpc.StatusCode.OK}
@@ -209,7 +184,7 @@ def test_terminated_backends_are_replaced(server_database, activity, author_id, 
     workers = 4
     extra = {"TEST_CONN_HEALTH_CHECKS": "1"} if health_checks else {}
     server = start_server(
-        server_database, "--max-workers", str(workers), env=env(TEST_CONN_MAX_AGE=60, **extra)
+        server_database, "--max-workers", str(workers), env={"TEST_CONN_MAX_AGE": "60", **extra}
     )
     try:
         pid = server.process.pid
@@ -244,10 +219,9 @@ def test_cancelled_list_releases_its_connection(server_database, activity, many_
     from generated_grpc.grpc import Author_pb2
 
     baseline = activity.wait_for_count(lambda n: n == 0, timeout=3)
-    server = start_server(server_database, env=env(TEST_MESSAGE_BUS={"LIST_BATCH_SIZE": 10}))
-    small_window = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16384)]
+    server = start_server(server_database, env=bus_env(LIST_BATCH_SIZE=10))
     try:
-        with grpc.insecure_channel(server.target, options=small_window) as channel:
+        with grpc.insecure_channel(server.target, options=SMALL_WINDOW) as channel:
             stub = stub_for(Author, channel)
             stream = stub.List(Author_pb2.AuthorListRequest(), timeout=30)
             first = next(stream)

@@ -15,18 +15,16 @@ CANCELLED at the moment the server stopped.
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 
-import dj_database_url
 import grpc
 from catalog.models import Author
-from conftest import ON_POSTGRES, start_server
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
+from support import bus_env, db_query, health_status, start_server
 
 from django_grpc_bus.testing import stub_for
 
@@ -38,30 +36,6 @@ CALL_TIMEOUT = 10
 REFUSAL = "The server is shutting down"  # what a call refused while draining is told
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def db_rows(url: str, sql: str, params: tuple = ()) -> list[tuple]:
-    """Rows of `sql` (%s placeholders) read from the server's database directly."""
-    config = dj_database_url.parse(url)
-    if ON_POSTGRES:
-        import psycopg
-
-        conninfo = psycopg.conninfo.make_conninfo(
-            host=config["HOST"],
-            port=config["PORT"] or 5432,
-            user=config["USER"],
-            password=config["PASSWORD"] or None,
-            dbname=config["NAME"],
-        )
-        with psycopg.connect(conninfo, autocommit=True) as connection:
-            return connection.execute(sql, params).fetchall()
-    import sqlite3
-
-    connection = sqlite3.connect(config["NAME"], timeout=10)
-    try:
-        return connection.execute(sql.replace("%s", "?"), params).fetchall()
-    finally:
-        connection.close()
 
 
 @dataclass
@@ -118,11 +92,10 @@ def writer(target: str, tag: str, index: int, ledger: Ledger, stop: threading.Ev
 def poll_health(target: str, statuses: list, stop: threading.Event) -> None:
     """(time, SERVING/NOT_SERVING or the error code) until `stop`."""
     with grpc.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
         while not stop.is_set():
             try:
-                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                statuses.append((time.monotonic(), reply.status))
+                status = health_status(channel, timeout=1)
+                statuses.append((time.monotonic(), status))
             except grpc.RpcError as exc:
                 statuses.append((time.monotonic(), exc.code()))
             stop.wait(0.02)
@@ -135,9 +108,7 @@ def test_sigterm_during_write_load(fresh_database):
     ledger = Ledger()
     stop_writers, stop_health = threading.Event(), threading.Event()
     statuses: list[tuple[float, object]] = []
-    server = start_server(
-        fresh_database, env={"TEST_MESSAGE_BUS": json.dumps({"GRACE_PERIOD": GRACE_PERIOD})}
-    )
+    server = start_server(fresh_database, env=bus_env(GRACE_PERIOD=GRACE_PERIOD))
     threads = [
         threading.Thread(
             target=writer, args=(server.target, tag, i, ledger, stop_writers), daemon=True
@@ -191,7 +162,7 @@ def test_sigterm_during_write_load(fresh_database):
     assert acked_before_signal >= WRITERS, ledger.acked
 
     # The database, read directly after the exit: exactly the acknowledged rows.
-    rows = db_rows(
+    rows = db_query(
         fresh_database,
         "SELECT name, id FROM catalog_author WHERE name LIKE %s",
         (f"%drain-{tag}-%",),

@@ -25,23 +25,21 @@ well as by count, so rows that each fit MAX_MESSAGE_SIZE can be listed together.
 from __future__ import annotations
 
 import base64
-import json
 import math
 import os
 import time
 import uuid
 from collections import Counter, defaultdict
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from catalog.models import Everything
-from conftest import start_server
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import bus_env, health_status, running_server
 
 from django_grpc_bus.mixins import encode_page_token
 from django_grpc_bus.testing import stub_for
@@ -150,10 +148,8 @@ def listing(channel: grpc.Channel, message: Any, response_class: type) -> tuple[
 
 
 def assert_serving(channel: grpc.Channel) -> None:
-    reply = health_pb2_grpc.HealthStub(channel).Check(
-        health_pb2.HealthCheckRequest(service=SERVICE), timeout=TIMEOUT
-    )
-    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    status = health_status(channel, SERVICE, timeout=TIMEOUT)
+    assert status == health_pb2.HealthCheckResponse.SERVING
 
 
 # -- fixtures ------------------------------------------------------------------------------------
@@ -181,15 +177,6 @@ def pb(compiled):
     from generated_grpc.grpc import Author_pb2, Everything_pb2
 
     return Everything_pb2, Author_pb2
-
-
-@pytest.fixture(scope="module")
-def filepath():
-    """A file directly in /tmp: FilePathField(path="/tmp") accepts only existing files there."""
-    path = Path("/tmp") / f"grpcbus-hostile-{uuid.uuid4().hex[:10]}.txt"
-    path.write_text("hostile")
-    yield str(path)
-    path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -688,14 +675,8 @@ SMALL_LABEL = "Create (64 KiB limit)"
 @pytest.fixture(scope="module")
 def small_server(fresh_database):
     """MAX_MESSAGE_SIZE 64 KiB, on an empty database of its own."""
-    server = start_server(
-        fresh_database, env={"TEST_MESSAGE_BUS": json.dumps({"MAX_MESSAGE_SIZE": SMALL})}
-    )
-    try:
+    with running_server(fresh_database, env=bus_env(MAX_MESSAGE_SIZE=SMALL)) as server:
         yield server
-    finally:
-        code = server.stop()
-        assert code == 0, server.output
 
 
 def test_a_request_over_max_message_size_is_resource_exhausted(small_server, pb, filepath):

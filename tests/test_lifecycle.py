@@ -10,89 +10,35 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
 
-import dj_database_url
 import grpc
 import pytest
 from catalog.models import Author
-from conftest import ON_POSTGRES, TESTS_DIR, django_command_env, start_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support import (
+    SMALL_WINDOW,
+    bus_env,
+    db_query,
+    django_subprocess,
+    ensure_authors,
+    free_port,
+    health_status,
+    server_process,
+    start_server,
+)
 
 from django_grpc_bus.testing import ANNOUNCE, ServerProcess, stub_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 LIST_ROWS = 3000
-SMALL_WINDOW = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16384)]
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def db_query(url: str, sql: str, params: tuple = ()) -> list[tuple]:
-    """Run `sql` (with %s placeholders) on the server's database directly; rows, if any."""
-    config = dj_database_url.parse(url)
-    if ON_POSTGRES:
-        import psycopg
-
-        conninfo = psycopg.conninfo.make_conninfo(
-            host=config["HOST"],
-            port=config["PORT"] or 5432,
-            user=config["USER"],
-            password=config["PASSWORD"] or None,
-            dbname=config["NAME"],
-        )
-        with psycopg.connect(conninfo, autocommit=True) as connection:
-            cursor = connection.execute(sql, params)
-            return cursor.fetchall() if cursor.description else []
-    import sqlite3
-
-    connection = sqlite3.connect(config["NAME"], timeout=10)
-    try:
-        with connection:
-            cursor = connection.execute(sql.replace("%s", "?"), params)
-            return cursor.fetchall()
-    finally:
-        connection.close()
-
-
-def insert_authors(url: str, names: list[str]) -> None:
-    config = dj_database_url.parse(url)
-    sql = "INSERT INTO catalog_author (name) VALUES (%s)"
-    rows = [(name,) for name in names]
-    if ON_POSTGRES:
-        import psycopg
-
-        conninfo = psycopg.conninfo.make_conninfo(
-            host=config["HOST"],
-            port=config["PORT"] or 5432,
-            user=config["USER"],
-            password=config["PASSWORD"] or None,
-            dbname=config["NAME"],
-        )
-        with psycopg.connect(conninfo) as connection, connection.cursor() as cursor:
-            cursor.executemany(sql, rows)
-        return
-    import sqlite3
-
-    connection = sqlite3.connect(config["NAME"], timeout=10)
-    try:
-        with connection:
-            connection.executemany(sql.replace("%s", "?"), rows)
-    finally:
-        connection.close()
 
 
 def author_ids(url: str) -> set[int]:
@@ -121,52 +67,16 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def bus_env(**settings) -> dict[str, str]:
-    import json
-
-    return {"TEST_MESSAGE_BUS": json.dumps(settings)}
-
-
 def run_command(database_url: str, *args: str, env: dict[str, str] | None = None):
     """`manage.py rungrpcserver ARGS` expected to fail at start-up: bounded by a timeout."""
-    return subprocess.run(
-        [sys.executable, "-m", "django", "rungrpcserver", *args],
-        cwd=TESTS_DIR,
-        env={**os.environ, **django_command_env(database_url, **(env or {}))},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def server_on(database_url: str, address: str, *args: str, env=None, start_timeout=30.0):
-    return ServerProcess(
-        [sys.executable, "-m", "django"],
-        cwd=TESTS_DIR,
-        env=django_command_env(database_url, **(env or {})),
-        args=args,
-        address=address,
-        start_timeout=start_timeout,
-    )
-
-
-def health_status(channel: grpc.Channel, service: str = "") -> int:
-    reply = health_pb2_grpc.HealthStub(channel).Check(
-        health_pb2.HealthCheckRequest(service=service), timeout=2
-    )
-    return reply.status
+    return django_subprocess(database_url, "rungrpcserver", *args, env=env, timeout=60)
 
 
 @pytest.fixture(scope="module")
 def many_authors(server_database):
     """At least LIST_ROWS authors in the server database, with names long enough (~90 bytes)
     that a full List does not fit in one HTTP/2 flow-control window."""
-    (count,) = db_query(server_database, "SELECT count(*) FROM catalog_author")[0]
-    if count < LIST_ROWS:
-        insert_authors(
-            server_database,
-            [f"author {i:05d} " + "x" * 80 for i in range(LIST_ROWS - count)],
-        )
+    ensure_authors(server_database, LIST_ROWS, "author {:05d} " + "x" * 80)
     return server_database
 
 
@@ -341,7 +251,7 @@ def test_grace_expiry_does_not_commit_cancelled_writes(server_database):
 def test_port_in_use_is_a_clear_error(server_database):
     port = free_port()
     address = f"127.0.0.1:{port}"
-    server = server_on(server_database, address).start()
+    server = start_server(server_database, address=address)
     try:
         for extra in ([], ["--workers", "2"]):
             result = run_command(server_database, address, *extra)
@@ -393,8 +303,7 @@ def test_startup_errors_are_clear(server_database, args, env, expected):
 
 
 def _start_workers(database_url: str, count: int) -> ServerProcess:
-    server = server_on(database_url, f"127.0.0.1:{free_port()}", "--workers", str(count))
-    server.start()
+    server = start_server(database_url, "--workers", str(count), address=f"127.0.0.1:{free_port()}")
     if not wait_for(lambda: len(serving_pids(server)) >= count, timeout=20):
         server.stop(timeout=15)
         pytest.fail(f"{count} workers did not announce themselves:\n{server.output}")
@@ -479,7 +388,7 @@ def test_dev_logs_one_line_per_call(server_database):
 
 
 def test_dev_with_autoreloader_serves(server_database):
-    server = server_on(server_database, "127.0.0.1:0", "--dev", start_timeout=10)
+    server = server_process(server_database, "--dev", start_timeout=10)
     lines: list[str] = []
     process = subprocess.Popen(
         server.command,

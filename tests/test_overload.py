@@ -9,7 +9,6 @@ refused calls do not leak a slot.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,10 +16,10 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
-from conftest import start_server
 from faults.models import Sleeper
 from faults.services import SLEEP
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
+from support import bus_env, health_status, running_server
 
 from django_grpc_bus.testing import stub_for
 
@@ -44,13 +43,9 @@ class Outcome:
 
 @pytest.fixture(scope="module")
 def overload_server(fresh_database):
-    settings = {"MAX_CONCURRENT_RPCS": LIMIT, "ROOT_HANDLERS_HOOK": "faults.handlers.handler"}
-    server = start_server(fresh_database, env={"TEST_MESSAGE_BUS": json.dumps(settings)})
-    try:
+    env = bus_env(MAX_CONCURRENT_RPCS=LIMIT, ROOT_HANDLERS_HOOK="faults.handlers.handler")
+    with running_server(fresh_database, env=env) as server:
         yield server
-    finally:
-        code = server.stop()
-        assert code == 0, server.output
 
 
 @pytest.fixture(scope="module")
@@ -139,10 +134,7 @@ def test_a_large_burst_is_refused_not_queued(channel, pb, sleeper):
 def test_the_server_serves_normally_after_the_bursts(channel, pb, sleeper):
     burst(channel, pb, sleeper, 20)
 
-    reply = health_pb2_grpc.HealthStub(channel).Check(
-        health_pb2.HealthCheckRequest(), timeout=TIMEOUT
-    )
-    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    assert health_status(channel, timeout=TIMEOUT) == health_pb2.HealthCheckResponse.SERVING
     stub = stub_for(Sleeper, channel)
     created = stub.Create(pb.SleeperData(name="after"), timeout=TIMEOUT)
     assert stub.Retrieve(pb.SleeperLookupRequest(id=created.id), timeout=TIMEOUT).name == "after"
@@ -160,10 +152,7 @@ def test_health_answers_while_the_services_are_at_the_limit(channel, pb, sleeper
     ]
     try:
         time.sleep(SLEEP / 4)  # both are in flight now
-        reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(), timeout=TIMEOUT
-        )
-        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        assert health_status(channel, timeout=TIMEOUT) == health_pb2.HealthCheckResponse.SERVING
     finally:
         for call in calls:
             call.result()

@@ -19,25 +19,21 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import json
 import re
-import sqlite3
 import sys
 import time
 import uuid
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import dj_database_url
 import grpc
 import pytest
 from catalog.models import Author, Book, Everything, Tag
-from conftest import ON_POSTGRES, start_server
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+from support import ON_POSTGRES, bus_env, db_execute, running_server
 
 from django_grpc_bus.testing import stub_for
 
@@ -150,46 +146,10 @@ def health_status(channel: grpc.Channel, service: str = "") -> int:
 # -- the server's database, directly -------------------------------------------------------------
 
 
-def sql(url: str, statement: str, params_seq: list[tuple] | None = None) -> list[tuple]:
-    """Run `statement` (``%s`` placeholders) once per params on the database at `url`, commit.
-
-    Returns the rows the statement returned (``RETURNING``), for every params together.
-    """
-    params_seq = params_seq if params_seq is not None else [()]
-    config = dj_database_url.parse(url)
-    result: list[tuple] = []
-    if config["ENGINE"].endswith("sqlite3"):
-        connection = sqlite3.connect(config["NAME"], timeout=TIMEOUT)
-        try:
-            with connection:
-                for params in params_seq:
-                    result.extend(connection.execute(statement.replace("%s", "?"), params))
-        finally:
-            connection.close()
-        return result
-    import psycopg
-
-    with psycopg.connect(
-        host=config["HOST"],
-        port=config["PORT"] or 5432,
-        user=config["USER"],
-        password=config["PASSWORD"] or None,
-        dbname=config["NAME"],
-    ) as connection:
-        with connection.cursor() as cursor:
-            if "RETURNING" not in statement.upper():
-                cursor.executemany(statement, params_seq)
-                return result
-            for params in params_seq:
-                cursor.execute(statement, params)
-                result.extend(cursor.fetchall())
-    return result
-
-
 def insert_tags(url: str, count: int) -> list[int]:
     """New catalog_tag rows (TagService is read-only); returns their primary keys."""
     names = [(unique("tag-"),) for _ in range(count)]
-    found = sql(url, "INSERT INTO catalog_tag (name) VALUES (%s) RETURNING id", names)
+    found = db_execute(url, "INSERT INTO catalog_tag (name) VALUES (%s) RETURNING id", names)
     return [row[0] for row in found]
 
 
@@ -197,7 +157,7 @@ def insert_token(url: str) -> str:
     """A new catalog_token row (no service serves Token); returns its key as text."""
     key = uuid.uuid4()
     stored = str(key) if url.startswith(("postgres://", "postgresql://")) else key.hex
-    sql(url, "INSERT INTO catalog_token (key, label) VALUES (%s, %s)", [(stored, "e2e")])
+    db_execute(url, "INSERT INTO catalog_token (key, label) VALUES (%s, %s)", [(stored, "e2e")])
     return str(key)
 
 
@@ -213,8 +173,8 @@ def pb(compiled):
     )
 
 
-@pytest.fixture(scope="module")
-def api(channel):
+def apis(channel: grpc.Channel) -> SimpleNamespace:
+    """An ``Api`` per service of the test project, on `channel`."""
     return SimpleNamespace(
         everything=Api(stub_for(Everything, channel)),
         authors=Api(stub_for(Author, channel)),
@@ -224,28 +184,17 @@ def api(channel):
 
 
 @pytest.fixture(scope="module")
-def filepath():
-    """A file directly in /tmp: FilePathField(path="/tmp") accepts only existing files there."""
-    path = Path("/tmp") / f"{unique('grpcbus-e2e-')}.txt"
-    path.write_text("e2e")
-    yield str(path)
-    path.unlink(missing_ok=True)
+def api(channel):
+    return apis(channel)
 
 
 @pytest.fixture(scope="module")
 def batch_server(fresh_database):
     """LIST_BATCH_SIZE 7 and only two worker threads, on an empty database."""
-    server = start_server(
-        fresh_database,
-        "--max-workers",
-        "2",
-        env={"TEST_MESSAGE_BUS": json.dumps({"LIST_BATCH_SIZE": 7})},
-    )
-    try:
+    with running_server(
+        fresh_database, "--max-workers", "2", env=bus_env(LIST_BATCH_SIZE=7)
+    ) as server:
         yield server
-    finally:
-        code = server.stop()
-        assert code == 0, server.output
 
 
 @pytest.fixture(scope="module")
@@ -256,22 +205,13 @@ def batch_channel(batch_server):
 
 @pytest.fixture(scope="module")
 def batch_api(batch_channel):
-    return SimpleNamespace(
-        everything=Api(stub_for(Everything, batch_channel)),
-        authors=Api(stub_for(Author, batch_channel)),
-        books=Api(stub_for(Book, batch_channel)),
-        tags=Api(stub_for(Tag, batch_channel)),
-    )
+    return apis(batch_channel)
 
 
 @pytest.fixture(scope="module")
 def dev_server(server_database):
-    server = start_server(server_database, "--dev", "--noreload")
-    try:
+    with running_server(server_database, "--dev", "--noreload") as server:
         yield server
-    finally:
-        code = server.stop()
-        assert code == 0, server.output
 
 
 # -- builders ------------------------------------------------------------------------------------
@@ -1055,7 +995,7 @@ def test_cancelled_list_does_not_hurt_the_server(
 ):
     author = batch_api.authors.Create(pb.Author.AuthorData(name=unique("cancel-"))).id
     prefix = uuid.uuid4().hex[:8]
-    sql(
+    db_execute(
         fresh_database,
         "INSERT INTO catalog_book (title, author_id, isbn) VALUES (%s, %s, %s)",
         [(f"book {index}", author, f"{prefix}{index:04}") for index in range(3000)],

@@ -17,12 +17,11 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-import dj_database_url
 import grpc
 import pytest
 from catalog.models import Author
-from conftest import DATABASE_URL, ON_POSTGRES, start_server
 from google.protobuf import field_mask_pb2
+from support import DATABASE_URL, ON_POSTGRES, pg_connect, pg_connection_count, start_server
 
 from django_grpc_bus.conf import DEFAULTS
 from django_grpc_bus.testing import stub_for
@@ -56,23 +55,10 @@ def rss_kib(pid: int) -> int:
 
 def connection_counter(database_url: str):
     """A function counting connections to the server's database, from the admin database."""
-    import psycopg
-
-    config = dj_database_url.parse(DATABASE_URL)
-    conninfo = psycopg.conninfo.make_conninfo(
-        host=config["HOST"],
-        port=config["PORT"] or 5432,
-        user=config["USER"],
-        password=config["PASSWORD"] or None,
-        dbname=config["NAME"],
-    )
-    monitor = psycopg.connect(conninfo, autocommit=True)
-    name = dj_database_url.parse(database_url)["NAME"]
+    monitor = pg_connect(DATABASE_URL)
 
     def count() -> int:
-        return monitor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,)
-        ).fetchone()[0]
+        return pg_connection_count(monitor, database_url)
 
     return count, monitor
 

@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 from catalog.models import Author
-from conftest import TESTS_DIR, django_command_env
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
+from support import bus_env, health_status, servlet_entry, start_server, stop_server
 
 from django_grpc_bus.client import errors
 from django_grpc_bus.client.registry import registry
@@ -168,18 +166,12 @@ def pki(tmp_path_factory) -> Pki:
 
 
 def tls_server(database_url: str, tls: dict[str, str], credentials) -> ServerProcess:
-    settings = {"TLS": tls}
-    return ServerProcess(
-        [sys.executable, "-m", "django"],
-        cwd=TESTS_DIR,
-        env=django_command_env(database_url, TEST_MESSAGE_BUS=json.dumps(settings)),
-        credentials=credentials,  # the readiness check speaks TLS too
-    ).start()
+    # The readiness check speaks TLS too.
+    return start_server(database_url, env=bus_env(TLS=tls), credentials=credentials)
 
 
 def stopped(server: ServerProcess) -> None:
-    code = server.stop(timeout=15)
-    assert code == 0, server.output
+    stop_server(server, timeout=15)
     assert "Traceback" not in server.output, server.output
 
 
@@ -222,7 +214,7 @@ def configure(settings, **servlets: dict) -> None:
 
 
 def entry(server: ServerProcess, tls: dict | None = None, host: str = "127.0.0.1") -> dict:
-    result = {"host": host, "port": server.port, "timeout": TIMEOUT}
+    result = servlet_entry(server.port, TIMEOUT, host)
     if tls is not None:
         result["tls"] = tls
     return result
@@ -287,10 +279,8 @@ def test_client_trusting_another_ca_refuses_the_server(settings, tls, pki):
 def test_health_over_tls(tls, pki):
     credentials = grpc.ssl_channel_credentials(root_certificates=pki.ca.cert_pem)
     with grpc.secure_channel(tls.target, credentials) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(), timeout=TIMEOUT
-        )
-    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        status = health_status(channel, timeout=TIMEOUT)
+    assert status == health_pb2.HealthCheckResponse.SERVING
 
 
 # -- mutual TLS ----------------------------------------------------------------------------------
@@ -355,8 +345,6 @@ def test_refused_clients_leave_the_mtls_server_serving(mtls, pki):
         certificate_chain=pki.client.cert_pem,
     )
     with grpc.secure_channel(mtls.target, credentials) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(), timeout=TIMEOUT
-        )
-    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        status = health_status(channel, timeout=TIMEOUT)
+    assert status == health_pb2.HealthCheckResponse.SERVING
     assert mtls.process.poll() is None
