@@ -34,6 +34,18 @@ from django_grpc_bus import values
 
 FD = _descriptor.FieldDescriptor
 
+
+def repeated(field: FD) -> bool:
+    """Whether a field is repeated, on every supported protobuf.
+
+    protobuf 6 added ``FieldDescriptor.is_repeated``; protobuf 7 removed ``label``.
+    """
+    flag = getattr(field, "is_repeated", None)
+    if flag is not None:
+        return bool(flag)
+    return field.label == FD.LABEL_REPEATED
+
+
 Reader = Callable[[Any], Any]
 Writer = Callable[[Any, Any], None]
 
@@ -221,7 +233,7 @@ def plan_for(descriptor: _descriptor.Descriptor) -> MessagePlan:
 def _is_map(field: FD) -> bool:
     message_type = field.message_type
     return bool(
-        message_type is not None and message_type.GetOptions().map_entry and field.is_repeated
+        message_type is not None and message_type.GetOptions().map_entry and repeated(field)
     )
 
 
@@ -250,7 +262,7 @@ def _field_reader(field: FD) -> Reader:
         read_value = _value_reader(value_field)
         return lambda msg: {k: read_value(v) for k, v in getattr(msg, name).items()}
     read_one = _value_reader(field)
-    if field.is_repeated:
+    if repeated(field):
         if field.type in (FD.TYPE_MESSAGE, FD.TYPE_ENUM):
             return lambda msg: [read_one(item) for item in getattr(msg, name)]
         return lambda msg: list(getattr(msg, name))
@@ -311,7 +323,7 @@ def _field_writer(field: FD) -> Writer:
 
         return write_map
     element = _element_writer(field)
-    if field.is_repeated:
+    if repeated(field):
         if field.type == FD.TYPE_MESSAGE:
 
             def write_repeated_messages(msg: Any, value: Any) -> None:

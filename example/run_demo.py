@@ -36,12 +36,13 @@ def manage(project: str, *args: str) -> None:
 
 
 def prepare(project: str) -> None:
+    # Code first: every later command imports the handlers, which import the generated modules.
+    manage(project, "generateproto", "-v0")
+    manage(project, "generategrpc", "-v0")
     database = HERE / project / "db.sqlite3"
     database.unlink(missing_ok=True)
     manage(project, "migrate", "-v0")
     manage(project, "loaddata", "seed", "-v0")
-    manage(project, "generateproto", "-v0")
-    manage(project, "generategrpc", "-v0")
     print(f"  {project}: database seeded, gRPC code generated")
 
 

@@ -53,6 +53,7 @@ def pytest_sessionstart(session):
     the generated modules; and on every run, so that they always come from this environment's
     protoc (a package built by a newer one does not import under an older protobuf).
     """
+    call_command("generateproto", stdout=io.StringIO())  # this environment's models, too
     call_command("generategrpc", stdout=io.StringIO())
 
 

@@ -10,6 +10,7 @@ import types
 import uuid
 from decimal import Decimal
 
+import django
 import grpc
 import pytest
 from rest_framework import serializers as drf_serializers
@@ -503,7 +504,10 @@ def test_field_validation_errors(catalog, pb):
     )
     serializer = catalog.EverythingSerializer(data=data, partial=True)
     assert not serializer.is_valid()
-    assert set(serializer.errors) == {"f_email", "f_choice_str", "f_posint"}
+    # Django 5.0+ gives PositiveIntegerField a MinValueValidator(0) on every backend (DRF turns
+    # it into min_value); Django 4.2 leaves it to the database's CHECK constraint.
+    expected = {"f_email", "f_choice_str"} | ({"f_posint"} if django.VERSION >= (5, 0) else set())
+    assert set(serializer.errors) == expected
 
 
 @pytest.mark.django_db

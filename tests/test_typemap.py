@@ -9,6 +9,7 @@ from django.test.utils import isolate_apps
 from google.protobuf.descriptor import FieldDescriptor as FD
 
 from django_grpc_bus import typemap
+from django_grpc_bus.messages import repeated
 from django_grpc_bus.protogen.schema import tracks_presence
 
 # field name -> (proto type, label) as compiled; label: "optional", "repeated", "" or "message".
@@ -83,7 +84,7 @@ def test_compiled_message_field(compiled, name):
     if field.type == FD.TYPE_MESSAGE:
         assert (field.message_type.full_name, "message") == (proto, label)
         return
-    actual_label = "repeated" if field.is_repeated else "optional" if field.has_presence else ""
+    actual_label = "repeated" if repeated(field) else "optional" if field.has_presence else ""
     assert (SCALAR_NAMES[field.type], actual_label) == (proto, label)
 
 

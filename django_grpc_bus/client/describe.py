@@ -5,6 +5,7 @@ from __future__ import annotations
 from google.protobuf import descriptor
 
 from django_grpc_bus.generics import snake_case
+from django_grpc_bus.messages import repeated
 
 FD = descriptor.FieldDescriptor
 SCALARS = {
@@ -21,7 +22,7 @@ def field_type(field: FD) -> str:
         base = field.enum_type.full_name
     else:
         base = SCALARS.get(field.type, "?")
-    if field.is_repeated:
+    if repeated(field):
         return f"repeated {base}"
     return f"optional {base}" if field.has_presence and field.message_type is None else base
 

@@ -19,7 +19,7 @@ from django_grpc_bus.client.channels import open_channel
 from django_grpc_bus.client.config import ServletConfig
 from django_grpc_bus.client.reflection import Catalog, ReflectionError, fetch_catalog
 from django_grpc_bus.generics import snake_case
-from django_grpc_bus.messages import ConversionError, fill_message, message_to_dict
+from django_grpc_bus.messages import ConversionError, fill_message, message_to_dict, repeated
 
 DEFAULT = object()  # "use the servlet's default deadline"
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -200,7 +200,7 @@ class Method:
         self.flattens = bool(
             self.server_streaming
             and results is not None
-            and results.is_repeated
+            and repeated(results)
             and results.message_type is not None
         )
         self._multicallable: tuple[grpc.Channel, Any] | None = None
