@@ -7,13 +7,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BUF := .tools/node_modules/.bin/buf
 PYTEST_ARGS ?=
+# Extra requirements pinned on top of the package's (e.g. the oldest supported versions).
+PIP_EXTRA ?=
 
 .PHONY: demo test lint format tools clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test]' $(PIP_EXTRA)
 	touch $(STAMP)
 
 # buf (for the `buf lint` test) ships in an npm package; without npm that one test skips.
