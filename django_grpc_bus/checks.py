@@ -15,7 +15,13 @@ from django.core.checks import CheckMessage, Error, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from django_grpc_bus.conf import DEFAULTS, EXPECTED_TYPES, PATH_SETTINGS, bus_settings
+from django_grpc_bus.conf import (
+    DEFAULTS,
+    EXPECTED_TYPES,
+    IMPORT_STRINGS,
+    PATH_SETTINGS,
+    bus_settings,
+)
 from django_grpc_bus.protogen.naming import is_python_name
 
 CONFIG_TAG = "grpc_bus"
@@ -83,6 +89,7 @@ MINIMUMS = {
     "GRACE_PERIOD": 0,
     "MAX_MESSAGE_SIZE": 1,
     "MAX_CONCURRENT_RPCS": 1,
+    "SERVICE_TIMEOUT": 0.001,  # above 0: a deadline of 0 fails every call
 }
 TLS_KEYS = frozenset({"CERTIFICATE", "PRIVATE_KEY", "CLIENT_CA"})
 
@@ -100,16 +107,16 @@ def _check_server_settings(user: dict[str, Any], invalid: set[str]) -> list[Chec
                     id="django_grpc_bus.E011",
                 )
             )
-    if "INTERCEPTORS" not in invalid:
-        for item in user.get("INTERCEPTORS", []):
+    for key in sorted(IMPORT_STRINGS - {"ROOT_HANDLERS_HOOK"} - invalid):
+        for item in user.get(key, []):
             if isinstance(item, str):
                 try:
                     import_string(item)
                 except ImportError as exc:
                     errors.append(
                         Error(
-                            f"{SETTING}['INTERCEPTORS'] item {item!r} cannot be imported: {exc}",
-                            hint="Give dotted paths to grpc.ServerInterceptor classes or objects.",
+                            f"{SETTING}[{key!r}] item {item!r} cannot be imported: {exc}",
+                            hint="Give dotted paths to importable classes (or the objects).",
                             id="django_grpc_bus.E012",
                         )
                     )
@@ -299,7 +306,14 @@ def _check_servlet_extras(where: str, entry: dict[str, Any]) -> list[CheckMessag
             from django_grpc_bus.conf import resolve_path
 
             for key, value in sorted(tls.items()):
-                if value and not resolve_path(value).is_file():
+                if value and not isinstance(value, (str, Path)):
+                    errors.append(
+                        Error(
+                            f"{where}['tls'][{key!r}] must be a path, not {value!r}.",
+                            id="django_grpc_bus.E015",
+                        )
+                    )
+                elif value and not resolve_path(value).is_file():
                     errors.append(
                         Error(
                             f"{where}['tls'][{key!r}] is {resolve_path(value)}, which is not "

@@ -166,9 +166,9 @@ HTTP_CODES = {
 }
 
 
-def _api_exception(exc: drf.APIException) -> Failure:
-    code = HTTP_CODES.get(exc.status_code, Code.INTERNAL)
-    return Failure(code, str(exc.detail) if code is not Code.INTERNAL else "Internal error.")
+def _api_exception(exc: drf.APIException) -> Failure | None:
+    code = HTTP_CODES.get(exc.status_code)
+    return Failure(code, str(exc.detail)) if code is not None else None  # None: unexpected
 
 
 def _fixed(code: grpc.StatusCode, message: str) -> Callable[[BaseException], Failure]:
@@ -211,7 +211,7 @@ def failure_for(exc: BaseException) -> Failure | None:
     """The table's failure for `exc`, or None when it is unexpected (-> INTERNAL)."""
     for exc_class, convert in STATUS_TABLE:
         if isinstance(exc, exc_class):
-            return convert(exc)
+            return convert(exc)  # may itself say None: unexpected after all
     return None
 
 
@@ -245,7 +245,7 @@ def status_for(failure: Failure) -> grpc.Status:
 def describe_failure(exc: BaseException, method: str, dev: bool) -> Failure:
     """The failure `exc` ends a call with; unexpected errors are logged and become INTERNAL."""
     failure = failure_for(exc)
-    if failure is None:
+    if failure is None or failure.code is Code.INTERNAL:
         logger.error("Unhandled error in %s", method, exc_info=exc)
         if not dev:
             return INTERNAL

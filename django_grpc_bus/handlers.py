@@ -90,6 +90,8 @@ class BasicHandler:
         self, server: grpc.Server, *, dev: bool = False, log_calls: bool = False
     ) -> list[str]:
         """Add every registered service, health and reflection to `server`; returns the names."""
+        # A new health servicer per server: graceful shutdown is permanent for one.
+        self.health = health.HealthServicer()
         names = []
         for service_class in self._registered:
             module, service_name = resolve_grpc_module(service_class)

@@ -27,14 +27,42 @@ class _Details:
         return ""
 
 
-def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, text: str):
-    def refuse(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(code, text)
+def _refusal_for(details: grpc.HandlerCallDetails) -> tuple[grpc.StatusCode, str] | None:
+    """Authenticate a health or reflection call; the status to refuse it with, or None."""
+    call = auth.CallRequest(None, _Details(details), "list")
+    close_old_connections()
+    try:
+        auth.authenticate(call, auth.default_authenticators())
+    except exceptions.AuthenticationFailed as exc:
+        return grpc.StatusCode.UNAUTHENTICATED, str(exc.detail)
+    except Exception as exc:  # e.g. the token table cannot be read: never UNKNOWN
+        failure = describe_failure(exc, details.method, dev=False)
+        return failure.code, failure.message
+    finally:
+        close_old_connections()
+    if call.successful_authenticator is None:
+        return grpc.StatusCode.UNAUTHENTICATED, "Credentials are required for this call."
+    return None
 
+
+def _guarded(handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails):
+    """`handler`, authenticating first, in the call's own worker thread.
+
+    Interceptors run on grpc's single dispatch thread; a database query there (a token
+    lookup) would stall every call of the server, so the check runs inside the behavior.
+    """
     kind = ("stream_" if handler.request_streaming else "unary_") + (
         "stream" if handler.response_streaming else "unary"
     )
-    return handler._replace(**{kind: refuse})
+    behavior = getattr(handler, kind)
+
+    def guarded(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
+        refusal = _refusal_for(details)
+        if refusal is not None:
+            context.abort(*refusal)
+        return behavior(request_or_iterator, context)
+
+    return handler._replace(**{kind: guarded})
 
 
 class InfrastructureGuard(grpc.ServerInterceptor):
@@ -48,19 +76,4 @@ class InfrastructureGuard(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith(INFRASTRUCTURE_PREFIXES):
             return handler
-        call = auth.CallRequest(None, _Details(handler_call_details), "list")
-        close_old_connections()
-        try:
-            auth.authenticate(call, auth.default_authenticators())
-        except exceptions.AuthenticationFailed as exc:
-            return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED, str(exc.detail))
-        except Exception as exc:  # e.g. the token table cannot be read: never UNKNOWN
-            failure = describe_failure(exc, handler_call_details.method, dev=False)
-            return _refusal(handler, failure.code, failure.message)
-        finally:
-            close_old_connections()
-        if call.successful_authenticator is None:
-            return _refusal(
-                handler, grpc.StatusCode.UNAUTHENTICATED, "Credentials are required for this call."
-            )
-        return handler
+        return _guarded(handler, handler_call_details)

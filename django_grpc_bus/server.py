@@ -205,6 +205,9 @@ def ensure_port_free(address: str) -> None:
             raise ServerError(_bind_failure(address, exc)) from None
 
 
+RESTART_WINDOW = 60.0  # seconds: more than restart_limit crashes within it stop the server
+
+
 def serve_workers(
     count: int,
     run_worker: Callable[[], int],
@@ -214,12 +217,15 @@ def serve_workers(
 ) -> int:
     """Fork `count` processes running `run_worker`, restart crashed ones, forward signals.
 
+    More than `restart_limit` crashes within ``RESTART_WINDOW`` seconds (a worker that cannot
+    start, say) stop the server with exit status 1; occasional crashes never do.
+
     Must be called before any gRPC server or channel exists in this process: gRPC does not
     survive a fork once its threads are running.
     """
     stopping = threading.Event()
     children: dict[int, int] = {}  # pid -> worker index
-    restarts = 0
+    recent_restarts: list[float] = []  # when; only those in the last RESTART_WINDOW count
 
     def spawn(index: int) -> None:
         pid = os.fork()
@@ -265,7 +271,9 @@ def serve_workers(
         if stopping.is_set():
             exit_code = exit_code or (code if code > 0 else 0)
             continue
-        restarts += 1
+        now = time.monotonic()
+        recent_restarts[:] = [t for t in recent_restarts if now - t < RESTART_WINDOW] + [now]
+        restarts = len(recent_restarts)
         if restarts > restart_limit:
             announce(f"Worker {pid} exited ({code}); too many restarts, stopping.")
             forward(signal.SIGTERM, None)

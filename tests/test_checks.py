@@ -583,3 +583,27 @@ def test_valid_servlet_client_settings(project):
     )
 
     assert messages(CONFIG) == []
+
+
+def test_e012_authentication_or_permission_class_that_cannot_be_imported(project):
+    project.configure(
+        DEFAULT_AUTHENTICATION_CLASSES=["rest_framework.authentication.TokenAuthenticatoin"],
+        DEFAULT_PERMISSION_CLASSES=["no_such_module_xyz.Permission"],
+    )
+
+    texts = [m.msg for m in messages(CONFIG) if m.id == "django_grpc_bus.E012"]
+    assert any("DEFAULT_AUTHENTICATION_CLASSES" in t and "TokenAuthenticatoin" in t for t in texts)
+    assert any("DEFAULT_PERMISSION_CLASSES" in t for t in texts)
+
+
+def test_e011_service_timeout_must_be_above_zero(project):
+    project.configure(SERVICE_TIMEOUT=0)
+
+    assert "['SERVICE_TIMEOUT']" in only("django_grpc_bus.E011").msg
+
+
+def test_e015_servlet_tls_value_that_is_not_a_path(project):
+    project.configure(SERVLETS={"inventory": {**VALID_SERVLET, "tls": {"CA": 42}}})
+
+    error = only("django_grpc_bus.E015")
+    assert "['tls']['CA'] must be a path" in error.msg

@@ -255,3 +255,13 @@ def test_grpccall_usage_errors_are_command_errors():
     assert "nme" in str(field.value) and "name" in str(field.value)
     with pytest.raises(CommandError):
         run("grpccall", "one", "Author.create", "[1, 2]")
+
+
+def test_a_malformed_servlet_is_a_command_error(settings):
+    settings.MESSAGE_BUS = {**settings.MESSAGE_BUS, "SERVLETS": {"broken": {"host": "h"}}}
+    for command in ("grpclist", "grpccall"):
+        args = ["broken"] if command == "grpclist" else ["broken", "Author.list"]
+        with pytest.raises(CommandError, match=r"SERVLETS'\]\['broken'\]"):
+            call_command(command, *args, stdout=io.StringIO(), stderr=io.StringIO())
+    with pytest.raises(CommandError):
+        call_command("grpclist", "host:notaport:1", stdout=io.StringIO())

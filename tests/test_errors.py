@@ -316,21 +316,22 @@ def test_own_messages_are_kept():
     assert "POST" in failure_for(drf.MethodNotAllowed("POST")).message
 
 
-def test_an_api_exception_with_a_5xx_status_is_internal_without_its_text():
+def test_an_api_exception_with_a_5xx_status_is_internal_without_its_text(caplog):
     class Boom(drf.APIException):
         status_code = 500
         default_detail = "secret internals"
 
-    failure = failure_for(Boom())
+    failure = describe_failure(Boom(), "/x.Y/Z", dev=False)
     assert failure.code is Code.INTERNAL
     assert "secret" not in failure.message
+    assert "Unhandled error in /x.Y/Z" in caplog.text  # logged server-side, as SPEC §6 says
 
 
 def test_an_api_exception_with_an_unlisted_status_is_internal():
     class Teapot(drf.APIException):
         status_code = 418
 
-    assert failure_for(Teapot()).code is Code.INTERNAL
+    assert describe_failure(Teapot(), "/x.Y/Z", dev=False).code is Code.INTERNAL
 
 
 def test_a_custom_api_exception_with_409_is_already_exists():

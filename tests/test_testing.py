@@ -63,3 +63,38 @@ def test_a_handler_given_explicitly(compiled):
             names = set(full_handler.bound_names)
             assert {"catalog.Author", "shop.Book", "shop.Customer"} <= names
             assert server.port
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_handler_bound_again_reports_serving_again(compiled):
+    """Graceful shutdown is permanent for a health servicer: each bind gets a new one."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from handlers import handler
+
+    for _ in range(2):
+        with GrpcTestServer(handler) as server:
+            reply = health_pb2_grpc.HealthStub(server.channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_client_signature_of_the_spec(compiled, settings):
+    """registry...method(request_dict=None, *, timeout=None, metadata=None) (SPEC §7)."""
+    from django_grpc_bus.client.registry import registry
+    from django_grpc_bus.client.servlet import NO_DEADLINE
+
+    with GrpcTestServer() as server:
+        settings.MESSAGE_BUS = {
+            **settings.MESSAGE_BUS,
+            "SERVLETS": {"here": {"host": "127.0.0.1", "port": server.port, "timeout": 5}},
+        }
+        created = registry.here.Author.create(request_dict={"name": "By keyword"})
+        method = registry.here.Author.retrieve
+        assert method.call_options(None, None)["timeout"] == 5  # None: the servlet's deadline
+        assert method.call_options(NO_DEADLINE, None)["timeout"] is None
+        assert method.call_options(0.5, None)["timeout"] == 0.5
+        found = method(request_dict={"id": created["id"]}, timeout=None)
+        assert found == created
+        registry.reset()

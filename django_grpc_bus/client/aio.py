@@ -26,7 +26,7 @@ from django.core.signals import setting_changed
 
 from django_grpc_bus.client.channels import open_channel
 from django_grpc_bus.client.registry import registry
-from django_grpc_bus.client.servlet import DEFAULT, Method, Servlet
+from django_grpc_bus.client.servlet import Method, Servlet
 from django_grpc_bus.messages import message_to_dict
 
 
@@ -94,8 +94,10 @@ class AsyncMethod:
         self._service = service
         self._method = method
 
-    def __call__(self, request: Any = None, *, timeout: Any = DEFAULT, metadata: Any = None):
-        return AsyncCall(self, request, timeout, metadata)
+    def __call__(
+        self, request_dict: Any = None, *, timeout: float | None = None, metadata: Any = None
+    ):
+        return AsyncCall(self, request_dict, timeout, metadata)
 
     async def resolve(self) -> tuple[Method, Any]:
         method = await self._servlet.method(self._service, self._method)

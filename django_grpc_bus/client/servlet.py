@@ -6,6 +6,7 @@ are thin views on it. Calls take a dict (or a message) and return plain Python v
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -21,7 +22,7 @@ from django_grpc_bus.client.reflection import Catalog, ReflectionError, fetch_ca
 from django_grpc_bus.generics import snake_case
 from django_grpc_bus.messages import ConversionError, fill_message, message_to_dict, repeated
 
-DEFAULT = object()  # "use the servlet's default deadline"
+NO_DEADLINE = math.inf  # timeout=NO_DEADLINE: a call with no deadline at all
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
@@ -259,7 +260,12 @@ class Method:
             items = metadata.items() if hasattr(metadata, "items") else metadata
             merged += [(str(key).lower(), value) for key, value in items]
         return {
-            "timeout": config.timeout if timeout is DEFAULT else timeout,
+            # None (the default) is the servlet's deadline; infinity is none at all.
+            "timeout": config.timeout
+            if timeout is None
+            else None
+            if timeout == math.inf
+            else timeout,
             "metadata": merged or None,
         }
 
@@ -275,13 +281,19 @@ class Method:
             )
         return errors.CallError(exc, self.servlet.name, self.name)
 
-    def __call__(self, request: Any = None, *, timeout: Any = DEFAULT, metadata: Any = None) -> Any:
-        """Call the RPC: unary -> a dict; server streaming -> a generator (rows, for List)."""
+    def __call__(
+        self, request_dict: Any = None, *, timeout: float | None = None, metadata: Any = None
+    ) -> Any:
+        """Call the RPC: unary -> a dict; server streaming -> a generator (rows, for List).
+
+        `timeout` is in seconds; None takes the servlet's (``SERVICE_TIMEOUT``), and
+        ``NO_DEADLINE`` (infinity) sets none.
+        """
         if self.client_streaming:
-            requests = _as_iterable(request, self.name)
+            requests = _as_iterable(request_dict, self.name)
             message: Any = (self.build_request(item) for item in requests)
         else:
-            message = self.build_request(request)
+            message = self.build_request(request_dict)
         options = self.call_options(timeout, metadata)
         multicallable = self._callable()
         if self.server_streaming:
@@ -291,9 +303,13 @@ class Method:
         except grpc.RpcError as exc:
             raise self.error(exc) from None
 
-    def batches(self, request: Any = None, *, timeout: Any = DEFAULT, metadata: Any = None):
+    def batches(
+        self, request_dict: Any = None, *, timeout: float | None = None, metadata: Any = None
+    ):
         """A server stream's messages as dicts, without flattening (keeps next_page_token)."""
-        call = self._callable()(self.build_request(request), **self.call_options(timeout, metadata))
+        call = self._callable()(
+            self.build_request(request_dict), **self.call_options(timeout, metadata)
+        )
         return self._stream(call, flatten=False)
 
     def _stream(self, call: Any, flatten: bool | None = None) -> Iterator[Any]:

@@ -5,11 +5,20 @@ from __future__ import annotations
 from django.core.management.base import CommandError
 
 from django_grpc_bus.client.config import servlet_names
+from django_grpc_bus.client.errors import ClientError
 from django_grpc_bus.client.registry import Registry
 from django_grpc_bus.client.servlet import Servlet
 
 
 def servlet_for(registry: Registry, name: str) -> Servlet:
+    """The servlet a command-line argument names; a bad one is a CommandError."""
+    try:
+        return _servlet_for(registry, name)
+    except (ClientError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _servlet_for(registry: Registry, name: str) -> Servlet:
     if name in servlet_names():
         return registry.servlet(name)
     host, sep, port = name.rpartition(":")

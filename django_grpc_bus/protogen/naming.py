@@ -100,16 +100,27 @@ def refuse_shadowing(top: str, what: str) -> None:
 def module_basenames(models_: Iterable[type[models.Model]]) -> dict[type[models.Model], str]:
     """The module base name of each model: its class name, app-prefixed when not unique.
 
-    Uniqueness is judged over every model of the project's own apps plus the given ones, so
-    a name changes only when the project gains a second model of the same class name.
+    Uniqueness is judged over every model of the project's own apps plus every selected one
+    (and the given ones), the same set when compiling and when a handler looks a module up,
+    so a name changes only when the project gains a second model of the same class name.
     """
     models_ = list(models_)
-    project = {m for config in project_app_configs() for m in exposable_models(config)}
-    counts = Counter(m.__name__ for m in project | set(models_))
+    population = {m for config in project_app_configs() for m in exposable_models(config)}
+    population |= _selected_models() | set(models_)
+    counts = Counter(m.__name__ for m in population)
     return {
         m: m.__name__ if counts[m.__name__] == 1 else f"{m._meta.app_label}_{m.__name__}"
         for m in models_
     }
+
+
+def _selected_models() -> set[type[models.Model]]:
+    from django_grpc_bus.meta import load_selection  # meta imports nothing of protogen
+
+    try:
+        return {selected.model for selected in load_selection()}
+    except ImproperlyConfigured:  # a broken service_meta.yaml is reported where it is read
+        return set()
 
 
 def module_basename(model: type[models.Model]) -> str:

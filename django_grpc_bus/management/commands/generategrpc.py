@@ -1,9 +1,11 @@
+from dataclasses import replace
+
 from django_grpc_bus.conf import bus_settings
 from django_grpc_bus.management.base import BusCommand
 from django_grpc_bus.meta import load_selection
 from django_grpc_bus.protogen.compiler import compile_package
 from django_grpc_bus.protogen.files import apply_plan, plan_protos
-from django_grpc_bus.protogen.naming import producer_package
+from django_grpc_bus.protogen.naming import GRPC_PACKAGE, producer_package
 
 
 class Command(BusCommand):
@@ -21,7 +23,7 @@ class Command(BusCommand):
         missing = [c for c in plan.changes if c.old is None]
         if missing:
             self.stdout.write(f"{len(missing)} .proto file(s) missing; generating them first.")
-            apply_plan(plan)
+            apply_plan(replace(plan, changes=tuple(missing)))  # only those: others stay as they are
         elif plan.changes:
             self.stderr.write(
                 self.style.WARNING(
@@ -34,7 +36,7 @@ class Command(BusCommand):
             self.stderr.write(warnings)
         for path in written:
             self.stdout.write(f"  {path}")
-        package = f"{producer_package()}.{'grpc'}"
+        package = f"{producer_package()}.{GRPC_PACKAGE}"
         self.stdout.write(
             self.style.SUCCESS(
                 f"Compiled {len(selection)} model(s) into {bus_settings.PRODUCER_ROOT / 'grpc'} "

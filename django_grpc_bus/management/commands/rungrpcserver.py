@@ -1,4 +1,5 @@
 import logging
+import os
 import sys
 
 from django.core.exceptions import ImproperlyConfigured
@@ -72,11 +73,18 @@ class Command(BaseCommand):
             reuse_port=workers > 1,
         )
 
+        reloading = dev and not noreload
+
         def run() -> int:
             try:
                 return serve(handler, config, announce=self.announce, exit_when_cut_short=True)
-            except ServerError as exc:
-                raise CommandError(str(exc)) from None
+            except (ServerError, ImproperlyConfigured) as exc:
+                if not reloading:
+                    raise CommandError(str(exc)) from None
+                # In the autoreloader's thread an exception would only print a traceback and
+                # leave the process serving nothing: say why, and end, as runserver does.
+                self.stderr.write(f"Error: {exc}")
+                os._exit(1)
 
         if workers > 1:
             try:
