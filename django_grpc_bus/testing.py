@@ -183,12 +183,16 @@ class ServerProcess:
         if not self._announced.wait(self.start_timeout) or not self.port:
             self.stop(timeout=5)
             raise RuntimeError(f"rungrpcserver did not start:\n{self.output}")
-        wait_until_serving(
-            self.target,
-            timeout=self.start_timeout,
-            credentials=self.credentials,
-            metadata=self.health_metadata,
-        )
+        try:
+            wait_until_serving(
+                self.target,
+                timeout=self.start_timeout,
+                credentials=self.credentials,
+                metadata=self.health_metadata,
+            )
+        except BaseException:
+            self.stop(timeout=5)  # never leave a server behind when it did not come up
+            raise
         return self
 
     def _read(self) -> None:

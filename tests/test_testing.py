@@ -1,5 +1,7 @@
 """django_grpc_bus.testing: the in-process server users run in their own tests; interceptors."""
 
+import sys
+
 import grpc
 import interceptors
 import pytest
@@ -98,3 +100,24 @@ def test_the_client_signature_of_the_spec(compiled, settings):
         found = method(request_dict={"id": created["id"]}, timeout=None)
         assert found == created
         registry.reset()
+
+
+def test_a_server_process_that_never_becomes_ready_is_stopped(compiled, fresh_database):
+    """ServerProcess.start() that gives up on readiness ends the process it started."""
+    from support import django_command_env
+
+    from django_grpc_bus.testing import ServerProcess
+
+    server = ServerProcess(
+        [sys.executable, "-m", "django"],
+        cwd=str(compiled),
+        env={
+            **django_command_env(fresh_database),
+            # health needs credentials the readiness check does not send: it never says SERVING
+            "TEST_MESSAGE_BUS": '{"PROTECT_HEALTH_AND_REFLECTION": true}',
+        },
+        start_timeout=3,
+    )
+    with pytest.raises(TimeoutError):
+        server.start()
+    assert server.process is not None and server.process.poll() is not None
