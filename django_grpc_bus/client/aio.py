@@ -102,15 +102,7 @@ class AsyncMethod:
     async def resolve(self) -> tuple[Method, Any]:
         method = await self._servlet.method(self._service, self._method)
         channel = await self._servlet.channel()
-        kind = ("stream_" if method.client_streaming else "unary_") + (
-            "stream" if method.server_streaming else "unary"
-        )
-        multicallable = getattr(channel, kind)(
-            method.path,
-            request_serializer=method.request_class.SerializeToString,
-            response_deserializer=method.response_class.FromString,
-        )
-        return method, multicallable
+        return method, method.multicallable_on(channel)
 
 
 class AsyncCall:
@@ -124,11 +116,9 @@ class AsyncCall:
 
     async def _start(self) -> tuple[Method, Any]:
         method, multicallable = await self._method.resolve()
+        message = method.request_messages(self._request)
         if method.client_streaming:
-            requests = [method.build_request(item) for item in self._request or ()]
-            message: Any = iter(requests)
-        else:
-            message = method.build_request(self._request)
+            message = iter(list(message))  # built (and checked) before the call starts
         call = multicallable(message, **method.call_options(self._timeout, self._metadata))
         return method, call
 
@@ -158,11 +148,8 @@ class AsyncCall:
     async def _rows(method: Method, call: Any):
         try:
             async for response in call:
-                if method.flattens:
-                    for row in response.results:
-                        yield message_to_dict(row)
-                else:
-                    yield message_to_dict(response)
+                for row in method.results(response):
+                    yield row
         except grpc.RpcError as exc:
             raise method.error(exc) from None
         finally:

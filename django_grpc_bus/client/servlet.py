@@ -237,19 +237,35 @@ class Method:
 
     # -- calling -----------------------------------------------------------------------------
 
+    def multicallable_on(self, channel: Any) -> Any:
+        """This RPC's multicallable on `channel` (sync or ``grpc.aio``)."""
+        kind = ("stream_" if self.client_streaming else "unary_") + (
+            "stream" if self.server_streaming else "unary"
+        )
+        return getattr(channel, kind)(
+            self.path,
+            request_serializer=self.request_class.SerializeToString,
+            response_deserializer=self.response_class.FromString,
+        )
+
+    def request_messages(self, request_dict: Any) -> Any:
+        """The request, or for a client-streaming RPC an iterator of requests, as messages."""
+        if self.client_streaming:
+            return (self.build_request(item) for item in _as_iterable(request_dict, self.name))
+        return self.build_request(request_dict)
+
+    def results(self, response: Any, flatten: bool | None = None) -> list[dict[str, Any]]:
+        """One stream message as dicts: its rows for a generated List, else itself."""
+        if self.flattens if flatten is None else flatten:
+            return [message_to_dict(row) for row in response.results]
+        return [self.convert(response)]
+
     def _callable(self) -> Any:
         channel = self.servlet.channel
         cached = self._multicallable
         if cached is not None and cached[0] is channel:
             return cached[1]
-        kind = ("stream_" if self.client_streaming else "unary_") + (
-            "stream" if self.server_streaming else "unary"
-        )
-        multicallable = getattr(channel, kind)(
-            self.path,
-            request_serializer=self.request_class.SerializeToString,
-            response_deserializer=self.response_class.FromString,
-        )
+        multicallable = self.multicallable_on(channel)
         self._multicallable = (channel, multicallable)
         return multicallable
 
@@ -289,11 +305,7 @@ class Method:
         `timeout` is in seconds; None takes the servlet's (``SERVICE_TIMEOUT``), and
         ``NO_DEADLINE`` (infinity) sets none.
         """
-        if self.client_streaming:
-            requests = _as_iterable(request_dict, self.name)
-            message: Any = (self.build_request(item) for item in requests)
-        else:
-            message = self.build_request(request_dict)
+        message = self.request_messages(request_dict)
         options = self.call_options(timeout, metadata)
         multicallable = self._callable()
         if self.server_streaming:
@@ -313,14 +325,9 @@ class Method:
         return self._stream(call, flatten=False)
 
     def _stream(self, call: Any, flatten: bool | None = None) -> Iterator[Any]:
-        flatten = self.flattens if flatten is None else flatten
         try:
             for response in call:
-                if flatten:
-                    for row in response.results:
-                        yield message_to_dict(row)
-                else:
-                    yield self.convert(response)
+                yield from self.results(response, flatten)
         except grpc.RpcError as exc:
             raise self.error(exc) from None
         finally:

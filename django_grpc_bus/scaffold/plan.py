@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import keyword
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,7 +170,7 @@ def handler_target(hook: Any) -> HandlerTarget:
     """The file under BASE_DIR that ROOT_HANDLERS_HOOK (default ``handlers.handler``) names."""
     dotted = DEFAULT_HOOK if hook is None else hook
     parts = dotted.split(".") if isinstance(dotted, str) else []
-    if len(parts) < 2 or not all(p.isidentifier() and not keyword.iskeyword(p) for p in parts):
+    if len(parts) < 2 or not all(map(naming.is_python_name, parts)):
         raise ScaffoldError(
             f"MESSAGE_BUS['ROOT_HANDLERS_HOOK'] = {hook!r} is not a dotted path to a handler "
             "object inside the project, such as 'handlers.handler' or 'config.grpc.handler'."
