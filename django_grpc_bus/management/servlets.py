@@ -21,10 +21,10 @@ def servlet_for(registry: Registry, name: str) -> Servlet:
 def _servlet_for(registry: Registry, name: str) -> Servlet:
     if name in servlet_names():
         return registry.servlet(name)
-    host, sep, port = name.rpartition(":")
-    if sep and host and port.isdigit():
-        return registry.connect(name)
-    known = ", ".join(servlet_names()) or "(none configured)"
-    raise CommandError(
-        f"{name!r} is neither a servlet in MESSAGE_BUS['SERVLETS'] ({known}) nor a host:port."
-    )
+    try:
+        return registry.connect(name)  # the client's own host:port parsing decides
+    except ValueError:
+        known = ", ".join(servlet_names()) or "(none configured)"
+        raise CommandError(
+            f"{name!r} is neither a servlet in MESSAGE_BUS['SERVLETS'] ({known}) nor a host:port."
+        ) from None
