@@ -265,3 +265,8 @@ def test_a_malformed_servlet_is_a_command_error(settings):
             call_command(command, *args, stdout=io.StringIO(), stderr=io.StringIO())
     with pytest.raises(CommandError):
         call_command("grpclist", "host:notaport:1", stdout=io.StringIO())
+
+
+def test_an_argument_that_is_neither_a_servlet_nor_an_address():
+    with pytest.raises(CommandError, match="neither a servlet in MESSAGE_BUS"):
+        call_command("grpclist", "nonsense", stdout=io.StringIO())
