@@ -21,6 +21,7 @@ from django_grpc_bus.conf import (
     IMPORT_STRINGS,
     PATH_SETTINGS,
     bus_settings,
+    resolve_path,
 )
 from django_grpc_bus.protogen.naming import is_python_name
 
@@ -139,8 +140,6 @@ def _check_server_settings(user: dict[str, Any], invalid: set[str]) -> list[Chec
 
 
 def _check_tls(tls: dict[str, Any]) -> list[CheckMessage]:
-    from django_grpc_bus.conf import resolve_path
-
     errors: list[CheckMessage] = []
     for key in sorted(set(tls) - TLS_KEYS, key=str):
         errors.append(
@@ -159,13 +158,23 @@ def _check_tls(tls: dict[str, Any]) -> list[CheckMessage]:
                     id="django_grpc_bus.E014",
                 )
             )
-    for key in sorted(TLS_KEYS & set(tls)):
-        value = tls[key]
-        if value and isinstance(value, (str, Path)) and not resolve_path(value).is_file():
+    known = {key: tls[key] for key in TLS_KEYS & set(tls)}
+    errors += _pem_file_errors(f"{SETTING}['TLS']", known, "django_grpc_bus.E014")
+    return errors
+
+
+def _pem_file_errors(where: str, paths: dict[str, Any], check_id: str) -> list[CheckMessage]:
+    """Each set value of `paths` must be a path (str or Path) to an existing file."""
+    errors: list[CheckMessage] = []
+    for key, value in sorted(paths.items()):
+        if not value:
+            continue
+        if not isinstance(value, (str, Path)):
+            errors.append(Error(f"{where}[{key!r}] must be a path, not {value!r}.", id=check_id))
+        elif not resolve_path(value).is_file():
             errors.append(
                 Error(
-                    f"{SETTING}['TLS'][{key!r}] is {resolve_path(value)}, which is not a file.",
-                    id="django_grpc_bus.E014",
+                    f"{where}[{key!r}] is {resolve_path(value)}, which is not a file.", id=check_id
                 )
             )
     return errors
@@ -303,24 +312,7 @@ def _check_servlet_extras(where: str, entry: dict[str, Any]) -> list[CheckMessag
                 )
             )
         else:
-            from django_grpc_bus.conf import resolve_path
-
-            for key, value in sorted(tls.items()):
-                if value and not isinstance(value, (str, Path)):
-                    errors.append(
-                        Error(
-                            f"{where}['tls'][{key!r}] must be a path, not {value!r}.",
-                            id="django_grpc_bus.E015",
-                        )
-                    )
-                elif value and not resolve_path(value).is_file():
-                    errors.append(
-                        Error(
-                            f"{where}['tls'][{key!r}] is {resolve_path(value)}, which is not "
-                            "a file.",
-                            id="django_grpc_bus.E015",
-                        )
-                    )
+            errors += _pem_file_errors(f"{where}['tls']", tls, "django_grpc_bus.E015")
     return errors
 
 
