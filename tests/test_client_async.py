@@ -79,6 +79,34 @@ def test_streams_async_for_and_await():
     assert iterated == list(registry.one.Author.list())
 
 
+def test_async_batches_are_the_list_responses_with_their_page_tokens():
+    async def main():
+        for i in range(3):
+            await aregistry.one.Author.create({"name": f"Batch {i}"})
+        batches = aregistry.one.Author.list.batches({"page_size": 2})
+        first = [batch async for batch in batches]
+        second = [
+            batch
+            async for batch in aregistry.one.Author.list.batches(
+                {"page_size": 2, "page_token": first[0]["next_page_token"]}
+            )
+        ]
+        awaited = await aregistry.one.Author.list.batches({"page_size": 2})
+        return first, second, awaited
+
+    first, second, awaited = run(main)
+    assert len(first) == 1 and set(first[0]) == {"results", "next_page_token"}
+    assert len(first[0]["results"]) == 2 and first[0]["next_page_token"]
+    assert first == awaited == list(registry.one.Author.list.batches({"page_size": 2}))
+    pages = list(
+        registry.one.Author.list.batches(
+            {"page_size": 2, "page_token": first[0]["next_page_token"]}
+        )
+    )
+    assert second == pages
+    assert second[0]["results"][0]["id"] > first[0]["results"][-1]["id"]
+
+
 def test_leaving_an_async_stream_early_keeps_the_server_serving():
     async def main():
         for _ in range(3):

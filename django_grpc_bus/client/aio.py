@@ -99,6 +99,12 @@ class AsyncMethod:
     ):
         return AsyncCall(self, request_dict, timeout, metadata)
 
+    def batches(
+        self, request_dict: Any = None, *, timeout: float | None = None, metadata: Any = None
+    ):
+        """A server stream's messages as dicts, unflattened, so next_page_token is kept."""
+        return AsyncCall(self, request_dict, timeout, metadata, flatten=False)
+
     async def resolve(self) -> tuple[Method, Any]:
         method = await self._servlet.method(self._service, self._method)
         channel = await self._servlet.channel()
@@ -108,11 +114,19 @@ class AsyncMethod:
 class AsyncCall:
     """``await`` it for a unary result, or ``async for`` over a stream's rows."""
 
-    def __init__(self, method: AsyncMethod, request: Any, timeout: Any, metadata: Any) -> None:
+    def __init__(
+        self,
+        method: AsyncMethod,
+        request: Any,
+        timeout: Any,
+        metadata: Any,
+        flatten: bool | None = None,
+    ) -> None:
         self._method = method
         self._request = request
         self._timeout = timeout
         self._metadata = metadata
+        self._flatten = flatten  # None: rows of a generated List; False: the messages
 
     async def _start(self) -> tuple[Method, Any]:
         method, multicallable = await self._method.resolve()
@@ -128,7 +142,7 @@ class AsyncCall:
     async def _result(self) -> Any:
         method, call = await self._start()
         if method.server_streaming:
-            return [row async for row in self._rows(method, call)]
+            return [row async for row in self._rows(method, call, self._flatten)]
         try:
             return message_to_dict(await call)
         except grpc.RpcError as exc:
@@ -140,15 +154,15 @@ class AsyncCall:
     async def _iterate(self):
         method, call = await self._start()
         # Closing this generator closes the inner one now, which cancels the call.
-        async with contextlib.aclosing(self._rows(method, call)) as rows:
+        async with contextlib.aclosing(self._rows(method, call, self._flatten)) as rows:
             async for row in rows:
                 yield row
 
     @staticmethod
-    async def _rows(method: Method, call: Any):
+    async def _rows(method: Method, call: Any, flatten: bool | None = None):
         try:
             async for response in call:
-                for row in method.results(response):
+                for row in method.results(response, flatten):
                     yield row
         except grpc.RpcError as exc:
             raise method.error(exc) from None
