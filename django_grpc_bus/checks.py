@@ -391,7 +391,7 @@ def check_handlers_hook(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
         return []
     if not isinstance(hook, str):
         if hasattr(hook, "bind_to_server"):
-            return []
+            return _serializer_errors(hook)
         return [
             Error(
                 f"{SETTING}['ROOT_HANDLERS_HOOK'] is a {type(hook).__name__}, not a handler.",
@@ -433,4 +433,67 @@ def check_handlers_hook(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
                 id="django_grpc_bus.E010",
             )
         ]
-    return []
+    return _serializer_errors(import_string(hook))
+
+
+def _serializer_errors(handler: Any) -> list[CheckMessage]:
+    """Serializers of the served services whose fields and message fields do not match.
+
+    Either mismatch loses data without a word: a message field the serializer lacks is dropped
+    from requests (and missing from responses); a declared field the message lacks is never sent.
+    """
+    from django_grpc_bus.serializers import ProtoSerializerMixin  # loads DRF: only when serving
+
+    errors: list[CheckMessage] = []
+    seen: set[type] = set()
+    for service in getattr(handler, "services", []):
+        serializer_class = getattr(service, "serializer_class", None)
+        if not (
+            isinstance(serializer_class, type)
+            and issubclass(serializer_class, ProtoSerializerMixin)
+            and serializer_class not in seen
+        ):
+            continue
+        seen.add(serializer_class)
+        name = f"{serializer_class.__module__}.{serializer_class.__qualname__}"
+        try:
+            message = serializer_class.get_proto_class().DESCRIPTOR.full_name
+            coverage = serializer_class.message_coverage()
+        except Exception as exc:  # a serializer that cannot even be built: say so, by name
+            errors.append(
+                Error(
+                    f"{name} (of {service.__qualname__}) cannot be built: "
+                    f"{type(exc).__name__}: {exc}",
+                    id="django_grpc_bus.E018",
+                )
+            )
+            continue
+        if coverage.unread:
+            fields = ", ".join(repr(field) for field in coverage.unread)
+            errors.append(
+                Error(
+                    f"{name} does not read {fields} of {message}: values sent for "
+                    f"{'it' if len(coverage.unread) == 1 else 'them'} would be dropped and "
+                    "responses would leave them unset.",
+                    hint="Remove Meta.fields (the serializer then follows the message) or add "
+                    f"{fields} to it; or leave {'it' if len(coverage.unread) == 1 else 'them'} "
+                    "out of service_meta.yaml and run `manage.py generateproto` and "
+                    "`manage.py generategrpc`.",
+                    obj=serializer_class,
+                    id="django_grpc_bus.E016",
+                )
+            )
+        if coverage.uncarried:
+            fields = ", ".join(repr(field) for field in coverage.uncarried)
+            errors.append(
+                Error(
+                    f"{name} declares {fields}, which {message} has no field for: "
+                    f"{'its' if len(coverage.uncarried) == 1 else 'their'} values would never "
+                    "reach a client or come from one.",
+                    hint="Remove the declared field, or give the message a field of that name "
+                    "(a message of your own in `Meta.proto_class`).",
+                    obj=serializer_class,
+                    id="django_grpc_bus.E017",
+                )
+            )
+    return errors

@@ -13,7 +13,7 @@ import copy
 import datetime as dt
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import models
 from django.utils import timezone
@@ -266,6 +266,13 @@ def clone_field(field: serializers.Field) -> serializers.Field:
     return clone
 
 
+class MessageCoverage(NamedTuple):
+    """How a serializer's fields and its message's fields fail to match (empty: they do)."""
+
+    unread: tuple[str, ...]  # message fields the serializer does not have
+    uncarried: tuple[str, ...]  # declared serializer fields the message does not have
+
+
 class ProtoSerializerMixin:
     """Message conversion for DRF serializers whose ``Meta.proto_class`` is a message class.
 
@@ -315,6 +322,22 @@ class ProtoSerializerMixin:
                     plan = SerializerPlan(cls(), cls.get_proto_class())
                     cls._plan = plan
         return plan
+
+    @classmethod
+    def message_coverage(cls) -> MessageCoverage:
+        """Which message fields this serializer ignores, and which of its fields have no place.
+
+        A message field that is not a serializer field is dropped from every request and
+        never filled in a response; a declared serializer field that the message has no field
+        for is computed and thrown away. The system checks report both.
+        """
+        message_fields = [field.name for field in cls.get_proto_class().DESCRIPTOR.fields]
+        serializer_fields = cls().fields
+        declared = getattr(cls, "_declared_fields", {})
+        return MessageCoverage(
+            unread=tuple(name for name in message_fields if name not in serializer_fields),
+            uncarried=tuple(name for name in declared if name not in message_fields),
+        )
 
     @classmethod
     def to_message(cls, instance: Any) -> Any:

@@ -607,3 +607,99 @@ def test_e015_servlet_tls_value_that_is_not_a_path(project):
 
     error = only("django_grpc_bus.E015")
     assert "['tls']['CA'] must be a path" in error.msg
+
+
+# -- serializers of the served services (E016-E018) ------------------------------------------------
+
+
+def _handler_serving(*serializer_classes):
+    from django_grpc_bus.generics import ModelService
+    from django_grpc_bus.handlers import BasicHandler
+
+    handler = BasicHandler()
+    for serializer_class in serializer_classes:
+        handler.register(
+            type(
+                f"{serializer_class.__name__}Service",
+                (ModelService,),
+                {
+                    "queryset": serializer_class.Meta.model.objects.all(),
+                    "serializer_class": serializer_class,
+                },
+            )
+        )
+    return handler
+
+
+def test_e016_a_message_field_the_serializer_does_not_read(project):
+    from generated_grpc.grpc import catalog_Book_pb2
+
+    from catalog import models
+    from django_grpc_bus import serializers as proto_serializers
+
+    class FrozenBookSerializer(proto_serializers.ModelProtoSerializer):
+        class Meta:
+            model = models.Book
+            proto_class = catalog_Book_pb2.BookData
+            fields = ["id", "title"]  # frozen before `author` and `isbn` were exposed
+
+    project.configure(ROOT_HANDLERS_HOOK=_handler_serving(FrozenBookSerializer))
+
+    error = only("django_grpc_bus.E016", SERVER)
+    assert "FrozenBookSerializer does not read 'author', 'isbn' of catalog.BookData" in error.msg
+    assert "dropped" in error.msg
+    assert "Remove Meta.fields" in error.hint and "service_meta.yaml" in error.hint
+
+
+def test_e017_a_declared_field_the_message_cannot_carry(project):
+    from generated_grpc.grpc import catalog_Book_pb2
+    from rest_framework import serializers
+
+    from catalog import models
+    from django_grpc_bus import serializers as proto_serializers
+
+    class AuthorNameSerializer(proto_serializers.ModelProtoSerializer):
+        class Meta:
+            model = models.Author
+            proto_class = catalog_Book_pb2.BookData
+            fields = ["id", "name"]
+
+    class RichBookSerializer(proto_serializers.ModelProtoSerializer):
+        shout = serializers.SerializerMethodField()
+        writer = AuthorNameSerializer(source="author", read_only=True)
+
+        class Meta:
+            model = models.Book
+            proto_class = catalog_Book_pb2.BookData
+
+        def get_shout(self, book) -> str:
+            return book.title.upper()
+
+    project.configure(ROOT_HANDLERS_HOOK=_handler_serving(RichBookSerializer))
+
+    error = only("django_grpc_bus.E017", SERVER)
+    assert "RichBookSerializer declares 'shout', 'writer'" in error.msg
+    assert "catalog.BookData has no field for" in error.msg
+    assert not messages(SERVER, "django_grpc_bus.E016")
+
+
+def test_e018_a_serializer_that_cannot_be_built(project):
+    from generated_grpc.grpc import catalog_Book_pb2
+
+    from catalog import models
+    from django_grpc_bus import serializers as proto_serializers
+
+    class BrokenSerializer(proto_serializers.ModelProtoSerializer):
+        class Meta:
+            model = models.Book
+            proto_class = catalog_Book_pb2.BookData
+            fields = ["id", "no_such_field"]
+
+    project.configure(ROOT_HANDLERS_HOOK=_handler_serving(BrokenSerializer))
+
+    error = only("django_grpc_bus.E018", SERVER)
+    assert "BrokenSerializer" in error.msg and "no_such_field" in error.msg
+
+
+def test_the_test_projects_own_serializers_match_their_messages(settings):
+    assert messages(SERVER) == []

@@ -14,7 +14,7 @@ from django_grpc_bus.conf import OutsideBaseDir, base_dir, inside_base_dir
 from django_grpc_bus.meta import ModelSelection, Selection, is_project_app
 from django_grpc_bus.protogen import naming
 from django_grpc_bus.scaffold.report import ScaffoldError
-from django_grpc_bus.scaffold.source_format import INDENT, fields_list, from_import, module_key
+from django_grpc_bus.scaffold.source_format import from_import, module_key
 
 SERIALIZERS = "serializers.py"
 SERVICES = "services.py"
@@ -26,7 +26,6 @@ class ModelScaffold:
     """The names one model contributes to the templates."""
 
     name: str
-    fields: tuple[str, ...]
     proto_package: str  # generated_grpc.grpc
     proto_module: str  # Book_pb2, or catalog_Book_pb2 when the class name is not unique
 
@@ -41,10 +40,6 @@ class ModelScaffold:
     @property
     def message_name(self) -> str:
         return f"{self.name}Data"
-
-    @property
-    def fields_literal(self) -> str:
-        return fields_list(self.fields, indent=2 * len(INDENT))  # inside `class Meta`
 
 
 @dataclass(frozen=True)
@@ -160,7 +155,6 @@ def model_scaffold(selected: ModelSelection) -> ModelScaffold:
     package, _, module = naming.python_module(selected.model).rpartition(".")
     return ModelScaffold(
         name=selected.name,
-        fields=tuple(f.name for f in selected.fields),
         proto_package=package,
         proto_module=module,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 LINE_LENGTH = 88  # ruff's (and black's) default, so generated code needs no reformatting
@@ -34,17 +34,6 @@ def from_import(module: str, names: Iterable[str]) -> str:
         return line
     body = "".join(f"{INDENT}{name},\n" for name in ordered)
     return f"from {module} import (\n{body})"
-
-
-def fields_list(names: Sequence[str], indent: int) -> str:
-    """The list literal of ``fields = [...]`` at `indent`, one name a line when too long."""
-    quoted = [f'"{name}"' for name in names]
-    flat = f"[{', '.join(quoted)}]"
-    if indent + len("fields = ") + len(flat) <= LINE_LENGTH:
-        return flat
-    margin = " " * indent
-    body = "".join(f"{margin}{INDENT}{item},\n" for item in quoted)
-    return f"[\n{body}{margin}]"
 
 
 def register_line(handler: str, path: str) -> str:
