@@ -205,6 +205,7 @@ STATUS_TABLE: list[tuple[type[BaseException], Callable[[Any], Failure]]] = [
 ]
 
 INTERNAL = Failure(Code.INTERNAL, "Internal server error.")
+DATABASE_ERRORS = (IntegrityError, DataError, OperationalError, InterfaceError)
 
 
 def failure_for(exc: BaseException) -> Failure | None:
@@ -218,8 +219,8 @@ def failure_for(exc: BaseException) -> Failure | None:
 def status_for(failure: Failure) -> grpc.Status:
     """A ``grpc.Status`` carrying the google.rpc.Status (with BadRequest) in its trailers.
 
-    Long texts are clipped and at most ``MAX_VIOLATIONS`` violations are sent, so the trailers
-    always fit what clients accept.
+    Long texts are clipped, and violations beyond ``DETAILS_BUDGET`` are left out with a note
+    saying how many, so the trailers always fit what clients accept.
     """
     message = _clip(failure.message, MESSAGE_BUDGET)
     status = status_pb2.Status(code=getattr(code_pb2, failure.code.name), message=message)
@@ -251,8 +252,12 @@ def describe_failure(exc: BaseException, method: str, dev: bool) -> Failure:
             return INTERNAL
         text = "".join(traceback.format_exception(exc))[-MAX_DEV_TRACEBACK:]
         return Failure(Code.INTERNAL, f"{INTERNAL.message}\n{text}")
-    if dev and isinstance(exc, (IntegrityError, DataError, OperationalError, InterfaceError)):
-        return Failure(failure.code, f"{failure.message} ({exc})", failure.violations)
+    if isinstance(exc, DATABASE_ERRORS):
+        # The client gets a generic text; the operator needs the database's own words (which
+        # constraint, which column) to find the cause.
+        logger.warning("%s ended %s: %s: %s", method, failure.code.name, type(exc).__name__, exc)
+        if dev:
+            return Failure(failure.code, f"{failure.message} ({exc})", failure.violations)
     return failure
 
 

@@ -434,6 +434,27 @@ def test_synthetic_database_errors_hide_their_text_outside_dev(exc):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("make", [_unique_integrity_error, _not_null_integrity_error])
+def test_database_errors_log_the_databases_own_message_at_warning(make, caplog):
+    """The client's text is generic, so the operator must find the cause in the log."""
+    exc = make()
+    with caplog.at_level(logging.WARNING, logger="django_grpc_bus"):
+        failure = describe_failure(exc, "/catalog.Tag/Create", dev=False)
+    (record,) = [r for r in caplog.records if r.name == "django_grpc_bus"]
+    assert record.levelno == logging.WARNING
+    assert "/catalog.Tag/Create" in record.getMessage()
+    assert failure.code.name in record.getMessage()
+    assert str(exc) in record.getMessage()  # e.g. "NOT NULL constraint failed: catalog_tag.name"
+
+
+def test_an_unavailable_database_is_logged_at_warning_with_its_text(caplog):
+    exc = OperationalError("database is locked")
+    with caplog.at_level(logging.WARNING, logger="django_grpc_bus"):
+        describe_failure(exc, "/catalog.Tag/Create", dev=False)
+    assert "UNAVAILABLE: OperationalError: database is locked" in caplog.text
+
+
+@pytest.mark.django_db
 def test_not_null_on_a_column_named_duplicate_is_not_already_exists():
     with connection.cursor() as cursor:
         cursor.execute("CREATE TABLE grpcbus_probe (duplicate_of integer NOT NULL)")
