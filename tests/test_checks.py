@@ -632,9 +632,9 @@ def _handler_serving(*serializer_classes):
 
 
 def test_e016_a_message_field_the_serializer_does_not_read(project):
+    from catalog import models
     from generated_grpc.grpc import catalog_Book_pb2
 
-    from catalog import models
     from django_grpc_bus import serializers as proto_serializers
 
     class FrozenBookSerializer(proto_serializers.ModelProtoSerializer):
@@ -652,10 +652,10 @@ def test_e016_a_message_field_the_serializer_does_not_read(project):
 
 
 def test_e017_a_declared_field_the_message_cannot_carry(project):
+    from catalog import models
     from generated_grpc.grpc import catalog_Book_pb2
     from rest_framework import serializers
 
-    from catalog import models
     from django_grpc_bus import serializers as proto_serializers
 
     class AuthorNameSerializer(proto_serializers.ModelProtoSerializer):
@@ -684,9 +684,9 @@ def test_e017_a_declared_field_the_message_cannot_carry(project):
 
 
 def test_e018_a_serializer_that_cannot_be_built(project):
+    from catalog import models
     from generated_grpc.grpc import catalog_Book_pb2
 
-    from catalog import models
     from django_grpc_bus import serializers as proto_serializers
 
     class BrokenSerializer(proto_serializers.ModelProtoSerializer):
