@@ -49,6 +49,7 @@ from django_grpc_bus.client.registry import registry
 from django_grpc_bus.testing import ServerProcess
 
 INT64_MAX = 2**63 - 1
+INT32_MAX = 2**31 - 1
 TIMEOUT = 5  # every servlet's deadline, unless a test says otherwise
 FULL_HANDLER = bus_env(ROOT_HANDLERS_HOOK="handlers.full_handler")
 BATCHES_OF_3 = bus_env(LIST_BATCH_SIZE=3)
@@ -233,6 +234,32 @@ def test_unknown_names_raise_attribute_errors_listing_what_exists():
     assert "nope" in str(method.value)
     assert all(name in str(method.value) for name in ("create", "partial_update", "destroy"))
     assert not hasattr(registry.one.Author, "nope")
+
+
+def test_error_texts_name_the_servlet_and_the_service_once(settings, servers):
+    """A servlet named like the proto package (``catalog``) is not written ``catalog.catalog``."""
+    add_servlets(settings, catalog=servlet_entry(servers.one.port))
+    with pytest.raises(errors.UnknownMethod) as method:
+        registry.catalog.Author.nope  # noqa: B018
+    assert str(method.value) == (
+        "No method 'nope' on catalog.Author (servlet 'catalog'). "
+        "Available: create, destroy, list, partial_update, retrieve, update."
+    )
+    with pytest.raises(errors.UnknownService) as service:
+        registry.catalog.Nope  # noqa: B018
+    assert str(service.value).startswith("No service 'Nope' on servlet 'catalog'. Available: ")
+    with pytest.raises(errors.CallError) as missing:
+        registry.catalog.Author.retrieve({"id": INT32_MAX})
+    assert str(missing.value) == (
+        f"catalog.Author.Retrieve on servlet 'catalog': NOT_FOUND: "
+        f"No catalog.Author with id={INT32_MAX}."
+    )
+    with pytest.raises(errors.AmbiguousService) as ambiguous:
+        registry.three.Book  # noqa: B018
+    assert str(ambiguous.value) == (
+        "'Book' on servlet 'three' could mean catalog.Book, shop.Book; use the full name, "
+        "e.g. registry.three['catalog.Book']."
+    )
 
 
 def test_registry_opens_no_connection_until_a_service_is_used(settings):

@@ -43,8 +43,8 @@ class AmbiguousService(ClientError, AttributeError):
     def __init__(self, name: str, full_names: Iterable[str], where: str) -> None:
         self.full_names = sorted(full_names)
         super().__init__(
-            f"{name!r} on {where} could mean {', '.join(self.full_names)}; use the full name, "
-            f"e.g. registry.{where}[{self.full_names[0]!r}]."
+            f"{name!r} on servlet {where!r} could mean {', '.join(self.full_names)}; use the "
+            f"full name, e.g. registry.{where}[{self.full_names[0]!r}]."
         )
 
 
@@ -72,7 +72,8 @@ class CallError(ClientError, grpc.RpcError):
         self._details = fixed.get("details") or (error.details() if error is not None else "")
         self.violations = _violations(error)
         super().__init__(
-            f"{servlet} {method}: {self._code.name if self._code else '?'}: {self._details}"
+            f"{method} on servlet {servlet!r}: {self._code.name if self._code else '?'}: "
+            f"{self._details}"
         )
 
     def code(self) -> grpc.StatusCode:

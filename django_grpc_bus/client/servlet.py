@@ -113,7 +113,7 @@ class Servlet:
             return full_names[0]
         if full_names:
             raise errors.AmbiguousService(name, full_names, self.name)
-        raise errors.UnknownService("service", name, self._names(), self.name)
+        raise errors.UnknownService("service", name, self._names(), f"servlet {self.name!r}")
 
     def service(self, name: str) -> Service:
         full_name = self.resolve(name)
@@ -163,7 +163,7 @@ class Service:
         found = self._methods.get(name)
         if found is None:
             raise errors.UnknownMethod(
-                "method", name, self.methods, f"{self.servlet.name}.{self.full_name}"
+                "method", name, self.methods, f"{self.full_name} (servlet {self.servlet.name!r})"
             )
         return found
 
