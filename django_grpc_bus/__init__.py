@@ -1,3 +1,3 @@
 """django-grpc-bus: gRPC microservices from Django models, and a stub-free client to call them."""
 
-__version__ = "0.1.0"
+__version__ = "2.0.0.dev0"
