@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # Extra requirements pinned on top of the package's (e.g. the oldest supported versions).
 PIP_EXTRA ?=
 
-.PHONY: demo test lint format tools clean bench
+.PHONY: demo test lint format tools clean bench dist
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,5 +44,12 @@ format: $(STAMP)
 test: $(STAMP) tools lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# sdist and wheel into dist/, checked by twine (build and twine come with the test extra, which
+# tests/test_packaging.py needs too).
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .ruff_cache dist
