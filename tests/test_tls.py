@@ -21,7 +21,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2
-from support import bus_env, health_status, servlet_entry, start_server, stop_server
+from support import (
+    bus_env,
+    free_port,
+    health_status,
+    servlet_entry,
+    start_server,
+    stop_server,
+)
 
 from django_grpc_bus.client import errors
 from django_grpc_bus.client.registry import registry
@@ -267,6 +274,27 @@ def test_plaintext_client_is_refused_by_a_tls_server(settings, tls):
     assert plaintext_code(tls.target) == REFUSED
     configure(settings, plain=entry(tls))
     assert refused_code(registry.plain) == REFUSED
+
+
+def test_a_plaintext_client_of_a_tls_server_is_told_the_server_may_require_tls(settings, tls):
+    configure(settings, plain=entry(tls), closed=servlet_entry(free_port(), TIMEOUT))
+    with pytest.raises(errors.ServletUnavailable) as refused:
+        registry.plain.Author.retrieve({"id": 1})
+    details = refused.value.details()
+    assert details.startswith(f"servlet 'plain' at 127.0.0.1:{tls.port} is unreachable"), details
+    assert details.endswith(
+        " (the server may require TLS: set MESSAGE_BUS['SERVLETS']['plain']['tls'])"
+    ), details
+    assert "may require TLS" in str(refused.value)
+    with pytest.raises(errors.ServletUnavailable) as unnamed:
+        registry.connect(tls.target).Author  # noqa: B018
+    assert unnamed.value.details().endswith(
+        " (the server may require TLS: add it to MESSAGE_BUS['SERVLETS'] with 'tls')"
+    )
+    # Nothing listening is not a TLS problem: no hint.
+    with pytest.raises(errors.ServletUnavailable) as closed:
+        registry.closed.Author  # noqa: B018
+    assert "TLS" not in closed.value.details()
 
 
 def test_client_trusting_another_ca_refuses_the_server(settings, tls, pki):

@@ -17,13 +17,29 @@ from google.protobuf import message as _message
 
 from django_grpc_bus.client import errors
 from django_grpc_bus.client.channels import open_channel
-from django_grpc_bus.client.config import ServletConfig
+from django_grpc_bus.client.config import ServletConfig, servlet_names
 from django_grpc_bus.client.reflection import Catalog, ReflectionError, fetch_catalog
 from django_grpc_bus.generics import snake_case
 from django_grpc_bus.messages import ConversionError, fill_message, message_to_dict, repeated
 
 NO_DEADLINE = math.inf  # timeout=NO_DEADLINE: a call with no deadline at all
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# How a TLS server's port ends a plaintext connection: it hangs up during the handshake.
+HANG_UPS = ("Socket closed", "Connection reset", "Broken pipe")
+
+
+def tls_hint(config: ServletConfig, exc: grpc.RpcError) -> str:
+    """A hint to add when a plaintext channel's failure looks like a TLS server hanging up."""
+    details = exc.details() or ""
+    if (
+        config.tls
+        or exc.code() != grpc.StatusCode.UNAVAILABLE
+        or not any(text in details for text in HANG_UPS)
+    ):
+        return ""
+    if config.name in servlet_names():
+        return f" (the server may require TLS: set MESSAGE_BUS['SERVLETS'][{config.name!r}]['tls'])"
+    return " (the server may require TLS: add it to MESSAGE_BUS['SERVLETS'] with 'tls')"
 
 
 def load_catalog(config: ServletConfig) -> Catalog:
@@ -38,7 +54,8 @@ def load_catalog(config: ServletConfig) -> Catalog:
                 exc,
                 config.name,
                 "reflection",
-                details=f"{where} is unreachable ({exc.code().name}): {exc.details()}",
+                details=f"{where} is unreachable ({exc.code().name}): {exc.details()}"
+                + tls_hint(config, exc),
             ) from None
         raise errors.CallError(
             exc,
@@ -293,7 +310,8 @@ class Method:
                 exc,
                 config.name,
                 self.name,
-                details=f"servlet {config.name!r} at {config.address}: {exc.details()}",
+                details=f"servlet {config.name!r} at {config.address}: {exc.details()}"
+                + tls_hint(config, exc),
             )
         return errors.CallError(exc, self.servlet.name, self.name)
 
