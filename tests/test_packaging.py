@@ -6,7 +6,7 @@ The wheel then goes into a new virtualenv with its dependencies from the package
 fresh `django-admin startproject` with one app and one model runs the tutorial's generation
 commands from it.
 
-Choices, measured on the 2-core CI machine (whole module about 25 s):
+Choices, measured on the 2-core CI machine (whole module 23 s idle, 38 s beside other jobs):
 - The virtualenv is clean: `python -m venv --without-pip`, no `--system-site-packages`, which
   would hide a dependency missing from the wheel's metadata. This environment's pip installs
   into it (`pip --python`): the same resolver, and ensurepip's 7 s saved.
