@@ -10,7 +10,8 @@ Conversion rules (both directions):
 - an unset field with presence (proto3 ``optional``, message fields, oneof members) is ``None``;
   a field without presence always has its value, zero included;
 - repeated fields are lists, maps are dicts, enums are their names;
-- well-known types become Python values: Timestamp <-> aware ``datetime``, Duration <->
+- well-known types become Python values: Timestamp <-> aware ``datetime`` (a naive one is
+  local time, as Django takes it: see ``values.datetime_to_timestamp``), Duration <->
   ``timedelta``, Value/Struct/ListValue <-> JSON values, FieldMask <-> list of paths, wrapper
   types <-> their value, Empty <-> ``{}``;
 - when writing a string field, ``Decimal``, ``date``/``time``/``datetime`` and ``UUID`` values are
@@ -101,6 +102,8 @@ def _write_list_value(msg: Any, value: Any) -> None:
 def _write_timestamp(msg: Any, value: Any) -> None:
     if isinstance(value, str):
         value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if value.tzinfo is None:  # text without an offset: local time, as DRF reads it
+            value = values.local_to_aware(value)
     if not isinstance(value, dt.datetime):
         raise TypeError(f"expected a datetime, got {type(value).__name__}")
     values.datetime_to_timestamp(value, msg)

@@ -9,6 +9,7 @@ here are shared with the client, which meets the same types through reflection.
 from __future__ import annotations
 
 import datetime as dt
+import warnings
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -56,10 +57,29 @@ DECODERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+def local_to_aware(value: dt.datetime) -> dt.datetime:
+    """A naive datetime as Django reads one: in the current time zone (TIME_ZONE unless another
+    is activated) with ``USE_TZ``, in TIME_ZONE without it."""
+    if getattr(settings, "USE_TZ", True):
+        return timezone.make_aware(value)
+    return timezone.make_aware(value, timezone.get_default_timezone())
+
+
 def datetime_to_timestamp(value: dt.datetime, message: timestamp_pb2.Timestamp) -> None:
-    """Fill `message` with the instant `value` names (naive values are in TIME_ZONE)."""
+    """Fill `message` with the instant `value` names (a naive value by ``local_to_aware``).
+
+    With ``USE_TZ`` a naive datetime is probably a mistake: it is warned about, as Django's
+    ``DateTimeField`` does.
+    """
     if timezone.is_naive(value):
-        value = timezone.make_aware(value, timezone.get_default_timezone())
+        if getattr(settings, "USE_TZ", True):
+            warnings.warn(
+                f"A naive datetime ({value}) was given while time zone support is active; "
+                f"it is taken as {timezone.get_current_timezone_name()} time.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        value = local_to_aware(value)
     message.FromDatetime(value)
 
 

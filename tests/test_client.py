@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -435,6 +436,48 @@ def test_partial_update_takes_a_field_mask_as_a_list_of_paths(filepath, tag_ids)
     row = registry.one.Everything.retrieve({"id": created["id"]})
     assert (row["f_int"], row["f_bool"], row["f_char"]) == (41, True, "héllo ✓")
     assert row["f_decimal"] == str(BIG_DECIMAL)
+
+
+# UTC+05:30 all year (no daylight saving time), so the offset a naive value gets is certain.
+KOLKATA = "Asia/Kolkata"
+SIX_PM_IN_KOLKATA = dt.datetime(2021, 6, 1, 12, 30, tzinfo=dt.timezone.utc)
+
+
+def test_a_naive_datetime_is_in_the_consumers_time_zone_with_a_warning(settings, filepath):
+    """With USE_TZ, a naive datetime is taken in TIME_ZONE, and warned about as Django does."""
+    settings.TIME_ZONE = KOLKATA
+    author = registry.one.Author.create({"name": "Naive"})["id"]
+    naive = dt.datetime(2021, 6, 1, 18, 0)
+    with pytest.warns(RuntimeWarning, match=r"naive datetime \(2021-06-01 18:00:00\)") as caught:
+        created = registry.one.Everything.create(everything(author, filepath, [], f_datetime=naive))
+    assert len(caught) == 1 and KOLKATA in str(caught[0].message)
+    row = registry.one.Everything.retrieve({"id": created["id"]})
+    assert row["f_datetime"] == SIX_PM_IN_KOLKATA
+    assert row["f_datetime"].utcoffset() == dt.timedelta(0)
+    # Text without an offset is read in TIME_ZONE too, as DRF reads it, and without a warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        changed = registry.one.Everything.partial_update(
+            {
+                "data": {"id": created["id"], "f_null_datetime": "2021-06-01T18:00:00"},
+                "update_mask": ["f_null_datetime"],
+            }
+        )
+    assert changed["f_null_datetime"] == SIX_PM_IN_KOLKATA
+
+
+def test_without_use_tz_naive_datetimes_are_local_time_in_time_zone(settings, filepath):
+    settings.USE_TZ = False
+    settings.TIME_ZONE = KOLKATA
+    author = registry.one.Author.create({"name": "Local"})["id"]
+    naive = dt.datetime(2021, 6, 1, 18, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        created = registry.one.Everything.create(everything(author, filepath, [], f_datetime=naive))
+    assert created["f_datetime"] == naive  # read back as local time, naive
+    settings.USE_TZ = True
+    row = registry.one.Everything.retrieve({"id": created["id"]})
+    assert row["f_datetime"] == SIX_PM_IN_KOLKATA
 
 
 def test_a_generated_message_instance_is_a_valid_request():

@@ -465,7 +465,10 @@ def test_timestamp_written_from_an_iso_string(everything, text, expected):
 
 
 def test_timestamp_from_a_naive_datetime_is_in_time_zone(everything):
-    with override_settings(TIME_ZONE="America/New_York"):
+    with (
+        override_settings(TIME_ZONE="America/New_York"),
+        pytest.warns(RuntimeWarning, match="naive datetime.*America/New_York"),
+    ):
         message = build_message(
             everything.EverythingData, {"f_datetime": dt.datetime(2024, 1, 15, 12, 0)}
         )
