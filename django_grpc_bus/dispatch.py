@@ -23,6 +23,7 @@ from django.db import close_old_connections, reset_queries, transaction
 from google.protobuf.message import DecodeError
 
 from django_grpc_bus.errors import Failure, abort_with, describe_failure
+from django_grpc_bus.transactions import write_transaction
 
 logger = logging.getLogger("django_grpc_bus.calls")
 
@@ -193,7 +194,7 @@ def unary_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Any]:
             action = getattr(service, route.action)
             if not route.atomic:
                 return action(request, context)
-            with transaction.atomic():
+            with write_transaction():
                 result = action(request, context)
                 connection = transaction.get_connection()
                 if connection.vendor == "postgresql":

@@ -5,7 +5,6 @@ import os
 from pathlib import Path
 
 import dj_database_url
-import django
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 SECRET_KEY = "tests-only-not-secret"
@@ -33,11 +32,8 @@ DATABASES = {
 
 # One test database per test run, so that runs side by side (CI and a developer) never drop
 # each other's database.
-if "sqlite" in DATABASES["default"]["ENGINE"] and django.VERSION >= (5, 1):
-    # Concurrent writers: take the write lock at BEGIN, so two writers wait rather than
-    # deadlock ("database is locked") when each read first (see the README, SQLite).
-    DATABASES["default"].setdefault("OPTIONS", {})["transaction_mode"] = "IMMEDIATE"
-
+# SQLite keeps a new project's settings (no OPTIONS): the package's writes must be correct
+# without any (django_grpc_bus.transactions).
 if "sqlite" not in DATABASES["default"]["ENGINE"]:  # SQLite's test database is in memory
     DATABASES["default"]["TEST"] = {"NAME": f"test_grpcbus_{os.getpid()}"}
 
