@@ -280,6 +280,12 @@ def test_port_in_use_is_a_clear_error(server_database):
             "ROOT_HANDLERS_HOOK",
             id="hook-not-importable",
         ),
+        pytest.param(
+            ["127.0.0.1:0"],
+            bus_env(ROOT_HANDLERS_HOOK="faults.handlers.frozen_handler"),
+            "django_grpc_bus.E016",
+            id="serializer-drops-a-message-field",
+        ),
         pytest.param(["abc"], {}, "'abc'", id="bad-address"),
         pytest.param(["127.0.0.1:99999"], {}, "99999", id="bad-port"),
         pytest.param(

@@ -17,3 +17,7 @@ for path in (
     "faults.services.SleeperService",
 ):
     handler.register(path)
+
+# A served serializer that does not read every field of its message: refused at start-up.
+frozen_handler = BasicHandler()
+frozen_handler.register("faults.services.FrozenSleeperService")

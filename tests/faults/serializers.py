@@ -20,3 +20,12 @@ class SleeperSerializer(proto_serializers.ModelProtoSerializer):
     class Meta:
         model = models.Sleeper
         proto_class = Sleeper_pb2.SleeperData
+
+
+class FrozenSleeperSerializer(proto_serializers.ModelProtoSerializer):
+    """A field list frozen before the model's other fields were exposed (check E016)."""
+
+    class Meta:
+        model = models.Sleeper
+        proto_class = Sleeper_pb2.SleeperData
+        fields = ["id"]

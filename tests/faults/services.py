@@ -59,3 +59,8 @@ class SleeperService(ModelService):
     def retrieve(self, request, context):
         time.sleep(SLEEP)
         return super().retrieve(request, context)
+
+
+class FrozenSleeperService(ModelService):
+    queryset = models.Sleeper.objects.all()
+    serializer_class = serializers.FrozenSleeperSerializer

@@ -1,18 +1,20 @@
 import logging
 import os
 import sys
+import threading
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
-from django.utils import autoreload
 
 from django_grpc_bus.conf import bus_settings
 from django_grpc_bus.server import (
+    RELOAD_GRACE,
     ServerConfig,
     ServerError,
     ensure_port_free,
     parse_address,
     serve,
+    serve_with_reloader,
     serve_workers,
 )
 
@@ -47,8 +49,11 @@ class Command(BaseCommand):
         parser.add_argument(
             "--noreload", action="store_true", help="with --dev, do not reload on code changes"
         )
+        parser.add_argument(
+            "--skip-checks", action="store_true", help="do not run the system checks first"
+        )
 
-    def handle(self, *args, addrport, dev, max_workers, workers, noreload, **options):
+    def handle(self, *args, addrport, dev, max_workers, workers, noreload, skip_checks, **options):
         if workers < 1 or (max_workers is not None and max_workers < 1):
             raise CommandError("--workers and --max-workers must be at least 1.")
         try:
@@ -64,7 +69,9 @@ class Command(BaseCommand):
             logging.getLogger("django_grpc_bus").setLevel(logging.INFO)
             if not logging.getLogger().handlers:
                 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-            self.check(display_num_errors=True)
+        if not skip_checks:
+            # As runserver does: a serializer that would drop fields (E016) must not serve.
+            self.check(display_num_errors=dev)
         config = ServerConfig(
             address=addrport,
             max_workers=max_workers,
@@ -75,8 +82,16 @@ class Command(BaseCommand):
 
         reloading = dev and not noreload
 
-        def run() -> int:
+        def run(stop_event: threading.Event | None = None) -> int:
             try:
+                if reloading:  # stopped by serve_with_reloader, which also ends the process
+                    return serve(
+                        handler,
+                        config,
+                        announce=self.announce,
+                        stop_event=stop_event,
+                        grace=RELOAD_GRACE,
+                    )
                 return serve(handler, config, announce=self.announce, exit_when_cut_short=True)
             except (ServerError, ImproperlyConfigured) as exc:
                 if not reloading:
@@ -92,8 +107,8 @@ class Command(BaseCommand):
             except ServerError as exc:
                 raise CommandError(str(exc)) from None
             code = serve_workers(workers, run, announce=self.announce)
-        elif dev and not noreload:
-            autoreload.run_with_reloader(run)
+        elif reloading:
+            serve_with_reloader(run)
             code = 0
         else:
             code = run()
