@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
+from django.core.exceptions import FieldDoesNotExist
 from django.db import models
 from django.utils import timezone
 from rest_framework import serializers
@@ -65,6 +66,7 @@ class SerializerPlan:
         "row_writers",
         "serializer_class",
         "writable",
+        "zero_means_absent",
     )
 
     def __init__(self, serializer: serializers.BaseSerializer, message_class: type) -> None:
@@ -83,6 +85,11 @@ class SerializerPlan:
             if isinstance(fields[name], NOT_BLANK_TEXT)
             and not getattr(fields[name], "allow_blank", False)
         )
+        # Relations the message carries without presence (required ones), whose proto3 zero
+        # value is never a valid key: a 0 or "" there is a relation not given.
+        proto_fields = message_class.DESCRIPTOR.fields_by_name
+        zeros = {name: absent_key(fields[name], proto_fields.get(name)) for name in self.writable}
+        self.zero_means_absent = {name: zero for name, zero in zeros.items() if zero is not None}
         self.serializer_class = type(serializer)
         self.getters: list[tuple[str, Getter, messages.Writer]] = []
         prefetch = []
@@ -131,6 +138,38 @@ class SerializerPlan:
 
     def build(self, instance: Any) -> Any:
         return self.fill(self.message_class(), instance)
+
+
+def absent_key(field: serializers.Field, proto_field: Any) -> int | str | None:
+    """The zero value of `proto_field` when it stands for a relation `field` not given.
+
+    That is when the message field has no presence (proto3 sends its zero value for "unset")
+    and the zero value can never name a row: 0 for a key the database assigns (an auto field),
+    "" for a text key that cannot be blank. None otherwise: the value is taken as given.
+    """
+    if proto_field is None or proto_field.has_presence or messages.repeated(proto_field):
+        return None
+    if isinstance(field, serializers.PrimaryKeyRelatedField):
+        target_name = None
+    elif isinstance(field, serializers.SlugRelatedField):
+        target_name = field.slug_field
+    else:
+        return None
+    queryset = getattr(field, "queryset", None)
+    if queryset is None:
+        return None
+    opts = queryset.model._meta
+    try:
+        target = opts.pk if target_name is None else opts.get_field(target_name)
+    except FieldDoesNotExist:  # a slug_field that is a path: take the value as given
+        return None
+    while target.is_relation and getattr(target, "target_field", None) is not None:
+        target = target.target_field  # a key that is itself a relation (a one-to-one pk)
+    if proto_field.type == messages.FD.TYPE_STRING:
+        return "" if not target.blank or isinstance(target, models.UUIDField) else None
+    if proto_field.type in messages.INT_TYPES and isinstance(target, models.AutoField):
+        return 0  # AutoField, BigAutoField and SmallAutoField alike
+    return None
 
 
 def overrides_representation(serializer_class: type) -> bool:
@@ -364,12 +403,18 @@ class ProtoSerializerMixin:
 
         Unset fields with presence are left out ("not given"), unless named in `nulls`, which
         makes them explicit nulls; so are empty strings of fields that cannot be blank (dates,
-        decimals, UUIDs), so DRF says "required" rather than "wrong format". `only` restricts
-        the result to some fields (a FieldMask).
+        decimals, UUIDs), so DRF says "required" rather than "wrong format", and the zero
+        value of a required relation that no row can have (0 for an auto key), so DRF says
+        "required" rather than "Invalid pk". `only` restricts the result to some fields (a
+        FieldMask).
         """
         data = messages.present_fields(message)
-        for name in cls.plan().blank_means_absent:
+        plan = cls.plan()
+        for name in plan.blank_means_absent:
             if data.get(name) == "":
+                del data[name]
+        for name, zero in plan.zero_means_absent.items():
+            if data.get(name) == zero:
                 del data[name]
         for name in nulls:
             data.setdefault(name, None)

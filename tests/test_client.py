@@ -568,6 +568,43 @@ def test_a_validation_error_is_a_call_error_with_violations(filepath):
     assert all(isinstance(item, tuple) and len(item) == 2 for item in empty.value.violations)
 
 
+def test_a_required_foreign_key_left_unset_is_required_not_an_invalid_pk():
+    """proto3 sends 0 for an unset int32 ``author``; no auto key is 0, so it is "not given"."""
+    with pytest.raises(errors.CallError) as empty:
+        registry.one.Book.create({})
+    assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert dict(empty.value.violations) == {
+        "title": "This field may not be blank.",
+        "author": "This field is required.",
+        "isbn": "This field may not be blank.",
+    }
+    assert "Invalid pk" not in empty.value.details()
+    with pytest.raises(errors.CallError) as everything_empty:
+        registry.one.Everything.create({})
+    assert ("author", "This field is required.") in everything_empty.value.violations
+
+    author = registry.one.Author.create({"name": "Zero"})["id"]
+    book = registry.one.Book.create({"title": "t", "author": author, "isbn": "9780000000999"})
+    # Update replaces the row: an author left unset is required there too.
+    with pytest.raises(errors.CallError) as update:
+        registry.one.Book.update({"title": "t", "isbn": book["isbn"]})
+    assert update.value.violations == [("author", "This field is required.")]
+    # A mask naming it with no value is refused as for any required field.
+    with pytest.raises(errors.CallError) as masked:
+        registry.one.Book.partial_update(
+            {"data": {"isbn": book["isbn"]}, "update_mask": ["author"]}
+        )
+    assert masked.value.violations == [
+        ("data.author", "Set a value or leave it out of update_mask.")
+    ]
+    # A key that names no row is still reported as such.
+    with pytest.raises(errors.CallError) as missing:
+        registry.one.Book.create({"title": "t", "author": INT32_MAX, "isbn": "9780000000998"})
+    assert missing.value.violations == [
+        ("author", f'Invalid pk "{INT32_MAX}" - object does not exist.')
+    ]
+
+
 def test_not_found_and_internal():
     with pytest.raises(errors.CallError) as missing:
         registry.one.Author.retrieve({"id": 10**9})

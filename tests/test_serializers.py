@@ -409,8 +409,26 @@ def test_data_from_message_keeps_zero_values_of_plain_scalars(catalog, pb):
     assert data["f_bool"] is False
     assert data["f_char"] == ""
     assert data["f_float"] == 0.0
-    assert data["author"] == 0
+    assert "author" not in data  # a required relation's 0 is no key: not given
     assert data["tags"] == []
+
+
+def test_the_zero_value_of_a_required_relation_is_not_given(pb):
+    from catalog.models import Author, Tag, Token
+
+    class Keyed(ProtoSerializer):
+        # BookData's plain (no presence) int64 author, and strings isbn and title.
+        author = drf_serializers.PrimaryKeyRelatedField(queryset=Author.objects.all())
+        isbn = drf_serializers.PrimaryKeyRelatedField(queryset=Token.objects.all())  # UUID key
+        title = drf_serializers.SlugRelatedField(slug_field="name", queryset=Tag.objects.all())
+
+        class Meta:
+            proto_class = pb.book.BookData
+
+    assert Keyed.plan().zero_means_absent == {"author": 0, "isbn": "", "title": ""}
+    assert Keyed.data_from_message(pb.book.BookData()) == {}
+    given = pb.book.BookData(author=3, isbn="k", title="t")
+    assert Keyed.data_from_message(given) == {"author": 3, "isbn": "k", "title": "t"}
 
 
 def test_data_from_message_converts_well_known_types(catalog, pb):
@@ -469,8 +487,8 @@ def test_required_fields_missing_from_the_message_are_errors(catalog, pb):
     # unset optional fields are not required: they are nullable or have a default
     for name in ("f_null_int", "f_null_char", "f_default_int", "f_blank_char", "editor", "token"):
         assert name not in errors, name
-    # plain scalars are always given: the zero primary key names no author
-    assert [e.code for e in errors["author"]] == ["does_not_exist"]
+    # the zero value of a required relation to an auto key names no row: not given either
+    assert [e.code for e in errors["author"]] == ["required"]
 
 
 @pytest.mark.django_db
