@@ -2,6 +2,11 @@
 
 Both servers (``rungrpcserver`` and the hand-written servicer) load these settings, so they
 read the same database with the same connection options.
+
+The database entry is the one ``django-admin startproject`` writes for SQLite (ENGINE and
+NAME, no OPTIONS: Django's deferred transactions, Python's 5 s busy timeout, the default
+rollback-journal mode) plus ``CONN_MAX_AGE``, which Django's deployment checklist documents
+for production. bench/README.md says which settings are a new project's and which are not.
 """
 
 import os
@@ -19,15 +24,10 @@ DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.environ.get("BENCH_DATABASE", BASE_DIR / "books.sqlite3"),
-        # Persistent connections, as a production deployment configures them.
+        # Not a new project's (its default is 0): persistent connections, as Django's
+        # deployment checklist advises for production. With 0, django-grpc-bus would open a
+        # connection per call and the hand-written servicer (no request signals) would not.
         "CONN_MAX_AGE": 60,
-        "OPTIONS": {
-            # Writers wait for each other instead of failing with "database is locked".
-            "timeout": 30,
-            "transaction_mode": "IMMEDIATE",
-            # The database file is in WAL mode (set when it is built).
-            "init_command": "PRAGMA synchronous=NORMAL",
-        },
     }
 }
 
