@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from django.utils import autoreload
 
 from django_grpc_bus.conf import bus_settings, resolve_path
 from django_grpc_bus.dispatch import traffic
@@ -156,13 +157,15 @@ def serve(
     install_signals: bool = True,
     stop_event: threading.Event | None = None,
     exit_when_cut_short: bool = False,
+    grace: float | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT (or `stop_event`), then stop gracefully; returns 0.
 
     Signal handlers are installed only on the main thread (under Django's autoreloader the
-    server runs in another thread, and the reloader owns the signals). With
-    `exit_when_cut_short`, a process whose calls outlived the grace period exits at once
-    rather than waiting for their threads.
+    server runs in another thread, and the reloader owns the signals). Calls in flight get
+    `grace` seconds (default ``GRACE_PERIOD``) to finish. With `exit_when_cut_short`, a
+    process whose calls outlived the grace period exits at once rather than waiting for
+    their threads.
     """
     stop_event = stop_event or threading.Event()
     server, port, names = build_server(handler, config)
@@ -178,7 +181,7 @@ def serve(
     )
     while not stop_event.wait(0.5):
         pass
-    grace = float(bus_settings.GRACE_PERIOD)
+    grace = float(bus_settings.GRACE_PERIOD if grace is None else grace)
     announce(f"Stopping (pid {os.getpid()}): draining calls in flight for up to {grace:g}s.")
     finished = stop_gracefully(server, handler, grace)
     announce("Stopped." if finished else "Stopped; some calls were cancelled at the deadline.")
@@ -187,6 +190,51 @@ def serve(
         sys.stderr.flush()
         os._exit(0)  # the cut-short calls' threads would otherwise keep the process alive
     return 0
+
+
+# -- --dev: Django's autoreloader ----------------------------------------------------------------
+
+RELOAD_GRACE = 1.0  # seconds calls in flight get when --dev restarts for a code change
+RELOAD_STOP_TIMEOUT = RELOAD_GRACE + 10.0  # the stop's drain, then grpc's own (bounded) stop
+
+
+def serve_with_reloader(serve_until: Callable[[threading.Event], Any]) -> None:
+    """Run `serve_until(stop_event)` under Django's autoreloader, stopping it before any exit.
+
+    The reloader keeps the main thread (it leaves with ``sys.exit(3)`` when a file changes,
+    ``sys.exit(0)`` on SIGTERM) and serves from a daemon thread. A server still running as
+    the interpreter exits can hang the process: the exit shuts the thread pool down and waits
+    for its workers, which calls in flight keep busy, and a call arriving meanwhile kills
+    grpc's serving thread ("cannot schedule new futures after shutdown"), after which no call
+    in flight can finish. The port stays taken and no new process starts. So the main thread
+    sets `stop_event`, waits for the server to stop (calls in flight get ``RELOAD_GRACE``
+    seconds, then are cancelled), and leaves at once with the reloader's exit status.
+    """
+    stop_event = threading.Event()
+    started = threading.Event()
+    stopped = threading.Event()
+
+    def main() -> None:
+        started.set()
+        try:
+            serve_until(stop_event)
+        finally:
+            stopped.set()
+
+    status: Any = 0
+    try:
+        autoreload.run_with_reloader(main)
+    except SystemExit as exc:
+        status = exc.code
+        raise
+    finally:
+        if started.is_set():  # the reloader's child, which serves (its parent only restarts it)
+            stop_event.set()
+            stopped.wait(RELOAD_STOP_TIMEOUT)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # Not waiting for threads of calls that were cut short, nor for anything else.
+            os._exit(0 if status is None else status if isinstance(status, int) else 1)
 
 
 # -- pre-forked workers --------------------------------------------------------------------------
