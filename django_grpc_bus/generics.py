@@ -31,7 +31,8 @@ class GenericService:
 
     ``lookup_field`` is the model field a single row is found by (``"pk"`` by default);
     ``lookup_request_field`` the request field holding its value (by default the same name,
-    or the primary key's field name for ``"pk"``).
+    or the primary key's field name for ``"pk"``). A service that sets neither finds a row by
+    any unique field the lookup request carries (see ``get_lookups``).
     """
 
     queryset: ClassVar[QuerySet | None] = None
@@ -159,26 +160,97 @@ class GenericService:
                 return [(field.name, field.name) for field in primary_key_fields(model)]
         return [(cls.lookup_field, cls.lookup_request_field or cls.lookup_field)]
 
-    def get_object(self) -> models.Model:
-        queryset = self.filter_queryset(self.get_queryset())
-        message = self.lookup_message
-        descriptor_fields = message.DESCRIPTOR.fields_by_name
-        lookup = {}
-        for model_lookup, request_field in self.get_lookup_fields():
-            field = descriptor_fields.get(request_field)
-            if field is None:
+    @classmethod
+    def sets_lookup_field(cls) -> bool:
+        """Whether the service (or a base of its own) sets a lookup field explicitly."""
+        return any(
+            "lookup_field" in klass.__dict__ or "lookup_request_field" in klass.__dict__
+            for klass in cls.__mro__
+            if klass is not GenericService
+        )
+
+    def get_lookups(self, descriptor: Any) -> list[list[tuple[str, str]]]:
+        """The ways a message of type `descriptor` can name one row (cached per class and type).
+
+        Each way is a list of (model lookup, request field) pairs. With ``lookup_field`` set,
+        there is one: ``get_lookup_fields()``. Otherwise the primary key and each other unique
+        model field the message carries, unless the message is the serializer's own (Update,
+        PartialUpdate), where those fields are the new values.
+        """
+        cls = type(self)
+        cache = cls.__dict__.get("_lookups")
+        if cache is None:
+            cache = cls._lookups = {}
+        found = cache.get(descriptor)
+        if found is None:
+            found = cache[descriptor] = self._find_lookups(descriptor)
+        return found
+
+    def _find_lookups(self, descriptor: Any) -> list[list[tuple[str, str]]]:
+        ways = [self.get_lookup_fields()]
+        model = self.get_model()
+        if self.sets_lookup_field() or model is None or self._is_data_message(descriptor):
+            return ways
+        keys = set(primary_key_fields(model))
+        for field in model._meta.concrete_fields:
+            if field.unique and field not in keys and field.name in descriptor.fields_by_name:
+                ways.append([(field.name, field.name)])
+        return ways
+
+    def _is_data_message(self, descriptor: Any) -> bool:
+        try:
+            serializer_class = self.get_serializer_class()
+        except AssertionError:
+            return False
+        proto_class = getattr(getattr(serializer_class, "Meta", None), "proto_class", None)
+        return proto_class is not None and proto_class.DESCRIPTOR is descriptor
+
+    def get_lookup(self, message: Any) -> list[tuple[str, str, Any]]:
+        """(model lookup, request field, value) of each field `message` names its row by.
+
+        With one way to name a row, each of its fields is required. With several (the primary
+        key, another unique field), each one set is used, so several set must all match, as a
+        filter; none set is INVALID_ARGUMENT naming the fields one may set.
+        """
+        fields = message.DESCRIPTOR.fields_by_name
+        ways = self.get_lookups(message.DESCRIPTOR)
+        for _model_lookup, request_field in ways[0]:
+            if request_field not in fields:
                 raise GrpcError(
                     grpc.StatusCode.INTERNAL,
                     f"{message.DESCRIPTOR.full_name} has no field {request_field!r} to look "
                     f"up by; set lookup_request_field on {type(self).__name__}.",
                 )
-            if field.has_presence and not message.HasField(request_field):
-                raise GrpcError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"{request_field} is required to find the row.",
-                    [(request_field, "This field is required.")],
-                )
-            lookup[model_lookup] = getattr(message, request_field)
+        found, missing = [], []
+        for way in ways:
+            if len(ways) == 1:  # as always: a plain scalar is always given
+                unset = [n for _, n in way if fields[n].has_presence and not message.HasField(n)]
+            else:  # proto3: a plain scalar's zero value is "not set"
+                unset = [n for _, n in way if not _is_set(message, fields[n])]
+                if len(unset) == len(way):
+                    continue
+            missing += unset  # a way partly set (a composite key) is missing the rest
+            found += [(lookup, name, getattr(message, name)) for lookup, name in way]
+        if missing:
+            raise GrpcError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required to "
+                "find the row.",
+                [(name, "This field is required.") for name in missing],
+            )
+        if not found:
+            names = [name for way in ways for _lookup, name in way]
+            raise GrpcError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{_either(names)} is required to find the row.",
+                [(name, f"Set one of: {', '.join(names)}.") for name in names],
+            )
+        return found
+
+    def get_object(self) -> models.Model:
+        queryset = self.filter_queryset(self.get_queryset())
+        found = self.get_lookup(self.lookup_message)
+        lookup = {model_lookup: value for model_lookup, _name, value in found}
         described = ", ".join(f"{name}={value!r}" for name, value in lookup.items())
         model = queryset.model
         try:
@@ -192,7 +264,7 @@ class GenericService:
             raise GrpcError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{described} is not a valid value: {exc}",
-                [(request, "Not a valid value.") for _lookup, request in self.get_lookup_fields()],
+                [(request, "Not a valid value.") for _lookup, request, _value in found],
             ) from None
         self.check_object_permissions(obj)
         return obj
@@ -206,6 +278,18 @@ class GenericService:
                     getattr(permission, "message", None),
                     getattr(permission, "code", None),
                 )
+
+
+def _is_set(message: Any, field: Any) -> bool:
+    """Whether a lookup field is set: by presence, or for a plain scalar by a non-zero value."""
+    if field.has_presence:
+        return message.HasField(field.name)
+    return bool(getattr(message, field.name))
+
+
+def _either(names: list[str]) -> str:
+    """``["id", "email", "code"]`` -> ``"id, email or code"``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 class GenericModelService(GenericService):

@@ -605,6 +605,44 @@ def test_a_required_foreign_key_left_unset_is_required_not_an_invalid_pk():
     ]
 
 
+def test_a_row_is_found_by_any_unique_field_the_lookup_request_carries():
+    """shop.Customer has a unique email, so CustomerLookupRequest carries id and email."""
+    customers = registry.three.Customer
+    email = f"{uuid.uuid4().hex[:10]}@example.com"
+    made = customers.create({"email": email})
+    other = customers.create({"email": f"other-{email}"})
+    assert customers.retrieve({"email": email}) == made
+    assert customers.retrieve({"id": made["id"]}) == made
+    # Several set: all must match, as a filter.
+    assert customers.retrieve({"id": made["id"], "email": email}) == made
+    with pytest.raises(errors.CallError) as mismatch:
+        customers.retrieve({"id": other["id"], "email": email})
+    assert mismatch.value.code() == grpc.StatusCode.NOT_FOUND
+    assert mismatch.value.details() == (f"No shop.Customer with id={other['id']}, email={email!r}.")
+    # None set: the fields one may set.
+    for method in (customers.retrieve, customers.destroy):
+        with pytest.raises(errors.CallError) as neither:
+            method({})
+        assert neither.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert neither.value.details() == "id or email is required to find the row."
+        assert neither.value.violations == [
+            ("id", "Set one of: id, email."),
+            ("email", "Set one of: id, email."),
+        ]
+    # Update and PartialUpdate find the row by the primary key in data: an email there is the
+    # new value, not a way to find the row.
+    renamed = customers.partial_update(
+        {"data": {"id": made["id"], "email": f"new-{email}"}, "update_mask": ["email"]}
+    )
+    assert renamed == {"id": made["id"], "email": f"new-{email}"}
+    assert customers.update({"id": made["id"], "email": email}) == made
+    customers.destroy({"email": email})
+    with pytest.raises(errors.CallError) as gone:
+        customers.retrieve({"id": made["id"]})
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+    assert customers.retrieve({"email": f"other-{email}"}) == other
+
+
 def test_not_found_and_internal():
     with pytest.raises(errors.CallError) as missing:
         registry.one.Author.retrieve({"id": 10**9})

@@ -592,10 +592,18 @@ def test_destroy_then_retrieve_and_destroy_again_are_not_found(api, pb, filepath
 
 
 def test_retrieve_without_the_lookup_field_is_invalid(api, pb):
+    error = fails(api.authors.Retrieve, pb.Author.AuthorLookupRequest(), Code.INVALID_ARGUMENT)
+    assert violations(error) == {"id": ["This field is required."]}
+    assert error.details() == "id is required to find the row."
+    # Everything's token is a unique one-to-one: either one finds the row.
     error = fails(
         api.everything.Retrieve, pb.Everything.EverythingLookupRequest(), Code.INVALID_ARGUMENT
     )
-    assert set(violations(error)) == {"id"}
+    assert violations(error) == {
+        "id": ["Set one of: id, token."],
+        "token": ["Set one of: id, token."],
+    }
+    assert error.details() == "id or token is required to find the row."
 
 
 def test_destroying_an_author_a_row_protects_is_failed_precondition(api, pb, filepath):
