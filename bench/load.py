@@ -4,7 +4,9 @@
 
 ``closed-loop``  N asyncio tasks call Retrieve or Create back to back for a fixed time after a
                  warm-up, through the generated stub (the same for both servers): calls/s,
-                 p50/p99 latency, and the server's CPU per call from ``/proc/<pid>/stat``.
+                 p50/p99 latency of the calls that succeeded, the failed calls (warm-up
+                 included) with the first one's status and text, and the server's CPU per
+                 call from ``/proc/<pid>/stat``.
 ``list``         the first ROWS rows as a list of dicts, timed per call: through the registry
                  (django-grpc-bus's streaming List) or the hand-written unary ListAll with a
                  field-by-field dict conversion.
@@ -128,9 +130,10 @@ async def closed_loop(args) -> dict:
     end = start + args.duration
     latencies: list[float] = []
     errors = completed = 0
+    first_error = ""
 
     async def worker(index: int) -> None:
-        nonlocal errors, completed
+        nonlocal errors, completed, first_error
         call = getattr(stubs[index % channel_count], method)
         i = index
         while True:
@@ -141,8 +144,10 @@ async def closed_loop(args) -> dict:
                 return
             try:
                 await call(request, timeout=TIMEOUT)
-            except grpc.RpcError:
+            except grpc.RpcError as exc:
                 errors += 1
+                if not first_error:
+                    first_error = f"{exc.code().name}: {exc.details()}"
                 continue
             finished = clock()
             completed += 1
@@ -167,7 +172,8 @@ async def closed_loop(args) -> dict:
     result = {
         "calls": calls,
         "calls_with_warmup": completed,
-        "errors": errors,
+        "errors": errors,  # failed calls, warm-up included; not in calls, calls/s or latencies
+        "first_error": first_error,
         "calls_per_s": calls / args.duration,
         "p50_ms": percentile(latencies, 0.50) * 1e3,
         "p99_ms": percentile(latencies, 0.99) * 1e3,

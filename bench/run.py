@@ -171,7 +171,10 @@ def load(mode: str, server: ServerProcess, *options: object, cpus: str = LOAD_CP
         raise BenchError(f"load.py {mode} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     if result.get("errors"):
-        print(f"  warning: {result['errors']} failed calls in load.py {' '.join(command[4:])}")
+        print(
+            f"  warning: {result['errors']} failed calls in load.py {' '.join(command[4:])}; "
+            f"the first: {result.get('first_error') or '?'}"
+        )
     return result
 
 
@@ -194,10 +197,14 @@ def memory_kb(pid: int, key: str) -> int:
 # -- the workloads --------------------------------------------------------------------------------
 
 Samples = dict[str, list[float]]  # metric name -> one value per round (or per sample)
+SIDES = {"bus": "django-grpc-bus", "hand": "hand-written"}
 
 
-def against_handwritten(samples: Samples) -> None:
-    """Retrieve, create and list-1000, and the client's CPU: A then B in every round."""
+def against_handwritten(samples: Samples, first_errors: dict[str, str]) -> None:
+    """Retrieve, create and list-1000, and the client's CPU: A then B in every round.
+
+    `first_errors` gets, per side, the text of the first failed create.
+    """
     bus = bus_server(SMALL_DB)
     hand = handwritten_server(SMALL_DB)
     try:
@@ -216,7 +223,13 @@ def against_handwritten(samples: Samples) -> None:
             for side, server in (("bus", bus), ("hand", hand)):
                 got = closed_loop(server, "create", 4, server_pid=server.process.pid)
                 samples[f"create.rate.{side}"].append(got["calls_per_s"])
+                samples[f"create.p50.{side}"].append(got["p50_ms"])
+                samples[f"create.p99.{side}"].append(got["p99_ms"])
                 samples[f"create.cpu.{side}"].append(got["server_cpu_us_per_call"])
+                samples[f"create.failed.{side}"].append(got["errors"])
+                samples[f"create.calls.{side}"].append(got["calls_with_warmup"] + got["errors"])
+                if got["errors"] and side not in first_errors:
+                    first_errors[side] = got["first_error"]
             for side, server, client in (("bus", bus, "registry"), ("hand", hand, "stub")):
                 got = load("list", server, "--client", client, "--rows", LIST_ROWS)
                 samples[f"list.ms.{side}"].append(got["ms"])
@@ -286,6 +299,8 @@ class Row:
     target: str = "—"
     meets: Callable[[float], bool] | None = None  # on the ratio, or on `ours` without a baseline
     labels: tuple[str, str] = ("", "")  # when the two columns are not bus vs hand-written
+    # Counts summed over the rounds, out of these totals (no ratio; `meets` judges `ours`' sum).
+    out_of: tuple[list[float], list[float]] | None = None
 
 
 def number(value: float) -> str:
@@ -301,7 +316,19 @@ def spread(values: list[float], unit: str = "") -> str:
     return f"{text} {unit}".strip()
 
 
+def count_cells(row: Row) -> list[str]:
+    assert row.theirs is not None and row.out_of is not None
+    ours, theirs = (
+        f"{sum(values):,.0f} of {sum(total):,.0f}"
+        for values, total in zip((row.ours, row.theirs), row.out_of, strict=True)
+    )
+    met = "—" if row.meets is None else ("yes" if row.meets(sum(row.ours)) else "**no**")
+    return [row.workload, ours, theirs, "—", row.target, met]
+
+
 def cells(row: Row) -> list[str]:
+    if row.out_of is not None:
+        return count_cells(row)
     ours = spread(row.ours, row.unit) + (f" ({row.labels[0]})" if row.labels[0] else "")
     if row.theirs is None:
         theirs, ratio = "n/a", "—"
@@ -325,6 +352,12 @@ def rows_of(s: Samples) -> list[Row]:
             s["retrieve.cpu.hand"], "≤ 1.1×", lambda r: r <= 1.1),
         Row("create, c=4: calls/s", "/s", s["create.rate.bus"], s["create.rate.hand"],
             "≥ 0.85×", lambda r: r >= 0.85),
+        Row("create, c=4: p50 latency", "ms", s["create.p50.bus"], s["create.p50.hand"]),
+        Row("create, c=4: p99 latency", "ms", s["create.p99.bus"], s["create.p99.hand"],
+            "≤ 1.5×", lambda r: r <= 1.5),
+        Row("create, c=4: failed calls, all rounds", "", s["create.failed.bus"],
+            s["create.failed.hand"], "0", lambda v: v == 0,
+            out_of=(s["create.calls.bus"], s["create.calls.hand"])),
         Row("create, c=4: server CPU per call", "µs", s["create.cpu.bus"], s["create.cpu.hand"]),
         Row("list 1,000 rows as dicts: time per call", "ms", s["list.ms.bus"], s["list.ms.hand"],
             "≤ 1.0×", lambda r: r <= 1.0),
@@ -364,6 +397,21 @@ def versions() -> str:
     return f"Python {platform.python_version()}, {found}; django-grpc-bus at {commit or '?'}"
 
 
+def failed_creates(samples: Samples, first_errors: dict[str, str]) -> str:
+    """One line: no create failed, or how many did on which side and the first error's text."""
+    failed = {side: int(sum(samples[f"create.failed.{side}"])) for side in SIDES}
+    if not any(failed.values()):
+        calls = ", ".join(
+            f"{SIDES[side]} {sum(samples[f'create.calls.{side}']):,.0f}" for side in SIDES
+        )
+        return f"Failed creates: none on either side ({calls} calls)."
+    parts = [
+        f"{SIDES[side]} {count:,}" + (f" (first: {first_errors[side]})" if count else "")
+        for side, count in failed.items()
+    ]
+    return "FAILED CREATES: " + "; ".join(parts) + "."
+
+
 def report(text: str, elapsed: float, load_before: str) -> Path:
     nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -393,15 +441,16 @@ def main() -> int:
     print(f"django-grpc-bus benchmark: {ROUNDS} rounds, {SECONDS:g} s per closed-loop run")
     print(f"  load average before: {load_before}")
     samples: Samples = defaultdict(list)
+    first_errors: dict[str, str] = {}
     try:
         prepare()
-        against_handwritten(samples)
+        against_handwritten(samples, first_errors)
         workers(samples)
         large_list(samples)
     except BenchError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
-    text = table(rows_of(samples))
+    text = table(rows_of(samples)) + "\n\n" + failed_creates(samples, first_errors)
     elapsed = time.monotonic() - began
     path = report(text, elapsed, load_before)
     print(f"\n{text}\n\nWall time {elapsed:.0f} s; written to {path.relative_to(HERE.parent)}")
