@@ -86,6 +86,14 @@ def server_credentials() -> grpc.ServerCredentials | None:
     )
 
 
+def transport_security() -> str:
+    """How clients must connect, from ``MESSAGE_BUS['TLS']``, as the start-up line says it."""
+    tls = bus_settings.TLS
+    if not tls:
+        return "plaintext"
+    return "mTLS (client certificates required)" if tls.get("CLIENT_CA") else "TLS"
+
+
 def build_server(handler: Any, config: ServerConfig) -> tuple[grpc.Server, int, list[str]]:
     """A server with `handler`'s services, health and reflection, bound to the address.
 
@@ -176,8 +184,9 @@ def serve(
     server.start()
     host, _ = parse_address(config.address)
     announce(
-        f"Serving {len(names)} service(s) on {host}:{port} (pid {os.getpid()}): "
-        f"{', '.join(names) or 'none'}; health and reflection (v1, v1alpha) included."
+        f"Serving {len(names)} service(s) on {host}:{port} (pid {os.getpid()}) over "
+        f"{transport_security()}: {', '.join(names) or 'none'}; health and reflection "
+        "(v1, v1alpha) included."
     )
     while not stop_event.wait(0.5):
         pass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,8 @@ from support import (
 
 from django_grpc_bus.client import errors
 from django_grpc_bus.client.registry import registry
-from django_grpc_bus.testing import ServerProcess, stub_for
+from django_grpc_bus.server import ServerConfig, serve
+from django_grpc_bus.testing import ANNOUNCE, ServerProcess, stub_for
 
 TIMEOUT = 5
 REFUSED = grpc.StatusCode.UNAVAILABLE  # a failed handshake never reaches the server's code
@@ -252,6 +254,45 @@ def plaintext_code(target: str) -> grpc.StatusCode:
         except grpc.RpcError as exc:
             return exc.code()
     return grpc.StatusCode.OK
+
+
+# -- the start-up line ---------------------------------------------------------------------------
+
+
+def start_up_line(settings, tls: dict[str, str] | None) -> str:
+    """What `serve()` announces with MESSAGE_BUS['TLS'] = `tls` (stopped as soon as started)."""
+    from handlers import handler
+
+    settings.MESSAGE_BUS = {**settings.MESSAGE_BUS, "TLS": tls}
+    lines: list[str] = []
+    stop = threading.Event()
+    stop.set()
+    serve(
+        handler,
+        ServerConfig(address="127.0.0.1:0"),
+        announce=lines.append,
+        install_signals=False,
+        stop_event=stop,
+        grace=0,
+    )
+    return lines[0]
+
+
+def test_the_start_up_line_says_whether_clients_need_tls(settings, pki, compiled):
+    pair = {"CERTIFICATE": str(pki.server.cert_path), "PRIVATE_KEY": str(pki.server.key_path)}
+    plaintext = start_up_line(settings, None)
+    with_tls = start_up_line(settings, pair)
+    with_mtls = start_up_line(settings, {**pair, "CLIENT_CA": str(pki.ca.cert_path)})
+    for line in (plaintext, with_tls, with_mtls):
+        assert ANNOUNCE.match(line), line  # ServerProcess and scripts still find the port
+    assert ") over plaintext: catalog." in plaintext
+    assert ") over TLS: catalog." in with_tls
+    assert ") over mTLS (client certificates required): catalog." in with_mtls
+
+
+def test_rungrpcserver_says_tls_and_mtls(tls, mtls):
+    assert ") over TLS: " in tls.output, tls.output
+    assert ") over mTLS (client certificates required): " in mtls.output, mtls.output
 
 
 # -- server TLS ----------------------------------------------------------------------------------
