@@ -206,7 +206,11 @@ def against_handwritten(samples: Samples, first_errors: dict[str, str]) -> None:
     `first_errors` gets, per side, the text of the first failed create.
     """
     bus = bus_server(SMALL_DB)
-    hand = handwritten_server(SMALL_DB)
+    try:
+        hand = handwritten_server(SMALL_DB)
+    except BaseException:
+        bus.stop(timeout=15)  # never leave a server behind
+        raise
     try:
         print(f"  servers: django-grpc-bus pid {bus.process.pid}, hand-written {hand.process.pid}")
         load("verify", bus, "--handwritten", hand.target, "--rows", LIST_ROWS)
@@ -248,12 +252,12 @@ def workers(samples: Samples) -> None:
     A third server, --workers 1 pinned to core 0 with the load on core 1, shows what one
     process does when it does not share its core with the load generator.
     """
-    setups = {
-        "2": (bus_server(SMALL_DB, cpus=ALL_CPUS, workers=2), ALL_CPUS),
-        "1": (bus_server(SMALL_DB, cpus=ALL_CPUS, workers=1), ALL_CPUS),
-        "1-pinned": (bus_server(SMALL_DB, cpus=SERVER_CPUS, workers=1), LOAD_CPUS),
-    }
+    setups: dict[str, tuple[ServerProcess, str]] = {}
     try:
+        # Started inside the try: a server that does not start must not leave the others running.
+        setups["2"] = (bus_server(SMALL_DB, cpus=ALL_CPUS, workers=2), ALL_CPUS)
+        setups["1"] = (bus_server(SMALL_DB, cpus=ALL_CPUS, workers=1), ALL_CPUS)
+        setups["1-pinned"] = (bus_server(SMALL_DB, cpus=SERVER_CPUS, workers=1), LOAD_CPUS)
         for _ in range(WORKER_ROUNDS):
             for name, (server, load_cpus) in setups.items():
                 # One connection per task: SO_REUSEPORT spreads connections, not calls.
