@@ -175,6 +175,38 @@ def _refuse_undecodable(request: Any, context: grpc.ServicerContext) -> None:
         abort_with(context, Failure(grpc.StatusCode.INVALID_ARGUMENT, request.problem))
 
 
+# How long an atomic client stream's end waits for word that the client cancelled (seconds).
+CANCEL_NOTICE = 0.05
+
+
+def incoming(
+    requests: Iterator[Any], context: grpc.ServicerContext, cancel_notice: float = 0.0
+) -> Iterator[Any]:
+    """A client stream's requests as they arrive, for the action to iterate.
+
+    A message that does not decode ends the call INVALID_ARGUMENT, and a client that went
+    away ends it CANCELLED: either way the action's loop raises (rolling its transaction
+    back), and the call's status is the one set here. grpc may end a cancelled client's
+    stream as if the client had finished, and report the cancellation a moment later from
+    its own thread; with `cancel_notice`, the end waits up to that long for such a report.
+    """
+    ended = threading.Event()
+    if cancel_notice and not context.add_callback(ended.set):
+        ended.set()  # the call is over already
+    while True:
+        try:
+            request = next(requests)
+        except StopIteration:
+            if cancel_notice and ended.wait(cancel_notice) and not context.is_active():
+                break  # cancelled after all
+            return
+        except grpc.RpcError:  # grpc's request iterator: the client cancelled
+            break
+        _refuse_undecodable(request, context)
+        yield request
+    context.abort(grpc.StatusCode.CANCELLED, "The client cancelled the call.")
+
+
 def unimplemented_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Any]:
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
         context.abort(
@@ -218,5 +250,31 @@ def stream_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Itera
             service.initial()
             # Closing this generator (cancellation) closes the database iterator too.
             yield from getattr(service, route.action)(request, context)
+
+    return handle
+
+
+def client_stream_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Any]:
+    """A client-streaming RPC: the action gets the requests as an iterator, returns one reply.
+
+    Otherwise exactly a unary call (atomic actions run in a transaction, rolled back on an
+    error or a cancelled call; the end of their stream waits ``CANCEL_NOTICE`` for a
+    cancellation, so that one cannot pass for the client's last message).
+    """
+    handle_unary = unary_behavior(route)
+    cancel_notice = CANCEL_NOTICE if route.atomic else 0.0
+
+    def handle(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        return handle_unary(incoming(requests, context, cancel_notice), context)
+
+    return handle
+
+
+def bidi_stream_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+    """A bidirectional stream: the action gets the requests as an iterator, yields replies."""
+    handle_stream = stream_behavior(route)
+
+    def handle(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+        return handle_stream(incoming(requests, context), context)
 
     return handle

@@ -136,9 +136,11 @@ def method_handlers(
 ) -> dict[str, grpc.RpcMethodHandler]:
     """One handler per RPC of the proto service, each running `service_class` through dispatch.
 
-    These are what the generated ``add_<Name>Servicer_to_server`` would register, except that
-    requests are parsed by :func:`dispatch.lenient_parser`: bytes that are not a valid message
-    reach the call and end as INVALID_ARGUMENT, not as grpc's own INTERNAL.
+    All four kinds are served (an RPC whose method the class lacks answers UNIMPLEMENTED);
+    for a client or bidi stream the method gets an iterator of the requests. These are what
+    the generated ``add_<Name>Servicer_to_server`` would register, except that requests are
+    parsed by :func:`dispatch.lenient_parser`: bytes that are not a valid message reach the
+    call and end as INVALID_ARGUMENT, not as grpc's own INTERNAL.
     """
     handlers = {}
     for method in descriptor.methods:
@@ -146,7 +148,7 @@ def method_handlers(
         full_method = f"/{descriptor.full_name}/{method.name}"
         request_class = message_factory.GetMessageClass(method.input_type)
         response_class = message_factory.GetMessageClass(method.output_type)
-        offered = not method.client_streaming and callable(getattr(service_class, action, None))
+        offered = callable(getattr(service_class, action, None))
         route = dispatch.Route(
             service_class=service_class,
             action=action,
@@ -156,13 +158,12 @@ def method_handlers(
             dev=dev,
             log_calls=log_calls,
         )
-        if not offered:
-            behavior = dispatch.unimplemented_behavior(route)
-        elif method.server_streaming:
-            behavior = dispatch.stream_behavior(route)
+        kind = (method.client_streaming, method.server_streaming)
+        if offered:
+            behavior = _BEHAVIORS[kind](route)
         else:
-            behavior = dispatch.unary_behavior(route)
-        make = _HANDLER_KINDS[(method.client_streaming, method.server_streaming)]
+            behavior = dispatch.unimplemented_behavior(route)
+        make = _HANDLER_KINDS[kind]
         handlers[method.name] = make(
             behavior,
             request_deserializer=dispatch.lenient_parser(request_class),
@@ -171,6 +172,13 @@ def method_handlers(
     return handlers
 
 
+# (client streaming, server streaming) -> how a call of that kind is run, and registered.
+_BEHAVIORS = {
+    (False, False): dispatch.unary_behavior,
+    (False, True): dispatch.stream_behavior,
+    (True, False): dispatch.client_stream_behavior,
+    (True, True): dispatch.bidi_stream_behavior,
+}
 _HANDLER_KINDS = {
     (False, False): grpc.unary_unary_rpc_method_handler,
     (False, True): grpc.unary_stream_rpc_method_handler,
