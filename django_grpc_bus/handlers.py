@@ -17,10 +17,10 @@ from django.utils.module_loading import import_string
 from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from django_grpc_bus import dispatch
+from django_grpc_bus.serving import calls as dispatch
 from django_grpc_bus.generics import GenericService, snake_case
 from django_grpc_bus.protogen import naming
-from django_grpc_bus.reflection import enable_reflection
+from django_grpc_bus.serving.health_reflection import enable_reflection
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

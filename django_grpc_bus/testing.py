@@ -36,7 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from django_grpc_bus.conf import bus_settings
 from django_grpc_bus.protogen import naming
-from django_grpc_bus.server import ServerConfig, build_server, stop_gracefully
+from django_grpc_bus.serving.server import ServerConfig, build_server, stop_gracefully
 
 ANNOUNCE = re.compile(
     r"Serving \d+ service\(s\) on (?P<host>\S+):(?P<port>\d+) \(pid (?P<pid>\d+)\)"
@@ -105,7 +105,7 @@ class GrpcTestServer:
         return stub_for(model, self.channel)
 
     def start(self) -> GrpcTestServer:
-        from django_grpc_bus.dispatch import traffic
+        from django_grpc_bus.serving.calls import traffic
 
         self.server, self.port, _names = build_server(self.handler, self.config)
         traffic.reopen()

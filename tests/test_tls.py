@@ -33,7 +33,7 @@ from support import (
 
 from django_grpc_bus.client import errors
 from django_grpc_bus.client.registry import registry
-from django_grpc_bus.server import ServerConfig, serve
+from django_grpc_bus.serving.server import ServerConfig, serve
 from django_grpc_bus.testing import ANNOUNCE, ServerProcess, stub_for
 
 TIMEOUT = 5

@@ -7,7 +7,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
 from django_grpc_bus.conf import bus_settings
-from django_grpc_bus.server import (
+from django_grpc_bus.serving.server import (
     RELOAD_GRACE,
     ServerConfig,
     ServerError,

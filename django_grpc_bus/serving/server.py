@@ -25,8 +25,8 @@ import grpc
 from django.utils import autoreload
 
 from django_grpc_bus.conf import bus_settings, resolve_path
-from django_grpc_bus.dispatch import traffic
-from django_grpc_bus.interceptors import InfrastructureGuard
+from django_grpc_bus.serving.calls import traffic
+from django_grpc_bus.serving.interceptors import InfrastructureGuard
 
 logger = logging.getLogger("django_grpc_bus.server")
 
