@@ -41,7 +41,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import bus_env, health_status, running_server
 
-from django_grpc_bus.mixins import encode_page_token
+from django_grpc_bus.pagination import encode_page_token
 from django_grpc_bus.testing import stub_for
 
 TIMEOUT = 10  # seconds, for every call
