@@ -36,7 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from django_grpc_bus.conf import bus_settings
 from django_grpc_bus.protogen import naming
-from django_grpc_bus.serving.server import ServerConfig, build_server, stop_gracefully
+from django_grpc_bus.serving.server import BuiltServer, ServerConfig, build_server
 
 ANNOUNCE = re.compile(
     r"Serving \d+ service\(s\) on (?P<host>\S+):(?P<port>\d+) \(pid (?P<pid>\d+)\)"
@@ -87,7 +87,7 @@ class GrpcTestServer:
     def __init__(self, handler: Any = None, *, max_workers: int = 4, dev: bool = True) -> None:
         self.handler = handler if handler is not None else bus_settings.ROOT_HANDLERS_HOOK
         self.config = ServerConfig(address="127.0.0.1:0", max_workers=max_workers, dev=dev)
-        self.server: grpc.Server | None = None
+        self.built: BuiltServer | None = None
         self.port = 0
         self._channel: grpc.Channel | None = None
 
@@ -104,21 +104,24 @@ class GrpcTestServer:
     def stub(self, model: type[models.Model]) -> Any:
         return stub_for(model, self.channel)
 
-    def start(self) -> GrpcTestServer:
-        from django_grpc_bus.serving.calls import traffic
+    @property
+    def server(self) -> grpc.Server | None:
+        """The running ``grpc.Server`` (None once stopped)."""
+        return self.built.server if self.built is not None else None
 
-        self.server, self.port, _names = build_server(self.handler, self.config)
-        traffic.reopen()
-        self.server.start()
+    def start(self) -> GrpcTestServer:
+        self.built = build_server(self.handler, self.config)
+        self.port = self.built.port
+        self.built.start()
         return self
 
     def stop(self, grace: float = 0) -> None:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
-        if self.server is not None:
-            stop_gracefully(self.server, self.handler, grace)
-            self.server = None
+        if self.built is not None:
+            self.built.stop_gracefully(grace)
+            self.built = None
 
     def __enter__(self) -> GrpcTestServer:
         return self.start()

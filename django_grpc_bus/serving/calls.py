@@ -6,12 +6,14 @@ table, then ``close_old_connections()`` again (closing connections past ``CONN_M
 broken). For a stream, "then" is after the last message, an error or a cancellation. These are
 the database receivers of Django's ``request_started``/``request_finished``, called directly:
 the signals themselves are not sent (they cost as much again, per call).
+
+A *behavior* is what grpc calls for one RPC: ``unary_behavior(route)`` and its siblings, one
+per kind of RPC, each running the route's service through :class:`Call`.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,9 +22,10 @@ from typing import Any
 import grpc
 from django.conf import settings
 from django.db import close_old_connections, reset_queries, transaction
-from google.protobuf.message import DecodeError
 
-from django_grpc_bus.errors import Failure, abort_with, describe_failure
+from django_grpc_bus.errors import abort_with, describe_failure
+from django_grpc_bus.serving.requests import CANCEL_NOTICE, incoming, refuse_undecodable
+from django_grpc_bus.serving.traffic import Traffic
 from django_grpc_bus.transactions import write_transaction
 
 logger = logging.getLogger("django_grpc_bus.calls")
@@ -32,13 +35,18 @@ OK = grpc.StatusCode.OK
 
 @dataclass(frozen=True)
 class Route:
-    """One RPC of one service: what to instantiate, which method to call, what it returns."""
+    """One RPC of one service on one server: what to instantiate, which method, what it returns.
+
+    `traffic` is the server's: the call is counted in flight there, and refused while that
+    server drains or is at its limit.
+    """
 
     service_class: type
     action: str
     method: str  # the full method name, "/catalog.Book/Retrieve"
     response_class: type
     atomic: bool
+    traffic: Traffic
     dev: bool = False
     log_calls: bool = False
 
@@ -46,51 +54,6 @@ class Route:
         return self.service_class(
             request=request, context=context, action=self.action, response_class=self.response_class
         )
-
-
-class Traffic:
-    """Calls in flight in this process, and whether new ones are still accepted."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Condition()
-        self.active = 0
-        self.draining = False
-        self.limit: int | None = None  # MAX_CONCURRENT_RPCS, set when a server is built
-
-    def enter(self, context: grpc.ServicerContext) -> None:
-        with self._lock:
-            if self.draining:
-                context.abort(
-                    grpc.StatusCode.UNAVAILABLE,
-                    "The server is shutting down; retry on another instance.",
-                )
-            if self.limit is not None and self.active >= self.limit:
-                # Refused at once rather than queued; health and reflection are not counted,
-                # so a busy server still answers its probes.
-                context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"The server is at its limit of {self.limit} concurrent calls; retry later.",
-                )
-            self.active += 1
-
-    def leave(self) -> None:
-        with self._lock:
-            self.active -= 1
-            if not self.active:
-                self._lock.notify_all()
-
-    def drain(self, timeout: float) -> bool:
-        """Refuse new calls; wait up to `timeout` s for those in flight. True if all ended."""
-        with self._lock:
-            self.draining = True
-            return self._lock.wait_for(lambda: not self.active, timeout)
-
-    def reopen(self) -> None:
-        with self._lock:
-            self.draining = False
-
-
-traffic = Traffic()
 
 
 class Call:
@@ -104,6 +67,7 @@ class Call:
     __slots__ = ("code", "context", "route", "started")
 
     def __init__(self, route: Route, context: grpc.ServicerContext) -> None:
+        traffic = route.traffic
         traffic.enter(context)
         # Counted in flight until grpc has finished the RPC (the response sent, or the call
         # cancelled), not merely until our code returns: a drain must not cut off a reply.
@@ -147,67 +111,9 @@ class Call:
             logger.info("%s %s %.1fms", self.route.method, self.code.name, elapsed)
 
 
-class Undecodable:
-    """A request whose bytes are not a valid message (kept so the call can say so)."""
-
-    __slots__ = ("problem",)
-
-    def __init__(self, problem: str) -> None:
-        self.problem = problem
-
-
-def lenient_parser(message_class: type) -> Callable[[bytes], Any]:
-    """Parse request bytes; on failure return :class:`Undecodable` instead of raising."""
-    parse = message_class.FromString
-    name = message_class.DESCRIPTOR.full_name
-
-    def parse_request(data: bytes) -> Any:
-        try:
-            return parse(data)
-        except DecodeError as exc:
-            return Undecodable(f"The request is not a valid {name} message: {exc}")
-
-    return parse_request
-
-
-def _refuse_undecodable(request: Any, context: grpc.ServicerContext) -> None:
-    if isinstance(request, Undecodable):
-        abort_with(context, Failure(grpc.StatusCode.INVALID_ARGUMENT, request.problem))
-
-
-# How long an atomic client stream's end waits for word that the client cancelled (seconds).
-CANCEL_NOTICE = 0.05
-
-
-def incoming(
-    requests: Iterator[Any], context: grpc.ServicerContext, cancel_notice: float = 0.0
-) -> Iterator[Any]:
-    """A client stream's requests as they arrive, for the action to iterate.
-
-    A message that does not decode ends the call INVALID_ARGUMENT, and a client that went
-    away ends it CANCELLED: either way the action's loop raises (rolling its transaction
-    back), and the call's status is the one set here. grpc may end a cancelled client's
-    stream as if the client had finished, and report the cancellation a moment later from
-    its own thread; with `cancel_notice`, the end waits up to that long for such a report.
-    """
-    ended = threading.Event()
-    if cancel_notice and not context.add_callback(ended.set):
-        ended.set()  # the call is over already
-    while True:
-        try:
-            request = next(requests)
-        except StopIteration:
-            if cancel_notice and ended.wait(cancel_notice) and not context.is_active():
-                break  # cancelled after all
-            return
-        except grpc.RpcError:  # grpc's request iterator: the client cancelled
-            break
-        _refuse_undecodable(request, context)
-        yield request
-    context.abort(grpc.StatusCode.CANCELLED, "The client cancelled the call.")
-
-
 def unimplemented_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Any]:
+    """An RPC of the proto that the service class has no method for: UNIMPLEMENTED."""
+
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
         context.abort(
             grpc.StatusCode.UNIMPLEMENTED,
@@ -218,8 +124,10 @@ def unimplemented_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext]
 
 
 def unary_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Any]:
+    """A unary RPC; an atomic action runs in one transaction, rolled back if the call failed."""
+
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
-        _refuse_undecodable(request, context)
+        refuse_undecodable(request, context)
         with Call(route, context):
             service = route.new_service(request, context)
             service.initial()
@@ -243,8 +151,10 @@ def unary_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Any]:
 
 
 def stream_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+    """A server-streaming RPC: the action yields the responses."""
+
     def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        _refuse_undecodable(request, context)
+        refuse_undecodable(request, context)
         with Call(route, context):
             service = route.new_service(request, context)
             service.initial()
@@ -278,3 +188,12 @@ def bidi_stream_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], 
         return handle_stream(incoming(requests, context), context)
 
     return handle
+
+
+# (client streaming, server streaming) -> how a call of that kind is run.
+BEHAVIORS = {
+    (False, False): unary_behavior,
+    (False, True): stream_behavior,
+    (True, False): client_stream_behavior,
+    (True, True): bidi_stream_behavior,
+}

@@ -1,4 +1,7 @@
-"""Server reflection under both ``grpc.reflection.v1`` and ``grpc.reflection.v1alpha``.
+"""The official health service, and server reflection under both v1 and v1alpha.
+
+Health (``grpc.health.v1.Health``, grpcio's own servicer) reports the empty name and each
+service SERVING, and NOT_SERVING once the server drains.
 
 grpcio-reflection implements only v1alpha, while current tools (grpcurl, Postman, Evans) ask
 for v1 first. The two protocols are the same messages in different proto packages, so the
@@ -13,11 +16,30 @@ from collections.abc import Iterable
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
 
 V1_SERVICE = "grpc.reflection.v1.ServerReflection"
 V1ALPHA_SERVICE = reflection.SERVICE_NAME
 V1_FILE = "grpc/reflection/v1/reflection.proto"
+
+
+def add_health(
+    server: grpc.Server, service_names: Iterable[str], servicer: health.HealthServicer | None = None
+) -> health.HealthServicer:
+    """Serve health on `server`, overall and for each of `service_names`, all SERVING.
+
+    Returns the servicer (`servicer`, or a new one): its ``enter_graceful_shutdown()`` turns
+    every name NOT_SERVING, for good, so each server needs its own.
+    """
+    servicer = servicer or health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    servicer.set("", SERVING)
+    for name in service_names:
+        servicer.set(name, SERVING)
+    return servicer
 
 
 def _register_v1_descriptor() -> None:

@@ -6,17 +6,10 @@ import threading
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
-from django_grpc_bus.conf import bus_settings
-from django_grpc_bus.serving.server import (
-    RELOAD_GRACE,
-    ServerConfig,
-    ServerError,
-    ensure_port_free,
-    parse_address,
-    serve,
-    serve_with_reloader,
-    serve_workers,
-)
+from django_grpc_bus.handler_hook import HandlerHookError, load_handler_hook
+from django_grpc_bus.serving.reloader import RELOAD_GRACE, serve_with_reloader
+from django_grpc_bus.serving.server import ServerConfig, ServerError, parse_address, serve
+from django_grpc_bus.serving.workers import ensure_port_free, serve_workers
 
 
 class Command(BaseCommand):
@@ -64,7 +57,10 @@ class Command(BaseCommand):
             raise CommandError("--workers needs a fixed port: workers share it.")
         if workers > 1 and dev:
             raise CommandError("--dev runs one process; leave out --workers.")
-        handler = self.load_handler()
+        try:
+            handler = load_handler_hook(required=True)
+        except HandlerHookError as exc:
+            raise CommandError(str(exc)) from None
         if dev:
             logging.getLogger("django_grpc_bus").setLevel(logging.INFO)
             if not logging.getLogger().handlers:
@@ -114,27 +110,6 @@ class Command(BaseCommand):
             code = run()
         if code:
             sys.exit(code)
-
-    def load_handler(self):
-        hook = bus_settings.raw("ROOT_HANDLERS_HOOK")
-        if hook is None:
-            raise CommandError(
-                "MESSAGE_BUS['ROOT_HANDLERS_HOOK'] is not set: name the handler to serve, e.g. "
-                "'handlers.handler' (`manage.py generateservices --handler` writes one)."
-            )
-        try:
-            handler = bus_settings.ROOT_HANDLERS_HOOK
-        except ImportError as exc:
-            raise CommandError(
-                f"{exc}. Check the dotted path, and run `manage.py generategrpc` and "
-                "`manage.py generateservices --handler` if the code is not generated yet."
-            ) from None
-        if not hasattr(handler, "bind_to_server"):
-            raise CommandError(
-                f"MESSAGE_BUS['ROOT_HANDLERS_HOOK'] = {hook!r} is a {type(handler).__name__}, "
-                "not a handler (e.g. django_grpc_bus.handlers.BasicHandler())."
-            )
-        return handler
 
     def announce(self, text: str) -> None:
         self.stdout.write(text)

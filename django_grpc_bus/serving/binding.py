@@ -1,0 +1,162 @@
+"""Service classes bound to a ``grpc.Server``: their proto service found, one handler per RPC.
+
+The proto service comes from descriptors already loaded: a model service's from its
+serializer's message class (``Meta.proto_class``), whose file declares the service named after
+the model; a service for a hand-written proto names its compiled module and service itself
+(``grpc_module``, ``proto_service``). Handlers are built from the service descriptor, so no
+generated ``_pb2_grpc`` code is needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+
+import grpc
+from django.core.exceptions import ImproperlyConfigured
+from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+
+from django_grpc_bus.generics import snake_case
+from django_grpc_bus.serving.calls import BEHAVIORS, Route, unimplemented_behavior
+from django_grpc_bus.serving.requests import lenient_parser
+from django_grpc_bus.serving.traffic import Traffic
+
+# (client streaming, server streaming) -> how grpc registers a method of that kind.
+_HANDLER_KINDS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def service_descriptor(service_class: type) -> ServiceDescriptor:
+    """The proto service `service_class` serves, found from descriptors.
+
+    ``grpc_module`` (the compiled ``_pb2_grpc`` module) and ``proto_service`` when the class
+    sets them. Otherwise the service named after the model (or ``proto_service``) in the file
+    of the serializer's ``Meta.proto_class`` (``BookSerializer`` -> ``Book_pb2.BookData`` ->
+    ``catalog.Book``); failing that, in the loaded descriptors, under the model's app label
+    (a service that picks its serializer in ``get_serializer_class()``).
+    """
+    if service_class.grpc_module is not None:
+        return _from_grpc_module(service_class)
+    name = service_class.__qualname__
+    model = service_class.get_model()
+    if model is None:
+        raise ImproperlyConfigured(
+            f"{name} has no model (set `queryset` or `serializer_class`), nor `grpc_module` "
+            "and `proto_service`."
+        )
+    service_name = service_class.proto_service or model.__name__
+    proto_class = getattr(
+        getattr(service_class.serializer_class, "Meta", None), "proto_class", None
+    )
+    if proto_class is not None:
+        found = proto_class.DESCRIPTOR.file.services_by_name.get(service_name)
+        if found is not None:
+            return found
+    full_name = f"{model._meta.app_label}.{service_name}"
+    try:
+        return descriptor_pool.Default().FindServiceByName(full_name)
+    except KeyError:
+        where = f" (nor does {proto_class.DESCRIPTOR.file.name})" if proto_class else ""
+        raise ImproperlyConfigured(
+            f"{name} serves {full_name}, which no loaded proto defines{where}. Set "
+            "`serializer_class` with the generated message as `Meta.proto_class` (run "
+            "`manage.py generategrpc` first), or `grpc_module` and `proto_service`."
+        ) from None
+
+
+def _from_grpc_module(service_class: type) -> ServiceDescriptor:
+    module_path = service_class.grpc_module
+    service_name = service_class.proto_service
+    if service_name is None:
+        model = service_class.get_model()
+        if model is None:
+            raise ImproperlyConfigured(
+                f"{service_class.__qualname__} sets `grpc_module` but not `proto_service`."
+            )
+        service_name = model.__name__
+    try:
+        importlib.import_module(module_path)
+        pb2 = importlib.import_module(module_path.removesuffix("_grpc"))
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            f"{service_class.__qualname__} serves {service_name}, whose module {module_path} "
+            f"cannot be imported ({exc}). Run `manage.py generategrpc`."
+        ) from exc
+    try:
+        return pb2.DESCRIPTOR.services_by_name[service_name]
+    except KeyError:
+        raise ImproperlyConfigured(
+            f"{pb2.__name__} defines no service {service_name!r}; it has "
+            f"{', '.join(pb2.DESCRIPTOR.services_by_name) or 'none'}."
+        ) from None
+
+
+def method_handlers(
+    service_class: type,
+    descriptor: ServiceDescriptor,
+    traffic: Traffic,
+    *,
+    dev: bool = False,
+    log_calls: bool = False,
+) -> dict[str, grpc.RpcMethodHandler]:
+    """One handler per RPC of the proto service, each running `service_class` as a call.
+
+    All four kinds are served (an RPC whose method the class lacks answers UNIMPLEMENTED);
+    for a client or bidi stream the method gets an iterator of the requests. These are what
+    the generated ``add_<Name>Servicer_to_server`` would register, except that requests are
+    parsed leniently: bytes that are not a valid message reach the call and end as
+    INVALID_ARGUMENT, not as grpc's own INTERNAL.
+    """
+    handlers = {}
+    for method in descriptor.methods:
+        action = snake_case(method.name)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        route = Route(
+            service_class=service_class,
+            action=action,
+            method=f"/{descriptor.full_name}/{method.name}",
+            response_class=response_class,
+            atomic=action in service_class.atomic_actions,
+            traffic=traffic,
+            dev=dev,
+            log_calls=log_calls,
+        )
+        kind = (method.client_streaming, method.server_streaming)
+        if callable(getattr(service_class, action, None)):
+            behavior = BEHAVIORS[kind](route)
+        else:
+            behavior = unimplemented_behavior(route)
+        handlers[method.name] = _HANDLER_KINDS[kind](
+            behavior,
+            request_deserializer=lenient_parser(message_factory.GetMessageClass(method.input_type)),
+            response_serializer=response_class.SerializeToString,
+        )
+    return handlers
+
+
+def bind_services(
+    server: grpc.Server,
+    service_classes: Iterable[type],
+    traffic: Traffic,
+    *,
+    dev: bool = False,
+    log_calls: bool = False,
+) -> list[str]:
+    """Add each service's handlers to `server`, counting calls on `traffic`; the full names."""
+    names = []
+    for service_class in service_classes:
+        descriptor = service_descriptor(service_class)
+        handlers = method_handlers(service_class, descriptor, traffic, dev=dev, log_calls=log_calls)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)
+        )
+        # Registered methods skip grpc's per-call lookup (grpcio 1.62+), as generated code does.
+        if hasattr(server, "add_registered_method_handlers"):
+            server.add_registered_method_handlers(descriptor.full_name, handlers)
+        names.append(descriptor.full_name)
+    return names
