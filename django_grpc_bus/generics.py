@@ -8,7 +8,6 @@ call, authentication, permissions) what DRF's ``GenericAPIView`` has: ``queryset
 
 from __future__ import annotations
 
-import re
 from typing import Any, ClassVar
 
 import grpc
@@ -18,13 +17,9 @@ from rest_framework import serializers as drf_serializers
 
 from django_grpc_bus import mixins
 from django_grpc_bus.errors import GrpcError
+from django_grpc_bus.identifiers import snake_case  # noqa: F401  (still importable from here)
 from django_grpc_bus.meta import primary_key_fields
 from django_grpc_bus.services import BaseService
-
-
-def snake_case(name: str) -> str:
-    """``PartialUpdate`` -> ``partial_update``: the method a service implements for an RPC."""
-    return re.sub(r"(?<=[a-z0-9])([A-Z])|(?<=[A-Z])([A-Z])(?=[a-z])", r"_\1\2", name).lower()
 
 
 class GenericService(BaseService):

@@ -11,6 +11,7 @@ from django.apps import AppConfig, apps
 from django.core.exceptions import ImproperlyConfigured
 
 from django_grpc_bus.conf import OutsideBaseDir, base_dir, inside_base_dir
+from django_grpc_bus.identifiers import is_python_name
 from django_grpc_bus.meta import ModelSelection, Selection, is_project_app
 from django_grpc_bus.protogen import naming
 from django_grpc_bus.scaffold.report import ScaffoldError
@@ -164,7 +165,7 @@ def handler_target(hook: Any) -> HandlerTarget:
     """The file under BASE_DIR that ROOT_HANDLERS_HOOK (default ``handlers.handler``) names."""
     dotted = DEFAULT_HOOK if hook is None else hook
     parts = dotted.split(".") if isinstance(dotted, str) else []
-    if len(parts) < 2 or not all(map(naming.is_python_name, parts)):
+    if len(parts) < 2 or not all(map(is_python_name, parts)):
         raise ScaffoldError(
             f"MESSAGE_BUS['ROOT_HANDLERS_HOOK'] = {hook!r} is not a dotted path to a handler "
             "object inside the project, such as 'handlers.handler' or 'config.grpc.handler'."
