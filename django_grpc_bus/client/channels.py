@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from django_grpc_bus.client.config import ServletConfig
-from django_grpc_bus.conf import resolve_path
+from django_grpc_bus.transport import read_pem
 
 IDEMPOTENT_METHODS = ("Retrieve", "List")
 KEEPALIVE = (
@@ -70,7 +70,8 @@ def credentials_of(config: ServletConfig) -> grpc.ChannelCredentials | None:
 
     def read(key: str) -> bytes | None:
         value = tls.get(key)
-        return resolve_path(value).read_bytes() if value else None
+        setting = f"MESSAGE_BUS['SERVLETS'][{config.name!r}]['tls'][{key!r}]"
+        return read_pem(value, setting) if value else None
 
     return grpc.ssl_channel_credentials(
         root_certificates=read("CA"),

@@ -23,7 +23,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health
 
-from django_grpc_bus.conf import bus_settings, resolve_path
+from django_grpc_bus import transport
+from django_grpc_bus.conf import bus_settings
 from django_grpc_bus.serving.interceptors import InfrastructureGuard
 from django_grpc_bus.serving.traffic import Traffic
 
@@ -51,23 +52,21 @@ class ServerConfig:
 def parse_address(value: str | None) -> tuple[str, int]:
     """``"[::]:50051"``, ``"127.0.0.1:0"``, ``"localhost:8000"`` or ``"50051"`` -> (host, port)."""
     value = (value or DEFAULT_ADDRESS).strip()
-    if value.isdigit():
-        host, port_text = "[::]", value
-    else:
-        host, sep, port_text = value.rpartition(":")
-        if not sep or not host:
-            raise ServerError(f"{value!r} is not an address: write host:port, e.g. [::]:50051.")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ServerError(f"{value!r} has no valid port (0-65535).")
-    return host, int(port_text)
+    try:
+        return transport.parse_address(value, default_host="[::]")
+    except transport.PortError:
+        raise ServerError(f"{value!r} has no valid port (0-65535).") from None
+    except transport.AddressError:
+        raise ServerError(
+            f"{value!r} is not an address: write host:port, e.g. [::]:50051."
+        ) from None
 
 
 def _read(path_setting: Any, what: str) -> bytes:
-    path = resolve_path(path_setting)
     try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ServerError(f"MESSAGE_BUS['TLS'][{what!r}]: cannot read {path}: {exc}") from None
+        return transport.read_pem(path_setting, f"MESSAGE_BUS['TLS'][{what!r}]")
+    except transport.PemFileError as exc:
+        raise ServerError(str(exc)) from None
 
 
 def server_credentials() -> grpc.ServerCredentials | None:
