@@ -25,7 +25,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from rest_framework import exceptions as drf
 
-from django_grpc_bus.messages import ConversionError
+from django_grpc_bus.conversion.messages import ConversionError
 
 logger = logging.getLogger("django_grpc_bus")
 

@@ -17,10 +17,9 @@ from typing import Any, NamedTuple
 
 from django.core.exceptions import FieldDoesNotExist
 from django.db import models
-from django.utils import timezone
 from rest_framework import serializers
 
-from django_grpc_bus import messages, typemap, values
+from django_grpc_bus.conversion import fieldtypes, messages, scalars, wellknown
 
 Getter = Callable[[Any], Any]
 
@@ -39,7 +38,7 @@ class FileNameField(serializers.CharField):
     """A file or image field as its storage name: gRPC messages carry no uploads."""
 
     def to_representation(self, value: Any) -> str:
-        return getattr(value, "name", value) or ""
+        return scalars.file_name(value)
 
 
 class SerializerPlan:
@@ -107,7 +106,7 @@ class SerializerPlan:
                     if model_field.many_to_many:
                         prefetch.append(name)
                     else:
-                        kind = typemap.proto_type(model_field).kind
+                        kind = fieldtypes.proto_type(model_field).kind
                         writer = direct_writer(kind, name, writer)
                         if columns is not None:
                             columns.append(model_field.attname)
@@ -167,7 +166,7 @@ def absent_key(field: serializers.Field, proto_field: Any) -> int | str | None:
         target = target.target_field  # a key that is itself a relation (a one-to-one pk)
     if proto_field.type == messages.FD.TYPE_STRING:
         return "" if not target.blank or isinstance(target, models.UUIDField) else None
-    if proto_field.type in messages.INT_TYPES and isinstance(target, models.AutoField):
+    if proto_field.type in scalars.INT_TYPES and isinstance(target, models.AutoField):
         return 0  # AutoField, BigAutoField and SmallAutoField alike
     return None
 
@@ -206,8 +205,9 @@ DIRECT_KINDS = frozenset({"int", "float", "bool", "str", "bytes"})
 def direct_writer(kind: str, name: str, coercing: messages.Writer) -> messages.Writer:
     """The fastest correct writer for a model field's value of the type map's `kind`.
 
-    A value of the type the model gives is written straight (scalars as they are, decimals,
-    dates and UUIDs through the type map's encoder, datetimes by datetime arithmetic); any
+    A value of the type the model gives is written straight (scalars as they are; decimals,
+    dates, UUIDs and files by ``scalars.ENCODERS``; datetimes by
+    ``wellknown.datetime_to_timestamp``, a naive one in TIME_ZONE as Django stores it); any
     other value (one a user assigned without saving, say) falls back to the coercing writer.
     """
     if kind in DIRECT_KINDS:
@@ -219,7 +219,7 @@ def direct_writer(kind: str, name: str, coercing: messages.Writer) -> messages.W
                 coercing(message, value)
 
         return write
-    encode = values.ENCODERS.get(kind)
+    encode = scalars.ENCODERS.get(kind)
     if encode is not None:
 
         def write_encoded(message: Any, value: Any) -> None:
@@ -230,25 +230,17 @@ def direct_writer(kind: str, name: str, coercing: messages.Writer) -> messages.W
 
         return write_encoded
     if kind == "datetime":
+        to_timestamp = wellknown.datetime_to_timestamp
+        stored_to_aware = wellknown.stored_to_aware
 
         def write_timestamp(message: Any, value: Any) -> None:
-            if not isinstance(value, dt.datetime):
+            if isinstance(value, dt.datetime):
+                to_timestamp(value, getattr(message, name), stored_to_aware)
+            else:
                 coercing(message, value)
-                return
-            if value.tzinfo is None:
-                value = timezone.make_aware(value, timezone.get_default_timezone())
-            delta = value - EPOCH  # C arithmetic; nanos come out non-negative, as required
-            target = getattr(message, name)
-            target.seconds = delta.days * 86400 + delta.seconds
-            target.nanos = delta.microseconds * 1000
-            if not (target.seconds or target.nanos):
-                target.SetInParent()  # the epoch itself is a value, not "unset"
 
         return write_timestamp
     return coercing
-
-
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def _model_getter(model: type[models.Model], name: str) -> Getter | None:

@@ -23,6 +23,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from rest_framework import exceptions as drf
 
 from django_grpc_bus import errors
+from django_grpc_bus.conversion.messages import ConversionError
 from django_grpc_bus.errors import (
     INTERNAL,
     MAX_DEV_TRACEBACK,
@@ -34,7 +35,6 @@ from django_grpc_bus.errors import (
     flatten_errors,
     status_for,
 )
-from django_grpc_bus.messages import ConversionError
 
 Code = grpc.StatusCode
 # Fragments of the SQLite and PostgreSQL texts of unique and NOT NULL violations.

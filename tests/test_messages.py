@@ -1,4 +1,4 @@
-"""django_grpc_bus.messages: Python values <-> protobuf messages, by the module's rules.
+"""django_grpc_bus.conversion.messages: Python values <-> protobuf messages, by the module's rules.
 
 The compiled test project (``generated_grpc``) gives real generated messages; a small proto of
 our own (compiled here with grpc_tools into the default descriptor pool) gives what the
@@ -29,8 +29,8 @@ from google.protobuf import (
     wrappers_pb2,
 )
 
-from django_grpc_bus import messages
-from django_grpc_bus.messages import (
+from django_grpc_bus.conversion import messages
+from django_grpc_bus.conversion.messages import (
     ConversionError,
     build_message,
     fill_message,

@@ -16,10 +16,10 @@ import pytest
 from rest_framework import serializers as drf_serializers
 
 from django_grpc_bus import serializers as proto_serializers
+from django_grpc_bus.conversion.messages import build_message, message_to_dict
 from django_grpc_bus.errors import GrpcError
 from django_grpc_bus.generics import snake_case
-from django_grpc_bus.messages import build_message, message_to_dict
-from django_grpc_bus.mixins import decode_page_token, encode_page_token
+from django_grpc_bus.pagination import decode_page_token, encode_page_token
 from django_grpc_bus.serializers import (
     FileNameField,
     ModelProtoSerializer,

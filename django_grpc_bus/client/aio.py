@@ -27,7 +27,7 @@ from django.core.signals import setting_changed
 from django_grpc_bus.client.channels import open_channel
 from django_grpc_bus.client.registry import registry
 from django_grpc_bus.client.servlet import Method, Servlet
-from django_grpc_bus.messages import message_to_dict
+from django_grpc_bus.conversion.messages import message_to_dict
 
 
 class AsyncServlet:

@@ -19,8 +19,13 @@ from django_grpc_bus.client import errors
 from django_grpc_bus.client.channels import open_channel
 from django_grpc_bus.client.config import ServletConfig, servlet_names
 from django_grpc_bus.client.reflection import Catalog, ReflectionError, fetch_catalog
+from django_grpc_bus.conversion.messages import (
+    ConversionError,
+    fill_message,
+    message_to_dict,
+    repeated,
+)
 from django_grpc_bus.generics import snake_case
-from django_grpc_bus.messages import ConversionError, fill_message, message_to_dict, repeated
 
 NO_DEADLINE = math.inf  # timeout=NO_DEADLINE: a call with no deadline at all
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)

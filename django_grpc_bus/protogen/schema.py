@@ -15,7 +15,7 @@ from django.db import models
 from django.db.models.fields import NOT_PROVIDED, AutoFieldMixin
 from django.utils import translation
 
-from django_grpc_bus import typemap
+from django_grpc_bus.conversion import fieldtypes
 from django_grpc_bus.meta import ModelSelection, primary_key_fields
 from django_grpc_bus.protogen import naming
 
@@ -140,14 +140,14 @@ def _comment(field_: models.Field, pk_fields: list[models.Field]) -> str:
         notes.append(f"primary key of {related._meta.app_label}.{related.__name__}")
     if not field_.editable:
         notes.append("read-only")
-    if field_.null and not typemap.is_repeated(field_):
+    if field_.null and not fieldtypes.is_repeated(field_):
         notes.append("nullable: unset means null")
     return "; ".join(notes)
 
 
 def _plan_field(field_: models.Field, pk_fields: list[models.Field]) -> _FieldPlan:
-    ptype = typemap.proto_type(field_)
-    repeated = typemap.is_repeated(field_)
+    ptype = fieldtypes.proto_type(field_)
+    repeated = fieldtypes.is_repeated(field_)
     type_name = f".{ptype.proto}" if ptype.is_message else ptype.proto
     return _FieldPlan(
         name=field_.name,

@@ -1,4 +1,5 @@
-"""The type map: every built-in field type, presence, relations, custom and unmappable fields."""
+"""The type map (conversion.fieldtypes): every built-in field type, presence, relations, custom
+and unmappable fields."""
 
 import importlib
 
@@ -8,8 +9,8 @@ from django.db import models
 from django.test.utils import isolate_apps
 from google.protobuf.descriptor import FieldDescriptor as FD
 
-from django_grpc_bus import typemap
-from django_grpc_bus.messages import repeated
+from django_grpc_bus.conversion import fieldtypes
+from django_grpc_bus.conversion.messages import repeated
 from django_grpc_bus.protogen.schema import tracks_presence
 
 # field name -> (proto type, label) as compiled; label: "optional", "repeated", "" or "message".
@@ -100,20 +101,20 @@ def test_every_built_in_field_class_has_a_mapping():
     }
     unmapped = []
     for cls in concrete:
-        if not any(klass in typemap.FIELD_TYPES for klass in cls.__mro__):
+        if not any(klass in fieldtypes.FIELD_TYPES for klass in cls.__mro__):
             unmapped.append(cls.__name__)
     # GeneratedField maps through its output_field; nothing else may be missing.
     assert set(unmapped) <= {"GeneratedField"}
 
 
 def test_float_is_double_and_decimal_is_exact_string():
-    assert typemap.proto_type(Everything._meta.get_field("f_float")).proto == "double"
-    decimal = typemap.proto_type(Everything._meta.get_field("f_decimal"))
+    assert fieldtypes.proto_type(Everything._meta.get_field("f_float")).proto == "double"
+    decimal = fieldtypes.proto_type(Everything._meta.get_field("f_decimal"))
     assert (decimal.proto, decimal.kind) == ("string", "decimal")
 
 
 def test_custom_subclass_maps_through_nearest_base():
-    assert typemap.proto_type(Everything._meta.get_field("f_custom")) == typemap.STRING
+    assert fieldtypes.proto_type(Everything._meta.get_field("f_custom")) == fieldtypes.STRING
 
     class Percent(models.PositiveSmallIntegerField):
         pass
@@ -129,7 +130,7 @@ def test_custom_subclass_maps_through_nearest_base():
             class Meta:
                 app_label = "catalog"
 
-        assert typemap.proto_type(Priced._meta.get_field("price")) == typemap.INT32
+        assert fieldtypes.proto_type(Priced._meta.get_field("price")) == fieldtypes.INT32
 
 
 def test_unmappable_field_is_a_clear_error_naming_it():
@@ -145,8 +146,8 @@ def test_unmappable_field_is_a_clear_error_naming_it():
             class Meta:
                 app_label = "catalog"
 
-        with pytest.raises(typemap.UnmappableField) as caught:
-            typemap.proto_type(Place._meta.get_field("where"))
+        with pytest.raises(fieldtypes.UnmappableField) as caught:
+            fieldtypes.proto_type(Place._meta.get_field("where"))
     message = str(caught.value)
     assert "catalog.Place.where" in message
     assert "Point" in message
@@ -166,10 +167,10 @@ def test_postgres_array_field_is_repeated_and_nested_array_is_refused():
                 app_label = "catalog"
 
         values = Scores._meta.get_field("values")
-        assert typemap.is_repeated(values)
-        assert typemap.proto_type(values) == typemap.INT32
-        with pytest.raises(typemap.UnmappableField, match=r"catalog\.Scores\.grid"):
-            typemap.proto_type(Scores._meta.get_field("grid"))
+        assert fieldtypes.is_repeated(values)
+        assert fieldtypes.proto_type(values) == fieldtypes.INT32
+        with pytest.raises(fieldtypes.UnmappableField, match=r"catalog\.Scores\.grid"):
+            fieldtypes.proto_type(Scores._meta.get_field("grid"))
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
-"""The one mapping from Django model fields to protobuf types.
+"""The type map: the one mapping from Django model fields to protobuf types.
 
-The generator reads it to write ``.proto`` files, the serializer to move values between model
-instances and messages, and the client to turn messages back into Python values. A field class
+The generator reads it to write ``.proto`` files; the serializer reads a field's `kind` to pick
+the writer that copies model values into messages. The client has no models: it goes by the
+message descriptors, through the same conversions (``conversion.messages``). A field class
 that is not in the table maps through its nearest ancestor that is (so custom subclasses of
 built-in fields work); a field with no such ancestor is an :class:`UnmappableField` error.
 """
@@ -22,9 +23,9 @@ STRUCT_IMPORT = "google/protobuf/struct.proto"
 class ProtoType:
     """A protobuf type for a model field, and the kind of value it carries.
 
-    `kind` names the conversion between the model's Python value and the message field
-    (see ``django_grpc_bus.values``); `import_path` is the ``.proto`` file that defines a
-    well-known type.
+    `kind` names the conversion of the model's Python value into the message field
+    (``conversion.scalars.ENCODERS``, ``conversion.wellknown``); `import_path` is the
+    ``.proto`` file that defines a well-known type.
     """
 
     proto: str

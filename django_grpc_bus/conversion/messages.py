@@ -10,28 +10,26 @@ Conversion rules (both directions):
 - an unset field with presence (proto3 ``optional``, message fields, oneof members) is ``None``;
   a field without presence always has its value, zero included;
 - repeated fields are lists, maps are dicts, enums are their names;
-- well-known types become Python values: Timestamp <-> aware ``datetime`` (a naive one is
-  local time, as Django takes it: see ``values.datetime_to_timestamp``), Duration <->
-  ``timedelta``, Value/Struct/ListValue <-> JSON values, FieldMask <-> list of paths, wrapper
-  types <-> their value, Empty <-> ``{}``;
+- well-known types become Python values (``conversion.wellknown``): Timestamp <-> aware
+  ``datetime`` (a naive one is local time, as Django takes it), Duration <-> ``timedelta``,
+  Value/Struct/ListValue <-> JSON values, FieldMask <-> list of paths, wrapper types <-> their
+  value, Empty <-> ``{}``;
 - when writing a string field, ``Decimal``, ``date``/``time``/``datetime`` and ``UUID`` values are
-  written in their canonical text (ISO 8601, fixed-point decimals).
+  written in their canonical text (ISO 8601, fixed-point decimals), a ``FieldFile`` as its
+  storage name (``conversion.scalars``).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
-import uuid
 from collections.abc import Callable, Mapping
-from decimal import Decimal
 from typing import Any
 
-from django.utils.dateparse import parse_duration
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 
-from django_grpc_bus import values
+from django_grpc_bus.conversion.scalars import SCALAR_COERCE, as_int
+from django_grpc_bus.conversion.wellknown import WELL_KNOWN, Reader, Writer
 
 FD = _descriptor.FieldDescriptor
 
@@ -47,10 +45,6 @@ def repeated(field: FD) -> bool:
     return field.label == FD.LABEL_REPEATED
 
 
-Reader = Callable[[Any], Any]
-Writer = Callable[[Any, Any], None]
-
-
 class ConversionError(ValueError):
     """A value does not fit the message field it is meant for; names the field."""
 
@@ -58,146 +52,6 @@ class ConversionError(ValueError):
         super().__init__(f"{path}: {problem}")
         self.path = path
         self.problem = problem
-
-
-# -- well-known types --------------------------------------------------------------------------
-
-WRAPPERS = frozenset(
-    f"google.protobuf.{name}Value"
-    for name in ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String", "Bytes")
-)
-
-
-def _read_wrapper(msg: Any) -> Any:
-    return msg.value
-
-
-def _write_wrapper(msg: Any, value: Any) -> None:
-    """A wrapper's value is coerced exactly as a plain field of the wrapped type would be."""
-    msg.value = SCALAR_COERCE[msg.DESCRIPTOR.fields_by_name["value"].type](value)
-
-
-def _write_field_mask(msg: Any, value: Any) -> None:
-    paths = value.split(",") if isinstance(value, str) else list(value)
-    del msg.paths[:]
-    msg.paths.extend(path.strip() for path in paths if path.strip())
-
-
-def _write_struct(msg: Any, value: Any) -> None:
-    if not isinstance(value, Mapping):
-        raise TypeError(f"expected a dict, got {type(value).__name__}")
-    msg.Clear()
-    for key, item in value.items():
-        values.json_to_value(item, msg.fields[str(key)])
-
-
-def _write_list_value(msg: Any, value: Any) -> None:
-    if not isinstance(value, (list, tuple)):
-        raise TypeError(f"expected a list, got {type(value).__name__}")
-    msg.Clear()
-    for item in value:
-        values.json_to_value(item, msg.values.add())
-
-
-def _write_timestamp(msg: Any, value: Any) -> None:
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        if value.tzinfo is None:  # text without an offset: local time, as DRF reads it
-            value = values.local_to_aware(value)
-    if not isinstance(value, dt.datetime):
-        raise TypeError(f"expected a datetime, got {type(value).__name__}")
-    values.datetime_to_timestamp(value, msg)
-
-
-def _write_duration(msg: Any, value: Any) -> None:
-    if isinstance(value, str):  # DRF's and Django's text form: "1 02:03:04.5", "P1DT2H"
-        parsed = parse_duration(value)
-        if parsed is None:
-            raise ValueError(f"{value!r} is not a duration")
-        value = parsed
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = dt.timedelta(seconds=value)
-    if not isinstance(value, dt.timedelta):
-        raise TypeError(f"expected a timedelta, got {type(value).__name__}")
-    values.timedelta_to_duration(value, msg)
-
-
-def _write_empty(msg: Any, value: Any) -> None:
-    if value not in ({}, None):
-        raise TypeError("google.protobuf.Empty takes no fields")
-
-
-WELL_KNOWN: dict[str, tuple[Reader, Writer]] = {
-    "google.protobuf.Timestamp": (values.timestamp_to_datetime, _write_timestamp),
-    "google.protobuf.Duration": (values.duration_to_timedelta, _write_duration),
-    "google.protobuf.Value": (values.value_to_json, lambda m, v: values.json_to_value(v, m)),
-    "google.protobuf.Struct": (
-        lambda m: {k: values.value_to_json(v) for k, v in m.fields.items()},
-        _write_struct,
-    ),
-    "google.protobuf.ListValue": (
-        lambda m: [values.value_to_json(v) for v in m.values],
-        _write_list_value,
-    ),
-    "google.protobuf.FieldMask": (lambda m: list(m.paths), _write_field_mask),
-    "google.protobuf.Empty": (lambda m: {}, _write_empty),
-    **{name: (_read_wrapper, _write_wrapper) for name in WRAPPERS},
-}
-
-
-# -- scalar coercion when writing --------------------------------------------------------------
-
-
-def _as_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, (dt.date, dt.time)):  # datetime is a date
-        return value.isoformat()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if hasattr(value, "name") and hasattr(value, "storage"):  # a FieldFile
-        return value.name or ""
-    raise TypeError(f"expected a string, got {type(value).__name__}")
-
-
-def _as_bytes(value: Any) -> bytes:
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    raise TypeError(f"expected bytes, got {type(value).__name__}")
-
-
-def _as_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected an integer, got {type(value).__name__}")
-    return value
-
-
-def _as_float(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
-        raise TypeError(f"expected a number, got {type(value).__name__}")
-    return float(value)
-
-
-def _as_bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"expected true or false, got {type(value).__name__}")
-    return value
-
-
-INT_TYPES = frozenset(
-    {FD.TYPE_INT32, FD.TYPE_INT64, FD.TYPE_UINT32, FD.TYPE_UINT64, FD.TYPE_SINT32,
-     FD.TYPE_SINT64, FD.TYPE_FIXED32, FD.TYPE_FIXED64, FD.TYPE_SFIXED32, FD.TYPE_SFIXED64}
-)  # fmt: skip
-SCALAR_COERCE: dict[int, Callable[[Any], Any]] = {
-    **{t: _as_int for t in INT_TYPES},
-    FD.TYPE_DOUBLE: _as_float,
-    FD.TYPE_FLOAT: _as_float,
-    FD.TYPE_BOOL: _as_bool,
-    FD.TYPE_STRING: _as_text,
-    FD.TYPE_BYTES: _as_bytes,
-}
 
 
 # -- plans ---------------------------------------------------------------------------------------
@@ -283,7 +137,7 @@ def _enum_number(field: FD, value: Any) -> int:
             names = ", ".join(field.enum_type.values_by_name)
             raise TypeError(f"{value!r} is not one of {names}")
         return found.number
-    return _as_int(value)
+    return as_int(value)
 
 
 def _element_writer(field: FD) -> Callable[[Any, Any], None] | Callable[[Any], Any]:
