@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 from support import bus_env, db_query, run_django, running_server, servlet_entry
 
-from django_grpc_bus.client import errors
+from django_grpc_bus.client import exceptions
 from django_grpc_bus.client.registry import registry
 from django_grpc_bus.testing import ServerProcess, stub_for
 
@@ -332,11 +332,11 @@ def test_client_sends_servlet_metadata(settings, perms_server, keys):
     }
     assert registry.s.Author.retrieve({"id": keys["author"]})["name"] == "seed"
     assert keys["author"] in {row["id"] for row in registry.s.Author.list()}
-    with pytest.raises(errors.CallError) as refused:
+    with pytest.raises(exceptions.CallError) as refused:
         registry.plain.Author.retrieve({"id": keys["author"]})
     assert refused.value.code() == UNAUTHENTICATED
     # Authenticated but without add_author: the servlet's credentials were the reader's.
-    with pytest.raises(errors.CallError) as denied:
+    with pytest.raises(exceptions.CallError) as denied:
         registry.s.Author.create({"name": "nope"})
     assert denied.value.code() == PERMISSION_DENIED
     # Per-call metadata works on a servlet without defaults.
@@ -357,10 +357,10 @@ def test_client_servlet_metadata_covers_protected_reflection(settings, protected
         },
     }
     assert registry.s.Author.retrieve({"id": keys["author"]})["name"] == "seed"
-    with pytest.raises(errors.CallError) as refused:
+    with pytest.raises(exceptions.CallError) as refused:
         registry.plain.Author.retrieve({"id": keys["author"]})
     assert refused.value.code() == UNAUTHENTICATED
-    assert not isinstance(refused.value, errors.ServletUnavailable)
+    assert not isinstance(refused.value, exceptions.ServletUnavailable)
 
 
 # -- health and reflection -----------------------------------------------------------------------

@@ -45,7 +45,7 @@ from support import (
     stop_server,
 )
 
-from django_grpc_bus.client import errors
+from django_grpc_bus.client import exceptions
 from django_grpc_bus.client.registry import registry
 from django_grpc_bus.testing import ServerProcess
 
@@ -164,7 +164,7 @@ def test_two_servlets_with_the_same_services_have_their_own_descriptor_pools():
 
 def test_an_ambiguous_short_name_names_every_full_name():
     three = registry.three
-    with pytest.raises(errors.AmbiguousService) as caught:
+    with pytest.raises(exceptions.AmbiguousService) as caught:
         three.Book  # noqa: B018
     message = str(caught.value)
     assert "catalog.Book" in message and "shop.Book" in message
@@ -202,34 +202,34 @@ def test_dir_lists_servlets_services_and_methods():
     author_methods = {"list", "create", "retrieve", "update", "partial_update", "destroy"}
     assert author_methods <= set(dir(registry.one.Author))
     assert registry.one.Author.methods == [
-        "list", "create", "retrieve", "update", "partial_update", "destroy"
+        "list", "count", "create", "retrieve", "update", "partial_update", "destroy"
     ]  # fmt: skip
     # TagService is read-only: its proto still has every RPC, the server refuses the writes.
     assert {"list", "retrieve"} <= set(registry.one.Tag.methods)
-    with pytest.raises(errors.CallError) as write:
+    with pytest.raises(exceptions.CallError) as write:
         registry.one.Tag.create({"name": "nope"})
     assert write.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_unknown_names_raise_attribute_errors_listing_what_exists():
-    with pytest.raises(errors.UnknownServlet) as servlet:
+    with pytest.raises(exceptions.UnknownServlet) as servlet:
         registry.nope  # noqa: B018
     assert isinstance(servlet.value, AttributeError)
     assert "nope" in str(servlet.value)
     assert all(name in str(servlet.value) for name in ("one", "two", "three"))
     assert not hasattr(registry, "nope")
 
-    with pytest.raises(errors.UnknownService) as service:
+    with pytest.raises(exceptions.UnknownService) as service:
         registry.one.Nope  # noqa: B018
     assert isinstance(service.value, AttributeError)
     message = str(service.value)
     assert "Nope" in message
     assert all(name in message for name in ("Author", "Book", "Everything", "Tag"))
     assert not hasattr(registry.one, "Nope")
-    with pytest.raises(errors.UnknownService):
+    with pytest.raises(exceptions.UnknownService):
         registry.one["catalog.Nope"]
 
-    with pytest.raises(errors.UnknownMethod) as method:
+    with pytest.raises(exceptions.UnknownMethod) as method:
         registry.one.Author.nope  # noqa: B018
     assert isinstance(method.value, AttributeError)
     assert "nope" in str(method.value)
@@ -240,22 +240,22 @@ def test_unknown_names_raise_attribute_errors_listing_what_exists():
 def test_error_texts_name_the_servlet_and_the_service_once(settings, servers):
     """A servlet named like the proto package (``catalog``) is not written ``catalog.catalog``."""
     add_servlets(settings, catalog=servlet_entry(servers.one.port))
-    with pytest.raises(errors.UnknownMethod) as method:
+    with pytest.raises(exceptions.UnknownMethod) as method:
         registry.catalog.Author.nope  # noqa: B018
     assert str(method.value) == (
         "No method 'nope' on catalog.Author (servlet 'catalog'). "
         "Available: create, destroy, list, partial_update, retrieve, update."
     )
-    with pytest.raises(errors.UnknownService) as service:
+    with pytest.raises(exceptions.UnknownService) as service:
         registry.catalog.Nope  # noqa: B018
     assert str(service.value).startswith("No service 'Nope' on servlet 'catalog'. Available: ")
-    with pytest.raises(errors.CallError) as missing:
+    with pytest.raises(exceptions.CallError) as missing:
         registry.catalog.Author.retrieve({"id": INT32_MAX})
     assert str(missing.value) == (
         f"catalog.Author.Retrieve on servlet 'catalog': NOT_FOUND: "
         f"No catalog.Author with id={INT32_MAX}."
     )
-    with pytest.raises(errors.AmbiguousService) as ambiguous:
+    with pytest.raises(exceptions.AmbiguousService) as ambiguous:
         registry.three.Book  # noqa: B018
     assert str(ambiguous.value) == (
         "'Book' on servlet 'three' could mean catalog.Book, shop.Book; use the full name, "
@@ -276,9 +276,9 @@ def test_registry_opens_no_connection_until_a_service_is_used(settings):
         assert down._catalog is None and down._channel is None
         assert mute._catalog is None and mute._channel is None
         assert not connected(sock)  # nothing dialled yet
-        with pytest.raises(errors.ServletUnavailable):
+        with pytest.raises(exceptions.ServletUnavailable):
             down.Author  # noqa: B018
-        with pytest.raises(errors.ServletUnavailable):
+        with pytest.raises(exceptions.ServletUnavailable):
             mute.Author  # noqa: B018
         assert connected(sock)  # the first use did dial
 
@@ -487,7 +487,7 @@ def test_a_generated_message_instance_is_a_valid_request():
     assert made["name"] == "From a message"
     found = registry.one.Author.retrieve(Author_pb2.AuthorLookupRequest(id=made["id"]))
     assert found == made
-    with pytest.raises(errors.RequestError, match=r"catalog\.AuthorData"):
+    with pytest.raises(exceptions.RequestError, match=r"catalog\.AuthorData"):
         registry.one.Author.create(Author_pb2.AuthorLookupRequest(id=1))
 
 
@@ -499,7 +499,7 @@ def test_crud_metadata_and_several_hosts(settings, servers):
         "name": "Crud 2",
     }
     assert author.destroy({"id": made["id"]}) == {}
-    with pytest.raises(errors.CallError) as gone:
+    with pytest.raises(exceptions.CallError) as gone:
         author.retrieve({"id": made["id"]}, timeout=3)
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND
 
@@ -526,18 +526,18 @@ def test_bad_requests_fail_before_anything_is_sent():
         ({"id": 2**40, "name": "x"}, "id"),  # int32 overflow
     ]
     for request, field in cases:
-        with pytest.raises(errors.RequestError) as caught:
+        with pytest.raises(exceptions.RequestError) as caught:
             registry.one.Author.create(request)
         assert isinstance(caught.value, ValueError)
         message = str(caught.value)
         assert field in message, message
         assert "id" in message and "name" in message, f"valid fields not listed: {message}"
-    with pytest.raises(errors.RequestError) as nested:
+    with pytest.raises(exceptions.RequestError) as nested:
         registry.one.Author.partial_update({"data": {"nope": 1}, "update_mask": ["name"]})
     assert "data.nope" in str(nested.value)
-    with pytest.raises(errors.RequestError):
+    with pytest.raises(exceptions.RequestError):
         registry.one.Author.create(["not", "a", "dict"])
-    with pytest.raises(errors.RequestError):
+    with pytest.raises(exceptions.RequestError):
         registry.one.Author.list({"page_size": "3"})  # raised on the call, not on iteration
     assert author_count() == before
 
@@ -546,7 +546,7 @@ def test_bad_requests_fail_before_anything_is_sent():
 
 
 def test_a_validation_error_is_a_call_error_with_violations(filepath):
-    with pytest.raises(errors.CallError) as caught:
+    with pytest.raises(exceptions.CallError) as caught:
         registry.one.Author.create({"name": ""})
     error = caught.value
     assert isinstance(error, grpc.RpcError)
@@ -557,11 +557,11 @@ def test_a_validation_error_is_a_call_error_with_violations(filepath):
     assert error.violations == [("name", "This field may not be blank.")]
 
     author = registry.one.Author.create({"name": "Validated"})["id"]
-    with pytest.raises(errors.CallError) as word:
+    with pytest.raises(exceptions.CallError) as word:
         registry.one.Everything.create(everything(author, filepath, [], f_char="forbidden"))
     assert ("f_char", "This word is not allowed.") in word.value.violations
 
-    with pytest.raises(errors.CallError) as empty:
+    with pytest.raises(exceptions.CallError) as empty:
         registry.one.Everything.create({})
     fields = {field for field, _ in empty.value.violations}
     assert {"f_decimal", "f_char", "author"} <= fields
@@ -570,7 +570,7 @@ def test_a_validation_error_is_a_call_error_with_violations(filepath):
 
 def test_a_required_foreign_key_left_unset_is_required_not_an_invalid_pk(filepath):
     """proto3 sends 0 for an unset int32 ``author``; no auto key is 0, so it is "not given"."""
-    with pytest.raises(errors.CallError) as empty:
+    with pytest.raises(exceptions.CallError) as empty:
         registry.one.Book.create({})
     assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert dict(empty.value.violations) == {
@@ -583,11 +583,11 @@ def test_a_required_foreign_key_left_unset_is_required_not_an_invalid_pk(filepat
     author = registry.one.Author.create({"name": "Zero"})["id"]
     row = registry.one.Everything.create(everything(author, filepath, []))
     # Update replaces the row: an author left unset is required there too.
-    with pytest.raises(errors.CallError) as update:
+    with pytest.raises(exceptions.CallError) as update:
         registry.one.Everything.update(everything(0, filepath, [], id=row["id"]))
     assert update.value.violations == [("author", "This field is required.")]
     # A mask naming it with no value is refused as for any required field.
-    with pytest.raises(errors.CallError) as masked:
+    with pytest.raises(exceptions.CallError) as masked:
         registry.one.Everything.partial_update(
             {"data": {"id": row["id"]}, "update_mask": ["author"]}
         )
@@ -595,7 +595,7 @@ def test_a_required_foreign_key_left_unset_is_required_not_an_invalid_pk(filepat
         ("data.author", "Set a value or leave it out of update_mask.")
     ]
     # A key that names no row is still reported as such (Book: no row is created).
-    with pytest.raises(errors.CallError) as missing:
+    with pytest.raises(exceptions.CallError) as missing:
         registry.one.Book.create({"title": "t", "author": INT32_MAX, "isbn": "9780000000998"})
     assert missing.value.violations == [
         ("author", f'Invalid pk "{INT32_MAX}" - object does not exist.')
@@ -612,13 +612,13 @@ def test_a_row_is_found_by_any_unique_field_the_lookup_request_carries():
     assert customers.retrieve({"id": made["id"]}) == made
     # Several set: all must match, as a filter.
     assert customers.retrieve({"id": made["id"], "email": email}) == made
-    with pytest.raises(errors.CallError) as mismatch:
+    with pytest.raises(exceptions.CallError) as mismatch:
         customers.retrieve({"id": other["id"], "email": email})
     assert mismatch.value.code() == grpc.StatusCode.NOT_FOUND
     assert mismatch.value.details() == (f"No shop.Customer with id={other['id']}, email={email!r}.")
     # None set: the fields one may set.
     for method in (customers.retrieve, customers.destroy):
-        with pytest.raises(errors.CallError) as neither:
+        with pytest.raises(exceptions.CallError) as neither:
             method({})
         assert neither.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert neither.value.details() == "id or email is required to find the row."
@@ -634,23 +634,23 @@ def test_a_row_is_found_by_any_unique_field_the_lookup_request_carries():
     assert renamed == {"id": made["id"], "email": f"new-{email}"}
     assert customers.update({"id": made["id"], "email": email}) == made
     customers.destroy({"email": email})
-    with pytest.raises(errors.CallError) as gone:
+    with pytest.raises(exceptions.CallError) as gone:
         customers.retrieve({"id": made["id"]})
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND
     assert customers.retrieve({"email": f"other-{email}"}) == other
 
 
 def test_not_found_and_internal():
-    with pytest.raises(errors.CallError) as missing:
+    with pytest.raises(exceptions.CallError) as missing:
         registry.one.Author.retrieve({"id": 10**9})
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
     assert missing.value.violations == []
-    assert not isinstance(missing.value, errors.ServletUnavailable)
-    with pytest.raises(errors.CallError) as by_isbn:
+    assert not isinstance(missing.value, exceptions.ServletUnavailable)
+    with pytest.raises(exceptions.CallError) as by_isbn:
         registry.one.Book.retrieve({"isbn": "no-such-isbn"})
     assert by_isbn.value.code() == grpc.StatusCode.NOT_FOUND
 
-    with pytest.raises(errors.CallError) as internal:
+    with pytest.raises(exceptions.CallError) as internal:
         registry.one.Author.create({"name": "explode"})
     assert internal.value.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in internal.value.details()
@@ -667,11 +667,11 @@ def test_a_closed_port_raises_servlet_unavailable_naming_servlet_and_address(set
     add_servlets(settings, down=servlet_entry(port, 2))
     for _attempt in range(2):  # a failed fetch is not cached as a success
         started = time.monotonic()
-        with pytest.raises(errors.ServletUnavailable) as caught:
+        with pytest.raises(exceptions.ServletUnavailable) as caught:
             registry.down.Author.retrieve({"id": 1})
         assert time.monotonic() - started < 5
         error = caught.value
-        assert isinstance(error, errors.CallError) and isinstance(error, grpc.RpcError)
+        assert isinstance(error, exceptions.CallError) and isinstance(error, grpc.RpcError)
         assert error.code() == grpc.StatusCode.UNAVAILABLE
         assert error.servlet == "down"
         assert "'down'" in str(error) and f"127.0.0.1:{port}" in str(error)
@@ -683,7 +683,7 @@ def test_a_server_that_never_answers_fails_within_the_deadline(settings):
         port = sock.getsockname()[1]
         add_servlets(settings, mute=servlet_entry(port, 1))
         started = time.monotonic()
-        with pytest.raises(errors.ServletUnavailable) as caught:
+        with pytest.raises(exceptions.ServletUnavailable) as caught:
             registry.mute.Author.retrieve({"id": 1})
         elapsed = time.monotonic() - started
     assert 0.5 < elapsed < 5
@@ -693,7 +693,7 @@ def test_a_server_that_never_answers_fails_within_the_deadline(settings):
 
 def test_a_call_past_its_deadline_is_deadline_exceeded():
     started = time.monotonic()
-    with pytest.raises(errors.CallError) as caught:
+    with pytest.raises(exceptions.CallError) as caught:
         registry.one.Author.create({"name": "slow:1.5"}, timeout=0.2)
     assert time.monotonic() - started < 1.2
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -706,7 +706,7 @@ def test_a_tiny_timeout_on_a_fast_call_is_passed_through():
     made = registry.one.Author.create({"name": "tiny deadline"})
     try:
         assert registry.one.Author.retrieve({"id": made["id"]}, timeout=0.001) == made
-    except errors.CallError as exc:
+    except exceptions.CallError as exc:
         assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
@@ -721,7 +721,7 @@ def services_soon(servlet, within: float = 5.0) -> list[str]:
     while True:
         try:
             return servlet.services
-        except errors.ServletUnavailable:
+        except exceptions.ServletUnavailable:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
@@ -745,7 +745,7 @@ def test_a_stopped_server_fails_fast_and_refresh_reaches_its_restart(settings, c
             lambda: list(temp.Author.list()),
         ):
             started = time.monotonic()
-            with pytest.raises(errors.CallError) as caught:
+            with pytest.raises(exceptions.CallError) as caught:
                 call()
             assert time.monotonic() - started < 5
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -757,7 +757,7 @@ def test_a_stopped_server_fails_fast_and_refresh_reaches_its_restart(settings, c
         temp.refresh()
         assert "shop.Customer" in services_soon(temp)
         assert temp.Author.retrieve({"id": made["id"]}) == made
-        with pytest.raises(errors.AmbiguousService):
+        with pytest.raises(exceptions.AmbiguousService):
             temp.Book  # noqa: B018
     finally:
         server.stop()
@@ -821,7 +821,7 @@ def test_closing_a_stream_early_cancels_the_call(books):
 
     # An error in a stream is a CallError too, raised while iterating.
     rows = registry.one.Book.list({"page_size": 2, "page_token": "not a token"})
-    with pytest.raises(errors.CallError) as bad_token:
+    with pytest.raises(exceptions.CallError) as bad_token:
         next(rows)
     assert bad_token.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [field for field, _ in bad_token.value.violations] == ["page_token"]
@@ -931,5 +931,5 @@ def test_a_malformed_servlet_does_not_break_its_siblings(settings):
 
 def test_a_malformed_servlet_is_reported_by_name(settings):
     add_servlets(settings, broken={"host": "127.0.0.1"})
-    with pytest.raises((ImproperlyConfigured, errors.ClientError), match="broken"):
+    with pytest.raises((ImproperlyConfigured, exceptions.ClientError), match="broken"):
         registry.broken  # noqa: B018

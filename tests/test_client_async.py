@@ -14,7 +14,7 @@ import grpc
 import pytest
 from support import add_servlets, counting_load_catalog, free_port, servlet_entry
 
-from django_grpc_bus.client import errors
+from django_grpc_bus.client import exceptions
 from django_grpc_bus.client.aio import AsyncMethod, aregistry
 from django_grpc_bus.client.registry import registry
 
@@ -57,7 +57,7 @@ def test_await_unary_calls():
 
     made = run(main)
     # The synchronous registry sees the same server.
-    with pytest.raises(errors.CallError) as gone:
+    with pytest.raises(exceptions.CallError) as gone:
         registry.one.Author.retrieve({"id": made["id"]})
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND
 
@@ -168,32 +168,32 @@ def test_closing_an_async_stream_cancels_the_call_at_once(monkeypatch):
 def test_errors_are_the_same_call_errors():
     async def main():
         author = aregistry.one.Author
-        with pytest.raises(errors.CallError) as missing:
+        with pytest.raises(exceptions.CallError) as missing:
             await author.retrieve({"id": 10**9})
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
         assert isinstance(missing.value, grpc.RpcError)
         assert missing.value.servlet == "one" and missing.value.method == "catalog.Author.Retrieve"
 
-        with pytest.raises(errors.CallError) as invalid:
+        with pytest.raises(exceptions.CallError) as invalid:
             await author.create({"name": ""})
         assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert invalid.value.violations == [("name", "This field may not be blank.")]
 
-        with pytest.raises(errors.CallError) as internal:
+        with pytest.raises(exceptions.CallError) as internal:
             await author.create({"name": "explode"})
         assert internal.value.code() == grpc.StatusCode.INTERNAL
         assert "secret" not in internal.value.details()
 
-        with pytest.raises(errors.CallError) as bad_token:
+        with pytest.raises(exceptions.CallError) as bad_token:
             await author.list({"page_size": 1, "page_token": "not a token"})
         assert bad_token.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert [field for field, _ in bad_token.value.violations] == ["page_token"]
-        with pytest.raises(errors.CallError):
+        with pytest.raises(exceptions.CallError):
             async for _row in author.list({"page_token": "not a token"}):
                 pass
 
         started = time.monotonic()
-        with pytest.raises(errors.CallError) as late:
+        with pytest.raises(exceptions.CallError) as late:
             await author.create({"name": "slow:1.5"}, timeout=0.2)
         assert time.monotonic() - started < 1.2
         assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -201,7 +201,7 @@ def test_errors_are_the_same_call_errors():
         # Bad requests fail before anything is sent.
         before = len(await author.list())
         for request, field in (({"nme": "x"}, "nme"), ({"name": 5}, "name")):
-            with pytest.raises(errors.RequestError) as bad:
+            with pytest.raises(exceptions.RequestError) as bad:
                 await author.create(request)
             assert field in str(bad.value) and "id, name" in str(bad.value)
         assert len(await author.list()) == before
@@ -212,18 +212,18 @@ def test_errors_are_the_same_call_errors():
 def test_unknown_names_raise_when_awaited():
     async def main():
         call = aregistry.one.Nope.retrieve({"id": 1})  # nothing is resolved yet
-        with pytest.raises(errors.UnknownService) as service:
+        with pytest.raises(exceptions.UnknownService) as service:
             await call
         assert "Author" in str(service.value) and "Nope" in str(service.value)
-        with pytest.raises(errors.UnknownMethod) as method:
+        with pytest.raises(exceptions.UnknownMethod) as method:
             await aregistry.one.Author.nope({})
         assert "partial_update" in str(method.value)
-        with pytest.raises(errors.UnknownService):
+        with pytest.raises(exceptions.UnknownService):
             async for _row in aregistry.one.Nope.list():
                 pass
 
     run(main)
-    with pytest.raises(errors.UnknownServlet) as servlet:
+    with pytest.raises(exceptions.UnknownServlet) as servlet:
         aregistry.nope  # noqa: B018
     assert "one" in str(servlet.value)
 
@@ -234,7 +234,7 @@ def test_an_unreachable_servlet_fails_within_the_deadline(settings):
 
     async def main():
         started = time.monotonic()
-        with pytest.raises(errors.ServletUnavailable) as caught:
+        with pytest.raises(exceptions.ServletUnavailable) as caught:
             await aregistry.down.Author.retrieve({"id": 1})
         assert time.monotonic() - started < 5
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE

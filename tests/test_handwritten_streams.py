@@ -28,7 +28,7 @@ from support import (
     servlet_entry,
 )
 
-from django_grpc_bus.client.errors import CallError
+from django_grpc_bus.client.exceptions import CallError
 from django_grpc_bus.client.registry import registry
 
 TIMEOUT = 10

@@ -31,7 +31,7 @@ from support import (
     stop_server,
 )
 
-from django_grpc_bus.client import errors
+from django_grpc_bus.client import exceptions
 from django_grpc_bus.client.registry import registry
 from django_grpc_bus.serving.server import ServerConfig, serve
 from django_grpc_bus.testing import ANNOUNCE, ServerProcess, stub_for
@@ -238,7 +238,7 @@ def round_trip(servlet) -> None:
 
 
 def refused_code(servlet) -> grpc.StatusCode:
-    with pytest.raises(errors.CallError) as refused:
+    with pytest.raises(exceptions.CallError) as refused:
         servlet.Author.retrieve({"id": 1})
     return refused.value.code()
 
@@ -319,7 +319,7 @@ def test_plaintext_client_is_refused_by_a_tls_server(settings, tls):
 
 def test_a_plaintext_client_of_a_tls_server_is_told_the_server_may_require_tls(settings, tls):
     configure(settings, plain=entry(tls), closed=servlet_entry(free_port(), TIMEOUT))
-    with pytest.raises(errors.ServletUnavailable) as refused:
+    with pytest.raises(exceptions.ServletUnavailable) as refused:
         registry.plain.Author.retrieve({"id": 1})
     details = refused.value.details()
     assert details.startswith(f"servlet 'plain' at 127.0.0.1:{tls.port} is unreachable"), details
@@ -327,13 +327,13 @@ def test_a_plaintext_client_of_a_tls_server_is_told_the_server_may_require_tls(s
         " (the server may require TLS: set MESSAGE_BUS['SERVLETS']['plain']['tls'])"
     ), details
     assert "may require TLS" in str(refused.value)
-    with pytest.raises(errors.ServletUnavailable) as unnamed:
+    with pytest.raises(exceptions.ServletUnavailable) as unnamed:
         registry.connect(tls.target).Author  # noqa: B018
     assert unnamed.value.details().endswith(
         " (the server may require TLS: add it to MESSAGE_BUS['SERVLETS'] with 'tls')"
     )
     # Nothing listening is not a TLS problem: no hint.
-    with pytest.raises(errors.ServletUnavailable) as closed:
+    with pytest.raises(exceptions.ServletUnavailable) as closed:
         registry.closed.Author  # noqa: B018
     assert "TLS" not in closed.value.details()
 
@@ -341,7 +341,7 @@ def test_a_plaintext_client_of_a_tls_server_is_told_the_server_may_require_tls(s
 def test_client_trusting_another_ca_refuses_the_server(settings, tls, pki):
     """The server's certificate is checked: a client that trusts only the rogue CA hangs up."""
     configure(settings, wrong_ca=entry(tls, {"CA": str(pki.rogue_ca.cert_path)}))
-    with pytest.raises(errors.ServletUnavailable):
+    with pytest.raises(exceptions.ServletUnavailable):
         registry.wrong_ca.Author.retrieve({"id": 1})
 
 

@@ -9,28 +9,29 @@
 It shares the synchronous registry's reflection cache (fetched in a worker thread on first
 use, so the event loop never blocks). Each event loop gets its own channel per servlet, as
 ``grpc.aio`` channels belong to the loop that made them. Names are resolved when the call
-runs; an unknown name raises then, with the same errors as the synchronous registry.
+runs; an unknown name raises then, with the same errors as the synchronous registry. Lookup,
+the call signature and each RPC's messages, options and errors are the synchronous client's own
+(``client/base.py``, ``servlet.RPC``); only the I/O differs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import threading
 import weakref
 from typing import Any
 
 import grpc
-from django.core.signals import setting_changed
 
+from django_grpc_bus.client.base import BaseRegistry, Lookup, MethodCalls, reset_with_settings
 from django_grpc_bus.client.channels import open_channel
+from django_grpc_bus.client.discovery import Catalog
 from django_grpc_bus.client.registry import registry
-from django_grpc_bus.client.servlet import Method, Servlet
-from django_grpc_bus.conversion.messages import message_to_dict
+from django_grpc_bus.client.servlet import RPC, Servlet
 
 
-class AsyncServlet:
+class AsyncServlet(Lookup):
     """The async view of one servlet: ``await aservlet.Book.retrieve(...)``."""
 
     def __init__(self, servlet: Servlet) -> None:
@@ -40,10 +41,12 @@ class AsyncServlet:
         )
         self._lock = threading.Lock()
 
-    async def catalog(self):
-        if self.servlet._catalog is not None:
-            return self.servlet._catalog
-        return await asyncio.to_thread(lambda: self.servlet.catalog)
+    async def catalog(self) -> Catalog:
+        """The servlet's catalog, fetched in a worker thread on first use."""
+        catalog = self.servlet.cached_catalog
+        if catalog is None:
+            catalog = await asyncio.to_thread(lambda: self.servlet.catalog)
+        return catalog
 
     async def channel(self) -> grpc.aio.Channel:
         catalog = await self.catalog()
@@ -55,16 +58,11 @@ class AsyncServlet:
                 self._channels[loop] = channel
         return channel
 
-    async def method(self, service: str, method: str) -> Method:
+    async def method(self, service: str, method: str) -> RPC:
         await self.catalog()
         return self.servlet.service(service).method(method)
 
-    def __getattr__(self, name: str) -> AsyncService:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return AsyncService(self, name)
-
-    def __getitem__(self, name: str) -> AsyncService:
+    def _lookup(self, name: str) -> AsyncService:
         return AsyncService(self, name)
 
     async def aclose(self) -> None:
@@ -74,38 +72,29 @@ class AsyncServlet:
             await channel.close()
 
 
-class AsyncService:
+class AsyncService(Lookup):
+    """A service name on an async servlet, resolved when a call runs."""
+
     def __init__(self, servlet: AsyncServlet, name: str) -> None:
         self._servlet = servlet
         self._name = name
 
-    def __getattr__(self, name: str) -> AsyncMethod:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return AsyncMethod(self._servlet, self._name, name)
-
-    def __getitem__(self, name: str) -> AsyncMethod:
+    def _lookup(self, name: str) -> AsyncMethod:
         return AsyncMethod(self._servlet, self._name, name)
 
 
-class AsyncMethod:
+class AsyncMethod(MethodCalls):
+    """A method name on an async service: calling it gives an ``AsyncCall``."""
+
     def __init__(self, servlet: AsyncServlet, service: str, method: str) -> None:
         self._servlet = servlet
         self._service = service
         self._method = method
 
-    def __call__(
-        self, request_dict: Any = None, *, timeout: float | None = None, metadata: Any = None
-    ):
-        return AsyncCall(self, request_dict, timeout, metadata)
+    def _send(self, request: Any, timeout: Any, metadata: Any, flatten: bool | None) -> AsyncCall:
+        return AsyncCall(self, request, timeout, metadata, flatten)
 
-    def batches(
-        self, request_dict: Any = None, *, timeout: float | None = None, metadata: Any = None
-    ):
-        """A server stream's messages as dicts, unflattened, so next_page_token is kept."""
-        return AsyncCall(self, request_dict, timeout, metadata, flatten=False)
-
-    async def resolve(self) -> tuple[Method, Any]:
+    async def resolve(self) -> tuple[RPC, Any]:
         method = await self._servlet.method(self._service, self._method)
         channel = await self._servlet.channel()
         return method, method.multicallable_on(channel)
@@ -128,7 +117,7 @@ class AsyncCall:
         self._metadata = metadata
         self._flatten = flatten  # None: rows of a generated List; False: the messages
 
-    async def _start(self) -> tuple[Method, Any]:
+    async def _start(self) -> tuple[RPC, Any]:
         method, multicallable = await self._method.resolve()
         message = method.request_messages(self._request)
         if method.client_streaming:
@@ -144,7 +133,7 @@ class AsyncCall:
         if method.server_streaming:
             return [row async for row in self._rows(method, call, self._flatten)]
         try:
-            return message_to_dict(await call)
+            return method.convert(await call)
         except grpc.RpcError as exc:
             raise method.error(exc) from None
 
@@ -159,7 +148,7 @@ class AsyncCall:
                 yield row
 
     @staticmethod
-    async def _rows(method: Method, call: Any, flatten: bool | None = None):
+    async def _rows(method: RPC, call: Any, flatten: bool | None = None):
         try:
             async for response in call:
                 for row in method.results(response, flatten):
@@ -170,12 +159,8 @@ class AsyncCall:
             call.cancel()
 
 
-class AsyncRegistry:
+class AsyncRegistry(BaseRegistry[AsyncServlet]):
     """Every configured servlet, for asyncio: ``await aregistry.server1.Book.retrieve(...)``."""
-
-    def __init__(self) -> None:
-        self._servlets: dict[int, AsyncServlet] = {}
-        self._lock = threading.Lock()
 
     def servlet(self, name: str) -> AsyncServlet:
         return self._wrap(registry.servlet(name))
@@ -190,18 +175,6 @@ class AsyncRegistry:
                 found = self._servlets[id(servlet)] = AsyncServlet(servlet)
         return found
 
-    def __getattr__(self, name: str) -> AsyncServlet:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return self.servlet(name)
-
-    def __getitem__(self, name: str) -> AsyncServlet:
-        return self.servlet(name)
-
-    def reset(self) -> None:
-        with self._lock:
-            self._servlets = {}
-
     async def aclose(self) -> None:
         """Close this event loop's channels (call before the loop ends, e.g. on shutdown)."""
         with self._lock:
@@ -211,12 +184,4 @@ class AsyncRegistry:
 
 
 aregistry = AsyncRegistry()
-
-
-def _settings_changed(*, setting: str, **kwargs: Any) -> None:
-    if setting == "MESSAGE_BUS":
-        aregistry.reset()
-
-
-setting_changed.connect(_settings_changed)
-atexit.register(aregistry.reset)
+reset_with_settings(aregistry)

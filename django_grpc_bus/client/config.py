@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from django_grpc_bus.client.errors import ServletMisconfigured
+from django_grpc_bus.client.exceptions import ServletMisconfigured
 from django_grpc_bus.conf import bus_settings
 
 

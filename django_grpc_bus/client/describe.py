@@ -5,7 +5,7 @@ from __future__ import annotations
 from google.protobuf import descriptor
 
 from django_grpc_bus.conversion.messages import repeated
-from django_grpc_bus.generics import snake_case
+from django_grpc_bus.identifiers import snake_case
 
 FD = descriptor.FieldDescriptor
 SCALARS = {

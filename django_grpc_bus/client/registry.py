@@ -13,23 +13,14 @@ server that is not in the settings.
 
 from __future__ import annotations
 
-import atexit
-import threading
-from typing import Any
-
-from django.core.signals import setting_changed
-
+from django_grpc_bus.client.base import BaseRegistry, reset_with_settings
 from django_grpc_bus.client.config import ServletConfig, servlet_config, servlet_names
-from django_grpc_bus.client.errors import UnknownServlet
+from django_grpc_bus.client.exceptions import UnknownServlet
 from django_grpc_bus.client.servlet import Servlet
 
 
-class Registry:
+class Registry(BaseRegistry[Servlet]):
     """Servlets by name, created on first access and kept until settings change."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._servlets: dict[str, Servlet] = {}
 
     def servlet(self, name: str) -> Servlet:
         found = self._servlets.get(name)
@@ -46,7 +37,6 @@ class Registry:
         return found
 
     def connect(self, address: str) -> Servlet:
-        """A servlet for a bare ``host:port``, cached like configured ones."""
         key = f"address:{address}"
         with self._lock:
             found = self._servlets.get(key)
@@ -54,33 +44,11 @@ class Registry:
                 found = self._servlets[key] = Servlet(ServletConfig.from_address(address))
         return found
 
-    def __getattr__(self, name: str) -> Servlet:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return self.servlet(name)
-
-    def __getitem__(self, name: str) -> Servlet:
-        return self.servlet(name)
-
-    def __dir__(self) -> list[str]:
-        names = [n for n in servlet_names() if n.isidentifier()]
-        return sorted({*super().__dir__(), *names})
-
     def reset(self) -> None:
         """Close every channel and forget every catalog (settings changed, or at exit)."""
-        with self._lock:
-            servlets, self._servlets = list(self._servlets.values()), {}
-        for servlet in servlets:
+        for servlet in self._forget():
             servlet.close()
 
 
 registry = Registry()
-
-
-def _settings_changed(*, setting: str, **kwargs: Any) -> None:
-    if setting == "MESSAGE_BUS":
-        registry.reset()
-
-
-setting_changed.connect(_settings_changed)
-atexit.register(registry.reset)
+reset_with_settings(registry)

@@ -2,6 +2,8 @@
 
 ``Servlet`` fetches the catalog on first use, once, under a lock; ``Service`` and ``Method``
 are thin views on it. Calls take a dict (or a message) and return plain Python values.
+``RPC`` is what the synchronous ``Method`` and the asyncio client share of one RPC (messages,
+call options, errors); ``Method`` adds the blocking calls on the servlet's channel.
 """
 
 from __future__ import annotations
@@ -15,17 +17,18 @@ import grpc
 from google.protobuf import descriptor, message_factory
 from google.protobuf import message as _message
 
-from django_grpc_bus.client import errors
+from django_grpc_bus.client import exceptions
+from django_grpc_bus.client.base import Lookup, MethodCalls
 from django_grpc_bus.client.channels import open_channel
 from django_grpc_bus.client.config import ServletConfig, servlet_names
-from django_grpc_bus.client.reflection import Catalog, ReflectionError, fetch_catalog
+from django_grpc_bus.client.discovery import Catalog, ReflectionError, fetch_catalog
 from django_grpc_bus.conversion.messages import (
     ConversionError,
     fill_message,
     message_to_dict,
     repeated,
 )
-from django_grpc_bus.generics import snake_case
+from django_grpc_bus.identifiers import snake_case
 
 NO_DEADLINE = math.inf  # timeout=NO_DEADLINE: a call with no deadline at all
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -55,26 +58,26 @@ def load_catalog(config: ServletConfig) -> Catalog:
     except grpc.RpcError as exc:
         where = f"servlet {config.name!r} at {config.address}"
         if exc.code() in UNREACHABLE:
-            raise errors.ServletUnavailable(
+            raise exceptions.ServletUnavailable(
                 exc,
                 config.name,
                 "reflection",
                 details=f"{where} is unreachable ({exc.code().name}): {exc.details()}"
                 + tls_hint(config, exc),
             ) from None
-        raise errors.CallError(
+        raise exceptions.CallError(
             exc,
             config.name,
             "reflection",
             details=f"{where} refused reflection ({exc.code().name}): {exc.details()}",
         ) from None
     except ReflectionError as exc:
-        raise errors.ClientError(f"servlet {config.name!r}: {exc}") from None
+        raise exceptions.ClientError(f"servlet {config.name!r}: {exc}") from None
     finally:
         channel.close()
 
 
-class Servlet:
+class Servlet(Lookup):
     """A server named in ``MESSAGE_BUS['SERVLETS']``: ``servlet.Book``, ``servlet['lib.Book']``."""
 
     def __init__(self, config: ServletConfig) -> None:
@@ -102,6 +105,11 @@ class Servlet:
                     self._catalog = catalog
                 catalog = self._catalog
         return catalog
+
+    @property
+    def cached_catalog(self) -> Catalog | None:
+        """The catalog when it has been fetched, else None; never connects."""
+        return self._catalog
 
     @property
     def channel(self) -> grpc.Channel:
@@ -134,8 +142,8 @@ class Servlet:
         if len(full_names) == 1:
             return full_names[0]
         if full_names:
-            raise errors.AmbiguousService(name, full_names, self.name)
-        raise errors.UnknownService("service", name, self._names(), f"servlet {self.name!r}")
+            raise exceptions.AmbiguousService(name, full_names, self.name)
+        raise exceptions.UnknownService("service", name, self._names(), f"servlet {self.name!r}")
 
     def service(self, name: str) -> Service:
         full_name = self.resolve(name)
@@ -144,24 +152,16 @@ class Servlet:
             found = self._services[full_name] = Service(self, self.catalog.services[full_name])
         return found
 
+    def _lookup(self, name: str) -> Service:
+        return self.service(name)
+
     def _names(self) -> list[str]:
         catalog = self.catalog
         short = [n for n, full in catalog.by_short_name.items() if len(full) == 1]
         return sorted({*short, *catalog.services})
 
-    def __getattr__(self, name: str) -> Service:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return self.service(name)
 
-    def __getitem__(self, name: str) -> Service:
-        return self.service(name)
-
-    def __dir__(self) -> list[str]:
-        return sorted({*super().__dir__(), *(n for n in self._names() if n.isidentifier())})
-
-
-class Service:
+class Service(Lookup):
     """One service of a servlet; its methods in snake_case or as the proto names them."""
 
     def __init__(self, servlet: Servlet, service: descriptor.ServiceDescriptor) -> None:
@@ -184,25 +184,24 @@ class Service:
     def method(self, name: str) -> Method:
         found = self._methods.get(name)
         if found is None:
-            raise errors.UnknownMethod(
+            raise exceptions.UnknownMethod(
                 "method", name, self.methods, f"{self.full_name} (servlet {self.servlet.name!r})"
             )
         return found
 
-    def __getattr__(self, name: str) -> Method:
-        if name.startswith("_"):
-            raise AttributeError(name)
+    def _lookup(self, name: str) -> Method:
         return self.method(name)
 
-    def __getitem__(self, name: str) -> Method:
-        return self.method(name)
-
-    def __dir__(self) -> list[str]:
-        return sorted({*super().__dir__(), *self.methods})
+    def _names(self) -> list[str]:
+        return self.methods
 
 
-class Method:
-    """One RPC: call it with a dict (or a message); get dicts back, or a generator of them."""
+class RPC:
+    """One RPC of a servlet, from its descriptors: its messages, call options and errors.
+
+    No I/O here: ``Method`` calls it on the servlet's channel, the asyncio client on its event
+    loop's (``multicallable_on``), and both convert requests, results and errors the same way.
+    """
 
     def __init__(
         self,
@@ -226,7 +225,6 @@ class Method:
             and repeated(results)
             and results.message_type is not None
         )
-        self._multicallable: tuple[grpc.Channel, Any] | None = None
 
     def __repr__(self) -> str:
         return f"<Method {self.path} on {self.servlet.name}>"
@@ -237,7 +235,7 @@ class Method:
         """The request message for a dict (or a message of the same type); fails before sending."""
         if isinstance(request, _message.Message):
             if request.DESCRIPTOR.full_name != self.request_class.DESCRIPTOR.full_name:
-                raise errors.RequestError(
+                raise exceptions.RequestError(
                     f"{self.name} takes {self.request_class.DESCRIPTOR.full_name}, "
                     f"not {request.DESCRIPTOR.full_name}."
                 )
@@ -249,13 +247,27 @@ class Method:
             return fill_message(message, request)
         except ConversionError as exc:
             fields = ", ".join(f.name for f in self.request_class.DESCRIPTOR.fields) or "(none)"
-            raise errors.RequestError(
+            raise exceptions.RequestError(
                 f"{self.name}: {exc}"
                 + ("" if "its fields:" in str(exc) else f" (fields: {fields})")
             ) from None
 
+    def request_messages(self, request_dict: Any) -> Any:
+        """The request, or for a client-streaming RPC an iterator of requests, as messages."""
+        if self.client_streaming:
+            return (self.build_request(item) for item in _as_iterable(request_dict, self.name))
+        return self.build_request(request_dict)
+
+    # -- results -----------------------------------------------------------------------------
+
     def convert(self, response: Any) -> dict[str, Any]:
         return message_to_dict(response)
+
+    def results(self, response: Any, flatten: bool | None = None) -> list[dict[str, Any]]:
+        """One stream message as dicts: its rows for a generated List, else itself."""
+        if self.flattens if flatten is None else flatten:
+            return [message_to_dict(row) for row in response.results]
+        return [self.convert(response)]
 
     # -- calling -----------------------------------------------------------------------------
 
@@ -269,27 +281,6 @@ class Method:
             request_serializer=self.request_class.SerializeToString,
             response_deserializer=self.response_class.FromString,
         )
-
-    def request_messages(self, request_dict: Any) -> Any:
-        """The request, or for a client-streaming RPC an iterator of requests, as messages."""
-        if self.client_streaming:
-            return (self.build_request(item) for item in _as_iterable(request_dict, self.name))
-        return self.build_request(request_dict)
-
-    def results(self, response: Any, flatten: bool | None = None) -> list[dict[str, Any]]:
-        """One stream message as dicts: its rows for a generated List, else itself."""
-        if self.flattens if flatten is None else flatten:
-            return [message_to_dict(row) for row in response.results]
-        return [self.convert(response)]
-
-    def _callable(self) -> Any:
-        channel = self.servlet.channel
-        cached = self._multicallable
-        if cached is not None and cached[0] is channel:
-            return cached[1]
-        multicallable = self.multicallable_on(channel)
-        self._multicallable = (channel, multicallable)
-        return multicallable
 
     def call_options(self, timeout: Any, metadata: Any) -> dict[str, Any]:
         config = self.servlet.config
@@ -307,45 +298,51 @@ class Method:
             "metadata": merged or None,
         }
 
-    def error(self, exc: grpc.RpcError) -> errors.CallError:
+    def error(self, exc: grpc.RpcError) -> exceptions.CallError:
         # Only UNAVAILABLE means "not reached": past a deadline, a slow server may have acted.
         if exc.code() == grpc.StatusCode.UNAVAILABLE:
             config = self.servlet.config
-            return errors.ServletUnavailable(
+            return exceptions.ServletUnavailable(
                 exc,
                 config.name,
                 self.name,
                 details=f"servlet {config.name!r} at {config.address}: {exc.details()}"
                 + tls_hint(config, exc),
             )
-        return errors.CallError(exc, self.servlet.name, self.name)
+        return exceptions.CallError(exc, self.servlet.name, self.name)
 
-    def __call__(
-        self, request_dict: Any = None, *, timeout: float | None = None, metadata: Any = None
-    ) -> Any:
-        """Call the RPC: unary -> a dict; server streaming -> a generator (rows, for List).
 
-        `timeout` is in seconds; None takes the servlet's (``SERVICE_TIMEOUT``), and
-        ``NO_DEADLINE`` (infinity) sets none.
-        """
-        message = self.request_messages(request_dict)
+class Method(RPC, MethodCalls):
+    """One RPC, called on the servlet's channel: a dict back, or a generator of them."""
+
+    def __init__(
+        self,
+        servlet: Servlet,
+        service: descriptor.ServiceDescriptor,
+        method: descriptor.MethodDescriptor,
+    ) -> None:
+        super().__init__(servlet, service, method)
+        self._multicallable: tuple[grpc.Channel, Any] | None = None
+
+    def _callable(self) -> Any:
+        channel = self.servlet.channel
+        cached = self._multicallable
+        if cached is not None and cached[0] is channel:
+            return cached[1]
+        multicallable = self.multicallable_on(channel)
+        self._multicallable = (channel, multicallable)
+        return multicallable
+
+    def _send(self, request: Any, timeout: Any, metadata: Any, flatten: bool | None) -> Any:
+        message = self.request_messages(request)
         options = self.call_options(timeout, metadata)
         multicallable = self._callable()
-        if self.server_streaming:
-            return self._stream(multicallable(message, **options))
+        if self.server_streaming or flatten is False:
+            return self._stream(multicallable(message, **options), flatten)
         try:
             return self.convert(multicallable(message, **options))
         except grpc.RpcError as exc:
             raise self.error(exc) from None
-
-    def batches(
-        self, request_dict: Any = None, *, timeout: float | None = None, metadata: Any = None
-    ):
-        """A server stream's messages as dicts, without flattening (keeps next_page_token)."""
-        call = self._callable()(
-            self.build_request(request_dict), **self.call_options(timeout, metadata)
-        )
-        return self._stream(call, flatten=False)
 
     def _stream(self, call: Any, flatten: bool | None = None) -> Iterator[Any]:
         try:
@@ -359,5 +356,5 @@ class Method:
 
 def _as_iterable(request: Any, name: str) -> Iterable[Any]:
     if request is None or isinstance(request, (dict, str, bytes, _message.Message)):
-        raise errors.RequestError(f"{name} is client-streaming: pass an iterable of requests.")
+        raise exceptions.RequestError(f"{name} is client-streaming: pass an iterable of requests.")
     return request

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.core.management.base import CommandError
 
 from django_grpc_bus.client.config import servlet_names
-from django_grpc_bus.client.errors import ClientError
+from django_grpc_bus.client.exceptions import ClientError
 from django_grpc_bus.client.registry import Registry
 from django_grpc_bus.client.servlet import Servlet
 

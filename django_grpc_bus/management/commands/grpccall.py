@@ -2,7 +2,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from django_grpc_bus.client.errors import CallError, ClientError
+from django_grpc_bus.client.exceptions import CallError, ClientError
 from django_grpc_bus.client.jsonvalues import dumps
 from django_grpc_bus.client.registry import registry
 from django_grpc_bus.management.servlets import servlet_for

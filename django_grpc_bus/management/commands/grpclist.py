@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from django_grpc_bus.client.describe import describe_service
-from django_grpc_bus.client.errors import ClientError
+from django_grpc_bus.client.exceptions import ClientError
 from django_grpc_bus.client.registry import registry
 from django_grpc_bus.management.servlets import servlet_for
 

@@ -1,7 +1,7 @@
 """A tour of the two producers, through the registry only: no stubs, no .proto files here."""
 
 from django.core.management.base import BaseCommand
-from django_grpc_bus.client.errors import CallError
+from django_grpc_bus.client.exceptions import CallError
 from django_grpc_bus.client.registry import registry
 
 
