@@ -16,7 +16,6 @@ from typing import Any
 import yaml
 from django.apps import AppConfig, apps
 from django.core.exceptions import ImproperlyConfigured
-from django.core.management.base import CommandError
 from django.db import models
 
 from django_grpc_bus.conf import bus_settings
@@ -25,8 +24,11 @@ APP_KEYS = frozenset({"name", "models"})
 MODEL_KEYS = frozenset({"name", "fields", "exclude"})
 
 
-class ServiceMetaError(CommandError, ImproperlyConfigured):
-    """``service_meta.yaml`` is missing, unreadable, malformed, or names something unknown."""
+class ServiceMetaError(ImproperlyConfigured):
+    """``service_meta.yaml`` is missing, unreadable, malformed, or names something unknown.
+
+    The checks report it as E009; a command reports it as a ``CommandError`` with its text.
+    """
 
 
 @dataclass(frozen=True)

@@ -200,9 +200,14 @@ def test_explicit_path_argument(project, tmp_path_factory):
 # -- errors ---------------------------------------------------------------------------------------
 
 
-def test_service_meta_error_is_a_command_error():
-    assert issubclass(ServiceMetaError, CommandError)
+def test_service_meta_error_is_a_library_error_commands_report_with_its_text(project):
+    """The library raises ImproperlyConfigured; only the command base makes it a CommandError."""
     assert issubclass(ServiceMetaError, ImproperlyConfigured)
+    assert not issubclass(ServiceMetaError, CommandError)
+    message = meta_error(project, {"apps": [{"name": "nope"}]})
+    with pytest.raises(CommandError) as excinfo:
+        project.call("generateproto")
+    assert str(excinfo.value) == message
 
 
 def test_unknown_app(project):

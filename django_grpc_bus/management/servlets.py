@@ -5,20 +5,15 @@ from __future__ import annotations
 from django.core.management.base import CommandError
 
 from django_grpc_bus.client.config import servlet_names
-from django_grpc_bus.client.exceptions import ClientError
 from django_grpc_bus.client.registry import Registry
 from django_grpc_bus.client.servlet import Servlet
 
 
 def servlet_for(registry: Registry, name: str) -> Servlet:
-    """The servlet a command-line argument names; a bad one is a CommandError."""
-    try:
-        return _servlet_for(registry, name)
-    except (ClientError, ValueError) as exc:
-        raise CommandError(str(exc)) from None
+    """The servlet a command-line argument names; an argument that is neither is a CommandError.
 
-
-def _servlet_for(registry: Registry, name: str) -> Servlet:
+    A misconfigured servlet raises the client's own error, which the command reports.
+    """
     if name in servlet_names():
         return registry.servlet(name)
     try:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from django.core.management.base import CommandError
 
+class ScaffoldError(Exception):
+    """A file cannot be generated: unknown app, path outside BASE_DIR, bad hook or template.
 
-class ScaffoldError(CommandError):
-    """A file cannot be generated: unknown app, path outside BASE_DIR, bad hook or template."""
+    ``generateservices`` reports it as a ``CommandError`` with its text.
+    """
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 import sys
 
 from django_grpc_bus.management.base import BusCommand
-from django_grpc_bus.scaffold import OnExisting, Report, generate_services
+from django_grpc_bus.scaffold import OnExisting, Report, ScaffoldError, generate_services
 
 ANSWERS = {
     "": OnExisting.SKIP,
@@ -21,6 +21,7 @@ class Command(BusCommand):
         "APPS) and, with --handler, register their services in the ROOT_HANDLERS_HOOK module. "
         "Existing files are skipped unless --force or --edit says otherwise."
     )
+    user_errors = (*BusCommand.user_errors, ScaffoldError)
 
     def add_arguments(self, parser):
         parser.add_argument("apps", nargs="?", default="", help="comma-separated app labels")

@@ -1,19 +1,22 @@
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from django_grpc_bus.client.exceptions import CallError, ClientError
 from django_grpc_bus.client.jsonvalues import dumps
 from django_grpc_bus.client.registry import registry
+from django_grpc_bus.management.base import BusCommand
 from django_grpc_bus.management.servlets import servlet_for
 
 
-class Command(BaseCommand):
+class Command(BusCommand):
     help = (
         "Call SERVICE.METHOD on a servlet with a JSON request and print the response as JSON "
         "(a stream: one JSON document per line). Exits 1 with the status on error."
     )
-    requires_system_checks: list[str] = []
+    runs_config_checks = False
+    skip_checks_help = None
+    user_errors = (*BusCommand.user_errors, ClientError)
 
     def add_arguments(self, parser):
         parser.add_argument("servlet", help="servlet name or host:port")
@@ -27,7 +30,7 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=float, help="deadline in seconds")
         parser.add_argument("--indent", type=int, help="pretty-print with this indent")
 
-    def handle(self, *args, servlet, method, request, metadata, timeout, indent, **options):
+    def run(self, *args, servlet, method, request, metadata, timeout, indent, **options):
         service_name, dot, method_name = method.rpartition(".")
         if not dot or not service_name:
             raise CommandError(f"{method!r}: write Service.method, e.g. Book.retrieve.")
@@ -58,5 +61,3 @@ class Command(BaseCommand):
             for field, description in exc.violations:
                 self.stderr.write(f"  {field}: {description}")
             raise SystemExit(1) from None
-        except ClientError as exc:
-            raise CommandError(str(exc)) from None
