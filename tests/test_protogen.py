@@ -88,6 +88,7 @@ def test_service_messages_and_rpcs(project):
         "BookLookupRequest",
         "BookListRequest",
         "BookListResponse",
+        "BookCountResponse",
         "BookPartialUpdateRequest",
     }
     (service,) = parsed.service
@@ -95,6 +96,7 @@ def test_service_messages_and_rpcs(project):
     rpcs = {m.name: (m.input_type, m.output_type, m.server_streaming) for m in service.method}
     assert rpcs == {
         "List": (".catalog.BookListRequest", ".catalog.BookListResponse", True),
+        "Count": (".catalog.BookListRequest", ".catalog.BookCountResponse", False),
         "Create": (".catalog.BookData", ".catalog.BookData", False),
         "Retrieve": (".catalog.BookLookupRequest", ".catalog.BookData", False),
         "Update": (".catalog.BookData", ".catalog.BookData", False),
@@ -111,6 +113,10 @@ def test_service_messages_and_rpcs(project):
     ]
     batch = message(parsed, "BookListResponse").field[0]
     assert (batch.name, batch.label, batch.type_name) == ("results", 3, ".catalog.BookData")
+    # No query declarations (no handler here): the page only, and Count all the same.
+    assert numbers(message(parsed, "BookListRequest")) == {"page_size": 1, "page_token": 2}
+    (count,) = message(parsed, "BookCountResponse").field
+    assert (count.name, count.number, count.type) == ("count", 1, count.TYPE_INT64)
 
 
 def test_fields_selection_keeps_primary_key(project):

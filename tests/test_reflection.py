@@ -115,6 +115,7 @@ def test_file_containing_symbol_and_its_dependencies(bounded_channel, version):
     assert author.package == "catalog"
     assert [method.name for method in author.service[0].method] == [
         "List",
+        "Count",
         "Create",
         "Retrieve",
         "Update",
@@ -205,6 +206,7 @@ def test_dynamic_calls_from_reflection_only(bounded_channel):
     book_service = pool.FindServiceByName("catalog.Book")
     assert [m.name for m in book_service.methods] == [
         "List",
+        "Count",
         "Create",
         "Retrieve",
         "Update",

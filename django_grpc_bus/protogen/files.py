@@ -6,6 +6,7 @@ import difflib
 import os
 import tempfile
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django_grpc_bus.conf import base_dir, bus_settings, inside_base_dir
 from django_grpc_bus.meta import Selection
 from django_grpc_bus.protogen import naming
+from django_grpc_bus.protogen.declarations import read_declarations
 from django_grpc_bus.protogen.existing import read_numbering
 from django_grpc_bus.protogen.render import render_proto
 from django_grpc_bus.protogen.schema import build_file
@@ -49,13 +51,21 @@ class ProtoPlan:
     root: Path
     files: dict[str, str]
     changes: tuple[Change, ...]
+    notes: tuple[str, ...] = ()  # one line each, for the command to print
 
 
-def check_symbol_collisions(selection: Selection) -> None:
-    """Refuse two models of one app whose generated symbols coincide (``Book``/``BookData``)."""
+def check_symbol_collisions(selection: Selection, filtered: Iterable[type] = ()) -> None:
+    """Refuse two models of one app whose generated symbols coincide (``Book``/``BookData``).
+
+    `filtered` are the models that also get a ``<Model>Filter`` message.
+    """
+    filtered = set(filtered)
     owners: dict[tuple[str, str], list[str]] = defaultdict(list)
     for selected in selection:
-        for suffix in naming.SYMBOL_SUFFIXES:
+        suffixes = naming.SYMBOL_SUFFIXES
+        if selected.model in filtered:
+            suffixes = (*suffixes, naming.FILTER_SUFFIX)
+        for suffix in suffixes:
             owners[(selected.app_label, selected.name + suffix)].append(selected.label)
     for (package, symbol), labels in sorted(owners.items()):
         if len(labels) > 1:
@@ -84,12 +94,16 @@ def generated_protos(root: Path) -> list[str]:
 
 def plan_protos(selection: Selection) -> ProtoPlan:
     naming.producer_package()  # refuses a PRODUCER_ROOT outside BASE_DIR before any write
-    check_symbol_collisions(selection)
+    declarations = read_declarations(selection)
+    queries = declarations.queries
+    check_symbol_collisions(selection, (m for m, q in queries.items() if q.filters))
     root = bus_settings.PRODUCER_ROOT
     relpaths = {naming.proto_relpath(selected.model): selected for selected in selection}
     previous = read_numbering(root, relpaths)
     files = {
-        relpath: render_proto(build_file(selected, previous.get(relpath)))
+        relpath: render_proto(
+            build_file(selected, previous.get(relpath), queries.get(selected.model))
+        )
         for relpath, selected in relpaths.items()
     }
     changes = []
@@ -101,7 +115,8 @@ def plan_protos(selection: Selection) -> ProtoPlan:
     for relpath in generated_protos(root):
         if relpath not in files:
             changes.append(Change(relpath, (root / relpath).read_text(encoding="utf-8"), None))
-    return ProtoPlan(root, files, tuple(sorted(changes, key=lambda c: c.relpath)))
+    notes = (declarations.note,) if declarations.note else ()
+    return ProtoPlan(root, files, tuple(sorted(changes, key=lambda c: c.relpath)), notes)
 
 
 def write_atomically(path: Path, text: str) -> None:

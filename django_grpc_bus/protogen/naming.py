@@ -30,8 +30,11 @@ SYMBOL_SUFFIXES = (
     "LookupRequest",
     "ListRequest",
     "ListResponse",
+    "CountResponse",
     "PartialUpdateRequest",
 )
+# Added to them when the model's service declares filters (SPEC §8).
+FILTER_SUFFIX = "Filter"
 
 
 def is_python_name(name: object) -> bool:

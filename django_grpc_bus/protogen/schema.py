@@ -18,6 +18,7 @@ from django.utils import translation
 from django_grpc_bus.conversion import fieldtypes
 from django_grpc_bus.meta import ModelSelection, primary_key_fields
 from django_grpc_bus.protogen import naming
+from django_grpc_bus.protogen.query import ListQuery
 
 EMPTY_IMPORT = "google/protobuf/empty.proto"
 FIELD_MASK_IMPORT = "google/protobuf/field_mask.proto"
@@ -187,8 +188,16 @@ def number_fields(
     )
 
 
-def build_file(selected: ModelSelection, previous: dict[str, Numbering] | None = None) -> ProtoFile:
-    """The complete description of `selected`'s ``.proto`` file."""
+def build_file(
+    selected: ModelSelection,
+    previous: dict[str, Numbering] | None = None,
+    query: ListQuery | None = None,
+) -> ProtoFile:
+    """The complete description of `selected`'s ``.proto`` file.
+
+    `query` is what the model's service declares for filtering, ordering and searching its
+    rows (SPEC §8); each declared part adds its field to the List request, none adds nothing.
+    """
     previous = previous or {}
     model = selected.model
     name = model.__name__
@@ -199,6 +208,8 @@ def build_file(selected: ModelSelection, previous: dict[str, Numbering] | None =
     imports = {EMPTY_IMPORT, FIELD_MASK_IMPORT}
     for plan in plans:
         imports |= plan.imports
+    if query is not None:
+        imports |= {f.import_path for f in query.filters if f.import_path}
 
     pk_names = ", ".join(f.name for f in pk_fields)
     lookup_plans = [
@@ -215,14 +226,8 @@ def build_file(selected: ModelSelection, previous: dict[str, Numbering] | None =
             f"Which {label} to retrieve or destroy: by primary key ({pk_names}) or by "
             "another unique field (the service's lookup_field).",
         ),
-        ProtoMessage(
-            f"{name}ListRequest",
-            (
-                ProtoField("page_size", 1, "int32", comment="rows per page; 0 streams every row"),
-                ProtoField("page_token", 2, "string", comment="next_page_token of the last page"),
-            ),
-            comment=f"Which {label} rows to list.",
-        ),
+        _list_request(name, label, query, previous),
+        *_filter_message(name, label, query, previous),
         ProtoMessage(
             f"{name}ListResponse",
             (
@@ -230,6 +235,11 @@ def build_file(selected: ModelSelection, previous: dict[str, Numbering] | None =
                 ProtoField("next_page_token", 2, "string", comment="empty on the last page"),
             ),
             comment="One batch of rows; List streams as many batches as it takes.",
+        ),
+        ProtoMessage(
+            f"{name}CountResponse",
+            (ProtoField("count", 1, "int64", comment="the number of matching rows"),),
+            comment=f"How many {label} rows a List request matches.",
         ),
         ProtoMessage(
             f"{name}PartialUpdateRequest",
@@ -253,6 +263,12 @@ def build_file(selected: ModelSelection, previous: dict[str, Numbering] | None =
             True,
             "Stream every row, in batches.",
         ),
+        ProtoRpc(
+            "Count",
+            f"{name}ListRequest",
+            f"{name}CountResponse",
+            comment="Count the rows List would stream for this request, without streaming them.",
+        ),
         ProtoRpc("Create", data, data, comment="Create a row; returns it as stored."),
         ProtoRpc("Retrieve", lookup, data, comment="Read one row."),
         ProtoRpc("Update", data, data, comment="Replace every field of one row."),
@@ -273,6 +289,76 @@ def build_file(selected: ModelSelection, previous: dict[str, Numbering] | None =
         service=name,
         rpcs=rpcs,
     )
+
+
+def _list_request(
+    name: str, label: str, query: ListQuery | None, previous: dict[str, Numbering]
+) -> ProtoMessage:
+    """``<Model>ListRequest``: the page, and the query fields the service declares.
+
+    ``page_size`` and ``page_token`` come first (1 and 2 in a new file); ``filter``,
+    ``order_by`` and ``search`` only when declared, numbered as any field (a dropped one's
+    number and name become reserved).
+    """
+    plans = [
+        _FieldPlan("page_size", "int32", False, False, "rows per page; 0 streams every row", set()),
+        _FieldPlan("page_token", "string", False, False, "next_page_token of the last page", set()),
+    ]
+    if query is not None and query.filters:
+        plans.append(
+            _FieldPlan(
+                "filter",
+                f"{name}Filter",
+                False,
+                False,
+                "only rows that match every filter set in it",
+                set(),
+            )
+        )
+    if query is not None and query.ordering_fields:
+        plans.append(_FieldPlan("order_by", "string", False, True, _order_by_comment(query), set()))
+    if query is not None and query.search_fields:
+        fields = ", ".join(query.search_fields)
+        plans.append(
+            _FieldPlan(
+                "search",
+                "string",
+                False,
+                False,
+                f"search terms, separated by spaces or commas; a row matches when every term is "
+                f"in one of: {fields} (as DRF's SearchFilter does)",
+                set(),
+            )
+        )
+    return number_fields(f"{name}ListRequest", plans, previous, f"Which {label} rows to list.")
+
+
+def _order_by_comment(query: ListQuery) -> str:
+    fields = query.ordering_fields or ()
+    allowed = "any field" if "__all__" in fields else "one of " + ", ".join(fields)
+    text = (
+        f"the order of the rows, as DRF's OrderingFilter takes it: {allowed}; a leading - "
+        "sorts descending (-name)"
+    )
+    if query.ordering:
+        text += f"; unset: {', '.join(query.ordering)}"
+    return text
+
+
+def _filter_message(
+    name: str, label: str, query: ListQuery | None, previous: dict[str, Numbering]
+) -> tuple[ProtoMessage, ...]:
+    """``<Model>Filter``, one field per django-filter filter; none when no filters are declared."""
+    if query is None or not query.filters:
+        return ()
+    plans = [
+        _FieldPlan(f.name, f.type, f.optional, f.repeated, f.comment, set()) for f in query.filters
+    ]
+    comment = (
+        f"Filters of {label} rows, applied as django-filter does (from {query.service} "
+        f"{query.filters_from}); an unset field does not filter."
+    )
+    return (number_fields(f"{name}Filter", plans, previous, comment),)
 
 
 def template_context(proto: ProtoFile) -> dict[str, Any]:

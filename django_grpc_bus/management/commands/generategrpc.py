@@ -20,6 +20,8 @@ class Command(BusCommand):
             self.stdout.write("No models are selected; nothing to compile.")
             return
         plan = plan_protos(selection)
+        for note in plan.notes:
+            self.stderr.write(note)
         missing = [c for c in plan.changes if c.old is None]
         if missing:
             self.stdout.write(f"{len(missing)} .proto file(s) missing; generating them first.")

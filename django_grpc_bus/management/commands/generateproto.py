@@ -17,6 +17,8 @@ class Command(BusCommand):
 
     def run(self, *args, check, **options):
         plan = plan_protos(load_selection())
+        for note in plan.notes:
+            self.stderr.write(note)
         if check:
             for change in plan.changes:
                 self.stdout.write(change.diff(), ending="")

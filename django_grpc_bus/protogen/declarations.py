@@ -1,0 +1,110 @@
+"""Where generation finds the query declarations: the services ROOT_HANDLERS_HOOK registers.
+
+The handler module is imported with the compiled package replaced by placeholders
+(:mod:`~django_grpc_bus.protogen.placeholders`), so this works whether that package is missing,
+stale or current; nothing of the services is run, only their class attributes are read. Without
+a hook, or with one that cannot be imported, generation goes on without query fields and says
+so in one line (``Declarations.note``).
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from django.db import models
+from django.utils.module_loading import import_string
+
+from django_grpc_bus.conf import base_dir, bus_settings
+from django_grpc_bus.meta import Selection, is_library_path
+from django_grpc_bus.protogen import naming
+from django_grpc_bus.protogen.placeholders import placeholder_imports
+from django_grpc_bus.protogen.query import ListQuery, QueryDeclarationError, list_query
+
+NO_QUERY_FIELDS = "No filters, ordering or search generated for List: "
+
+
+@dataclass(frozen=True)
+class Declarations:
+    """Each selected model's query declarations, by model; `note` says why there are none."""
+
+    queries: dict[type[models.Model], ListQuery] = field(default_factory=dict)
+    note: str | None = None
+
+
+def read_declarations(selection: Selection) -> Declarations:
+    """The query declarations of the services that serve `selection`'s models."""
+    hook = bus_settings.raw("ROOT_HANDLERS_HOOK")
+    if not hook:
+        return Declarations(
+            note=NO_QUERY_FIELDS + "MESSAGE_BUS['ROOT_HANDLERS_HOOK'] is not set, and they are "
+            "read from the services its handler registers."
+        )
+    try:
+        services = registered_services(hook)
+    except Exception as exc:  # the project's code may raise anything while it is imported
+        return Declarations(
+            note=NO_QUERY_FIELDS + f"ROOT_HANDLERS_HOOK {hook!r} cannot be imported "
+            f"({_one_line(exc)}), and they are read from the services its handler registers."
+        )
+    selected = {selected.model for selected in selection}
+    queries: dict[type[models.Model], ListQuery] = {}
+    for service_class in services:
+        model = generated_service_model(service_class)
+        if model not in selected:
+            continue
+        query = list_query(service_class, model)
+        if query is None:
+            continue
+        earlier = queries.setdefault(model, query)
+        if earlier is not query and earlier != query:
+            raise QueryDeclarationError(
+                f"{earlier.service} and {query.service} both serve {model._meta.label} with "
+                "different filters, ordering or search, but share one proto service. Register "
+                "one of them only, or declare the same on both."
+            )
+    return Declarations(queries)
+
+
+def registered_services(hook: Any) -> list[type]:
+    """The service classes registered on the handler `hook` names (or is)."""
+    if isinstance(hook, str):
+        package = f"{naming.producer_package()}.{naming.GRPC_PACKAGE}"
+        with placeholder_imports(package):
+            handler = import_string(hook)
+    else:
+        handler = hook
+    services = getattr(handler, "services", None)
+    if services is None:
+        raise TypeError(
+            f"{type(handler).__name__} has no `services` (django_grpc_bus.handlers.BasicHandler "
+            "has)"
+        )
+    return [service for service in services if isinstance(service, type)]
+
+
+def generated_service_model(service_class: type) -> type[models.Model] | None:
+    """The model whose generated proto service `service_class` serves, read from its attributes
+    (``queryset``, else ``serializer_class.Meta.model``); None for a hand-written proto's."""
+    if getattr(service_class, "grpc_module", None) or getattr(service_class, "proto_service", None):
+        return None
+    queryset = getattr(service_class, "queryset", None)
+    model = getattr(queryset, "model", None)
+    if model is None:
+        meta = getattr(getattr(service_class, "serializer_class", None), "Meta", None)
+        model = getattr(meta, "model", None)
+    return model if isinstance(model, type) and issubclass(model, models.Model) else None
+
+
+def _one_line(exc: BaseException) -> str:
+    """``NameError: name 'x' is not defined, at catalog/services.py:12``: the error and the
+    innermost line of the project's own code it passed through."""
+    text = f"{type(exc).__name__}: {' '.join(str(exc).split())}".rstrip(": ")
+    base = base_dir()
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        path = Path(frame.filename)
+        if path.is_absolute() and path.is_relative_to(base) and not is_library_path(path):
+            return f"{text}, at {path.relative_to(base)}:{frame.lineno}"
+    return text
