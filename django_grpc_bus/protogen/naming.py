@@ -10,7 +10,6 @@ cannot collide; the proto names never collide because each app is its own packag
 from __future__ import annotations
 
 import importlib.util
-import keyword
 from collections import Counter
 from collections.abc import Iterable
 
@@ -18,6 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import models
 
 from django_grpc_bus.conf import base_dir, bus_settings
+from django_grpc_bus.identifiers import is_python_name
 from django_grpc_bus.meta import exposable_models, is_library_path, project_app_configs
 
 GRPC_PACKAGE = "grpc"
@@ -35,11 +35,6 @@ SYMBOL_SUFFIXES = (
 )
 # Added to them when the model's service declares filters (SPEC §8).
 FILTER_SUFFIX = "Filter"
-
-
-def is_python_name(name: object) -> bool:
-    """Whether `name` can be written in Python code: an identifier that is not a keyword."""
-    return isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)
 
 
 def proto_package(model: type[models.Model]) -> str:
