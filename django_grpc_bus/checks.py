@@ -23,6 +23,7 @@ from django_grpc_bus.conf import (
     bus_settings,
     resolve_path,
 )
+from django_grpc_bus.handler_hook import HandlerHookError, load_handler_hook
 from django_grpc_bus.protogen.naming import is_python_name
 
 CONFIG_TAG = "grpc_bus"
@@ -368,72 +369,15 @@ def _check_paths() -> list[CheckMessage]:
     return errors
 
 
-def _is_within(module: str, missing: str) -> bool:
-    """Whether `missing` is `module` or one of its parent packages (or a child of it)."""
-    if not module or not missing:
-        return False
-    return module == missing or module.startswith(missing + ".") or missing.startswith(module + ".")
-
-
-def _producer_package_or_none() -> str | None:
-    from django_grpc_bus.protogen.naming import producer_package
-
-    try:
-        return producer_package()
-    except ImproperlyConfigured:
-        return None
-
-
 @register(SERVER_TAG)
 def check_handlers_hook(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    hook = bus_settings.raw("ROOT_HANDLERS_HOOK")
-    if hook is None:
-        return []
-    if not isinstance(hook, str):
-        if hasattr(hook, "bind_to_server"):
-            return _serializer_errors(hook)
-        return [
-            Error(
-                f"{SETTING}['ROOT_HANDLERS_HOOK'] is a {type(hook).__name__}, not a handler.",
-                hint="Give a dotted path such as 'handlers.handler', or a BasicHandler.",
-                id="django_grpc_bus.E010",
-            )
-        ]
-    module_path = hook.rpartition(".")[0]
     try:
-        import_string(hook)
-    except ImportError as exc:  # ModuleNotFoundError, or a name missing from a module
-        missing = exc.name or ""
-        not_generated_yet = _is_within(module_path, missing) or _is_within(
-            _producer_package_or_none() or "", missing
-        )
-        if not not_generated_yet:
-            why = f"it imports {missing!r}, which is not installed" if missing else str(exc)
-            return [
-                Error(
-                    f"{SETTING}['ROOT_HANDLERS_HOOK'] = {hook!r} cannot be imported: {why}.",
-                    hint="Install the missing package or fix the import in your handler module.",
-                    id="django_grpc_bus.E010",
-                )
-            ]
-        return [
-            Warning(
-                f"{SETTING}['ROOT_HANDLERS_HOOK'] = {hook!r} cannot be imported yet: {exc}.",
-                hint="Generate it with `manage.py generategrpc` and "
-                "`manage.py generateservices --handler`, or fix the dotted path.",
-                id="django_grpc_bus.W001",
-            )
-        ]
-    except Exception as exc:  # any error raised while importing the user's module
-        return [
-            Error(
-                f"{SETTING}['ROOT_HANDLERS_HOOK'] = {hook!r} cannot be imported: "
-                f"{type(exc).__name__}: {exc}",
-                hint="It must be a dotted path to a handler object, e.g. 'handlers.handler'.",
-                id="django_grpc_bus.E010",
-            )
-        ]
-    return _serializer_errors(import_string(hook))
+        handler = load_handler_hook()
+    except HandlerHookError as exc:
+        if exc.not_generated_yet:
+            return [Warning(exc.message, hint=exc.hint, id="django_grpc_bus.W001")]
+        return [Error(exc.message, hint=exc.hint, id="django_grpc_bus.E010")]
+    return [] if handler is None else _serializer_errors(handler)
 
 
 def _serializer_errors(handler: Any) -> list[CheckMessage]:

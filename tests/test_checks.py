@@ -40,7 +40,9 @@ def run_cli(*argv: str) -> int:
 
 
 def test_valid_configuration_has_no_messages(project, make_module):
-    module = make_module("handler = object()\n")
+    module = make_module(
+        "from django_grpc_bus.handlers import BasicHandler\n\nhandler = BasicHandler()\n"
+    )
     (project.base / "service_templates").mkdir()
     (project.base / "handler_templates").mkdir()
     project.write_meta({"apps": [{"name": "catalog"}, {"name": "shop", "models": ["Book"]}]})
@@ -376,6 +378,16 @@ def test_w001_handler_module_importing_not_yet_generated_code(project, make_modu
 
     warning = only("django_grpc_bus.W001", tags=SERVER)
     assert "generategrpc" in warning.hint
+
+
+def test_e010_root_handlers_hook_names_something_else(project, make_module):
+    module = make_module("handler = object()\n")
+    project.configure(ROOT_HANDLERS_HOOK=f"{module}.handler")
+
+    error = only("django_grpc_bus.E010", tags=SERVER)
+    assert f"{module}.handler" in error.msg
+    assert "object, not a handler" in error.msg
+    assert "BasicHandler" in error.hint
 
 
 def test_e010_root_handlers_hook_attribute_missing(project, make_module):
