@@ -17,7 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
-from django_grpc_bus.generics import snake_case
+from django_grpc_bus.identifiers import snake_case
 from django_grpc_bus.serving.calls import BEHAVIORS, Route, unimplemented_behavior
 from django_grpc_bus.serving.requests import lenient_parser
 from django_grpc_bus.serving.traffic import Traffic
