@@ -7,7 +7,6 @@ carries ``grpc_bus_server``, so generation commands can run before the handlers 
 from __future__ import annotations
 
 import difflib
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -21,14 +20,12 @@ from django_grpc_bus.conf import (
     IMPORT_STRINGS,
     PATH_SETTINGS,
     bus_settings,
-    resolve_path,
 )
 from django_grpc_bus.handler_hook import HandlerHookError, load_handler_hook
-from django_grpc_bus.protogen.naming import is_python_name
+from django_grpc_bus.transport import pem_file_problem
 
 CONFIG_TAG = "grpc_bus"
 SERVER_TAG = "grpc_bus_server"
-SERVLET_KEYS = frozenset({"host", "port", "hosts", "timeout", "tls", "metadata", "options"})
 SETTING = "MESSAGE_BUS"
 
 
@@ -168,152 +165,28 @@ def _pem_file_errors(where: str, paths: dict[str, Any], check_id: str) -> list[C
     """Each set value of `paths` must be a path (str or Path) to an existing file."""
     errors: list[CheckMessage] = []
     for key, value in sorted(paths.items()):
-        if not value:
-            continue
-        if not isinstance(value, (str, Path)):
-            errors.append(Error(f"{where}[{key!r}] must be a path, not {value!r}.", id=check_id))
-        elif not resolve_path(value).is_file():
-            errors.append(
-                Error(
-                    f"{where}[{key!r}] is {resolve_path(value)}, which is not a file.", id=check_id
-                )
-            )
+        problem = pem_file_problem(value) if value else None
+        if problem:
+            errors.append(Error(f"{where}[{key!r}] {problem}", id=check_id))
     return errors
 
 
 def _check_servlets(servlets: dict[str, Any]) -> list[CheckMessage]:
+    """The client's own SERVLETS schema (client.config), its problems under their ids."""
+    from django_grpc_bus.client import config  # grpc loads only when the checks run
+
+    ids = {
+        config.NAME: (Warning, "django_grpc_bus.W002"),
+        config.ENTRY: (Error, "django_grpc_bus.E004"),
+        config.ADDRESS: (Error, "django_grpc_bus.E005"),
+        config.SETTING: (Error, "django_grpc_bus.E015"),
+        config.UNKNOWN_KEY: (Warning, "django_grpc_bus.W003"),
+    }
     errors: list[CheckMessage] = []
     for name, entry in servlets.items():
-        where = f"{SETTING}['SERVLETS'][{name!r}]"
-        if not is_python_name(name):
-            errors.append(
-                Warning(
-                    f"{where}: the servlet name is not a Python identifier, so "
-                    "`registry.<name>` cannot reach it.",
-                    hint=f"Rename it, or reach it as registry[{name!r}].",
-                    id="django_grpc_bus.W002",
-                )
-            )
-        if not isinstance(entry, dict):
-            errors.append(
-                Error(
-                    f"{where} must be a dict with 'host' and 'port', not {type(entry).__name__}.",
-                    hint="Write {'host': '127.0.0.1', 'port': 50051}.",
-                    id="django_grpc_bus.E004",
-                )
-            )
-            continue
-        missing = [key for key in ("host", "port") if key not in entry]
-        if "hosts" in entry:
-            missing = []
-            errors += _check_hosts(where, entry["hosts"])
-        errors += _check_servlet_extras(where, entry)
-        if missing:
-            errors.append(
-                Error(
-                    f"{where} has no {' and no '.join(repr(k) for k in missing)}.",
-                    hint="Write {'host': '127.0.0.1', 'port': 50051}.",
-                    id="django_grpc_bus.E004",
-                )
-            )
-        host = entry.get("host")
-        if "host" in entry and (not isinstance(host, str) or not host.strip()):
-            errors.append(
-                Error(
-                    f"{where}['host'] must be a non-empty string, not {host!r}.",
-                    id="django_grpc_bus.E004",
-                )
-            )
-        port = entry.get("port")
-        if "port" in entry and (
-            isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535
-        ):
-            errors.append(
-                Error(
-                    f"{where}['port'] must be an integer from 1 to 65535, not {port!r}.",
-                    hint="Ports are integers: 'port': 50051, not '50051'.",
-                    id="django_grpc_bus.E005",
-                )
-            )
-        for key in sorted(set(entry) - SERVLET_KEYS, key=str):
-            errors.append(
-                Warning(
-                    f"{where}[{key!r}] is not a servlet setting and is ignored.",
-                    hint=f"Servlet keys: {', '.join(sorted(SERVLET_KEYS))}.",
-                    id="django_grpc_bus.W003",
-                )
-            )
-    return errors
-
-
-def _check_hosts(where: str, hosts: Any) -> list[CheckMessage]:
-    def valid(item: Any) -> bool:
-        if isinstance(item, (list, tuple)) and len(item) == 2:
-            host, port = item
-        elif isinstance(item, str) and ":" in item:
-            host, _, port = item.rpartition(":")
-            port = int(port) if port.isdigit() else None
-        else:
-            return False
-        return (
-            isinstance(host, str)
-            and bool(host.strip("[]"))
-            and isinstance(port, int)
-            and not isinstance(port, bool)
-            and 1 <= port <= 65535
-        )
-
-    if not isinstance(hosts, (list, tuple)) or not hosts or not all(map(valid, hosts)):
-        return [
-            Error(
-                f"{where}['hosts'] must be a non-empty list of 'ip:port' strings or "
-                f"(ip, port) pairs, not {hosts!r}.",
-                hint="Write 'hosts': ['10.0.0.1:50051', '10.0.0.2:50051'] (IP addresses).",
-                id="django_grpc_bus.E005",
-            )
-        ]
-    return []
-
-
-SERVLET_TLS_KEYS = frozenset({"CA", "CERTIFICATE", "PRIVATE_KEY"})
-
-
-def _check_servlet_extras(where: str, entry: dict[str, Any]) -> list[CheckMessage]:
-    errors: list[CheckMessage] = []
-    timeout = entry.get("timeout")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
-    ):
-        errors.append(
-            Error(
-                f"{where}['timeout'] must be a number of seconds above 0, or None, "
-                f"not {timeout!r}.",
-                id="django_grpc_bus.E015",
-            )
-        )
-    metadata = entry.get("metadata")
-    if metadata is not None and not (
-        isinstance(metadata, dict) and all(isinstance(k, str) for k in metadata)
-    ):
-        errors.append(
-            Error(
-                f"{where}['metadata'] must be a dict of header names to values, not {metadata!r}.",
-                hint="Write 'metadata': {'authorization': 'Token ...'}.",
-                id="django_grpc_bus.E015",
-            )
-        )
-    tls = entry.get("tls")
-    if tls is not None:
-        if not isinstance(tls, dict) or set(tls) - SERVLET_TLS_KEYS:
-            errors.append(
-                Error(
-                    f"{where}['tls'] must be a dict with keys from "
-                    f"{', '.join(sorted(SERVLET_TLS_KEYS))}, not {tls!r}.",
-                    id="django_grpc_bus.E015",
-                )
-            )
-        else:
-            errors += _pem_file_errors(f"{where}['tls']", tls, "django_grpc_bus.E015")
+        for problem in config.servlet_problems(name, entry):
+            level, check_id = ids[problem.kind]
+            errors.append(level(problem.message, hint=problem.hint, id=check_id))
     return errors
 
 
