@@ -244,7 +244,7 @@ def test_error_texts_name_the_servlet_and_the_service_once(settings, servers):
         registry.catalog.Author.nope  # noqa: B018
     assert str(method.value) == (
         "No method 'nope' on catalog.Author (servlet 'catalog'). "
-        "Available: create, destroy, list, partial_update, retrieve, update."
+        "Available: count, create, destroy, list, partial_update, retrieve, update."
     )
     with pytest.raises(exceptions.UnknownService) as service:
         registry.catalog.Nope  # noqa: B018
