@@ -12,14 +12,19 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import threading
-from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, cast
 
 from django.core.exceptions import FieldDoesNotExist
 from django.db import models
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import Message
 from rest_framework import serializers
 
 from django_grpc_bus.conversion import fieldtypes, messages, scalars, wellknown
+
+if TYPE_CHECKING:
+    from rest_framework.utils.model_meta import FieldInfo
 
 Getter = Callable[[Any], Any]
 
@@ -68,9 +73,13 @@ class SerializerPlan:
         "zero_means_absent",
     )
 
-    def __init__(self, serializer: serializers.BaseSerializer, message_class: type) -> None:
+    def __init__(
+        self, serializer: serializers.Serializer[Any], message_class: type[Message]
+    ) -> None:
         self.message_class = message_class
-        proto_writers = messages.plan_for(message_class.DESCRIPTOR).writers
+        # The stubs give DESCRIPTOR the pure-Python or the upb class; at run time they are one.
+        descriptor = cast(Descriptor, message_class.DESCRIPTOR)
+        proto_writers = messages.plan_for(descriptor).writers
         model = getattr(getattr(serializer, "Meta", None), "model", None)
         declared = getattr(serializer, "_declared_fields", {})
         fields = serializer.fields
@@ -171,7 +180,7 @@ def absent_key(field: serializers.Field, proto_field: Any) -> int | str | None:
     return None
 
 
-def overrides_representation(serializer_class: type) -> bool:
+def overrides_representation(serializer_class: type[serializers.BaseSerializer[Any]]) -> bool:
     """Whether a user's serializer class defines its own ``to_representation``."""
     own = serializer_class.to_representation
     return own not in (
@@ -180,7 +189,7 @@ def overrides_representation(serializer_class: type) -> bool:
     )
 
 
-def _representation_getter(serializer: serializers.BaseSerializer) -> Getter:
+def _representation_getter(serializer: serializers.BaseSerializer[Any]) -> Getter:
     serializer_class = type(serializer)
 
     def represent(instance: Any) -> Any:
@@ -284,16 +293,17 @@ def clone_field(field: serializers.Field) -> serializers.Field:
     clone = object.__new__(type(field))  # copy.copy, without its __reduce_ex__ round trip
     clone.__dict__.update(field.__dict__)
     if "_validators" in clone.__dict__:
-        clone._validators = list(clone._validators)
+        clone.__dict__["_validators"] = list(clone.__dict__["_validators"])
     clone.error_messages = dict(clone.error_messages)
     for attribute in ("child_relation", "child"):  # many=True relations, ListField, DictField
         child = clone.__dict__.get(attribute)
         if isinstance(child, serializers.Field):
             # DRF bound the child to its parent in the parent's __init__ (field_name ""):
             # the copy keeps that binding and only needs to point at its new parent.
-            child = clone_field(child)
-            child.parent = clone
-            setattr(clone, attribute, child)
+            copied = clone_field(child)
+            # The stubs say a parent is a serializer; a ListField's child's is the ListField.
+            copied.parent = clone  # type: ignore[assignment]
+            setattr(clone, attribute, copied)
     return clone
 
 
@@ -304,7 +314,14 @@ class MessageCoverage(NamedTuple):
     uncarried: tuple[str, ...]  # declared serializer fields the message does not have
 
 
-class ProtoSerializerMixin:
+if TYPE_CHECKING:
+    # The mixin is always combined with a DRF Serializer (ProtoSerializer, ModelProtoSerializer).
+    _SerializerBase = serializers.Serializer[Any]
+else:
+    _SerializerBase = object
+
+
+class ProtoSerializerMixin(_SerializerBase):
     """Message conversion for DRF serializers whose ``Meta.proto_class`` is a message class.
 
     Fields are built once per class and copied per instance (``cache_fields``); set it to False
@@ -313,6 +330,10 @@ class ProtoSerializerMixin:
 
     cache_fields = True
     _plans_lock = threading.Lock()
+    # Each class's own, read through cls.__dict__ (never a parent's): set on first use.
+    _field_prototypes: ClassVar[dict[str, serializers.Field]]
+    _validator_prototypes: ClassVar[list[Any]]
+    _plan: ClassVar[SerializerPlan]
 
     def get_fields(self) -> dict[str, serializers.Field]:
         cls = type(self)
@@ -335,7 +356,7 @@ class ProtoSerializerMixin:
         return list(validators)
 
     @classmethod
-    def get_proto_class(cls) -> type:
+    def get_proto_class(cls) -> type[Message]:
         meta = getattr(cls, "Meta", None)
         proto_class = getattr(meta, "proto_class", None)
         if proto_class is None:
@@ -433,15 +454,20 @@ class ModelProtoSerializer(ProtoSerializerMixin, serializers.ModelSerializer):
         models.ImageField: FileNameField,
     }
 
-    def get_field_names(self, declared_fields: dict, info: Any) -> list[str]:
+    def get_field_names(
+        self, declared_fields: Mapping[str, serializers.Field], info: FieldInfo
+    ) -> list[str]:
         meta = self.Meta
         if getattr(meta, "fields", None) is None and getattr(meta, "exclude", None) is None:
             proto_names = [field.name for field in self.get_proto_class().DESCRIPTOR.fields]
-            model_names = {f.name for f in meta.model._meta.get_fields()} | {"pk"}
+            model: type[models.Model] = meta.model
+            model_names = {f.name for f in model._meta.get_fields()} | {"pk"}
             return [name for name in proto_names if name in model_names or name in declared_fields]
         return super().get_field_names(declared_fields, info)
 
-    def build_standard_field(self, field_name: str, model_field: models.Field):
+    def build_standard_field(
+        self, field_name: str, model_field: models.Field
+    ) -> tuple[type[serializers.Field], dict[str, Any]]:
         field_class, field_kwargs = super().build_standard_field(field_name, model_field)
         if field_class is FileNameField:
             # DRF gives file fields upload-specific options a CharField does not take.

@@ -10,9 +10,13 @@ built-in fields work); a field with no such ancestor is an :class:`UnmappableFie
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeGuard
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import models
+
+if TYPE_CHECKING:
+    from django.contrib.postgres.fields import ArrayField
 
 TIMESTAMP_IMPORT = "google/protobuf/timestamp.proto"
 DURATION_IMPORT = "google/protobuf/duration.proto"
@@ -106,7 +110,7 @@ def _unmappable(field: models.Field, why: str) -> UnmappableField:
     )
 
 
-def _is_array_field(field: models.Field) -> bool:
+def _is_array_field(field: models.Field) -> TypeGuard[ArrayField]:
     # Compared by name so that django.contrib.postgres (and psycopg) need not be importable.
     return any(
         f"{klass.__module__}.{klass.__qualname__}"
@@ -123,9 +127,10 @@ def is_repeated(field: models.Field) -> bool:
 def proto_type(field: models.Field) -> ProtoType:
     """The proto type of one value of `field` (of one element, for repeated fields)."""
     if field.is_relation:
-        if field.many_to_many:
-            return proto_type(field.related_model._meta.pk)
-        if field.many_to_one or field.one_to_one:
+        related_model = field.related_model
+        if field.many_to_many and related_model is not None:
+            return proto_type(related_model._meta.pk)
+        if (field.many_to_one or field.one_to_one) and isinstance(field, models.ForeignObject):
             return proto_type(field.target_field)
         raise _unmappable(field, "is a relation without a column of its own")
     if _is_array_field(field):

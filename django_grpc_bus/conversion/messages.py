@@ -42,7 +42,7 @@ def repeated(field: FD) -> bool:
     flag = getattr(field, "is_repeated", None)
     if flag is not None:
         return bool(flag)
-    return field.label == FD.LABEL_REPEATED
+    return getattr(field, "label", None) == FD.LABEL_REPEATED
 
 
 class ConversionError(ValueError):
@@ -87,6 +87,17 @@ def plan_for(descriptor: _descriptor.Descriptor) -> MessagePlan:
     return plan
 
 
+def _message_type(field: FD) -> _descriptor.Descriptor:
+    """The message type of a message field (a map's entry type for a map)."""
+    assert field.message_type is not None, f"{field.full_name} is not a message field"
+    return field.message_type
+
+
+def _enum_type(field: FD) -> _descriptor.EnumDescriptor:
+    assert field.enum_type is not None, f"{field.full_name} is not an enum field"
+    return field.enum_type
+
+
 def _is_map(field: FD) -> bool:
     message_type = field.message_type
     return bool(
@@ -97,12 +108,12 @@ def _is_map(field: FD) -> bool:
 def _value_reader(field: FD) -> Reader:
     """Reads one value (an element, for repeated fields) already taken from the message."""
     if field.type == FD.TYPE_MESSAGE:
-        well_known = WELL_KNOWN.get(field.message_type.full_name)
+        well_known = WELL_KNOWN.get(_message_type(field).full_name)
         if well_known is not None:
             return well_known[0]
         return message_to_dict
     if field.type == FD.TYPE_ENUM:
-        by_number = field.enum_type.values_by_number
+        by_number = _enum_type(field).values_by_number
 
         def read_enum(number: int) -> Any:
             value = by_number.get(number)
@@ -115,7 +126,7 @@ def _value_reader(field: FD) -> Reader:
 def _field_reader(field: FD) -> Reader:
     name = field.name
     if _is_map(field):
-        value_field = field.message_type.fields_by_name["value"]
+        value_field = _message_type(field).fields_by_name["value"]
         read_value = _value_reader(value_field)
         return lambda msg: {k: read_value(v) for k, v in getattr(msg, name).items()}
     read_one = _value_reader(field)
@@ -132,63 +143,78 @@ def _field_reader(field: FD) -> Reader:
 
 def _enum_number(field: FD, value: Any) -> int:
     if isinstance(value, str):
-        found = field.enum_type.values_by_name.get(value)
+        values = _enum_type(field).values_by_name
+        found = values.get(value)
         if found is None:
-            names = ", ".join(field.enum_type.values_by_name)
+            names = ", ".join(values)
             raise TypeError(f"{value!r} is not one of {names}")
         return found.number
     return as_int(value)
 
 
-def _element_writer(field: FD) -> Callable[[Any, Any], None] | Callable[[Any], Any]:
-    """For message elements: fill(target, value); for scalars: coerce(value) -> wire value."""
-    if field.type == FD.TYPE_MESSAGE:
-        well_known = WELL_KNOWN.get(field.message_type.full_name)
-        if well_known is not None:
-            write = well_known[1]
-
-            def fill_well_known(target: Any, value: Any) -> None:
-                if isinstance(value, _message.Message):
-                    target.CopyFrom(value)
-                else:
-                    write(target, value)
-
-            return fill_well_known
+def _message_filler(field: FD) -> Writer:
+    """fill(target, value) for the messages of a message field (or its elements)."""
+    well_known = WELL_KNOWN.get(_message_type(field).full_name)
+    if well_known is None:
         return _fill
+    write = well_known[1]
+
+    def fill_well_known(target: Any, value: Any) -> None:
+        if isinstance(value, _message.Message):
+            target.CopyFrom(value)
+        else:
+            write(target, value)
+
+    return fill_well_known
+
+
+def _scalar_coercer(field: FD) -> Callable[[Any], Any]:
+    """coerce(value) -> the wire value, for a scalar or enum field (or its elements)."""
     if field.type == FD.TYPE_ENUM:
         return lambda value: _enum_number(field, value)
     return SCALAR_COERCE[field.type]
 
 
+def _cleared_map(msg: Any, name: str, value: Any) -> Any:
+    """The map field `name` of `msg`, emptied, once `value` is known to be a dict."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"expected a dict, got {type(value).__name__}")
+    target = getattr(msg, name)
+    target.clear()
+    return target
+
+
 def _field_writer(field: FD) -> Writer:
     name = field.name
     if _is_map(field):
-        value_field = field.message_type.fields_by_name["value"]
-        element = _element_writer(value_field)
-        is_message = value_field.type == FD.TYPE_MESSAGE
+        value_field = _message_type(field).fields_by_name["value"]
+        if value_field.type == FD.TYPE_MESSAGE:
+            fill_value = _message_filler(value_field)
+
+            def write_message_map(msg: Any, value: Any) -> None:
+                target = _cleared_map(msg, name, value)
+                for key, item in value.items():
+                    fill_value(target[key], item)
+
+            return write_message_map
+        coerce_value = _scalar_coercer(value_field)
 
         def write_map(msg: Any, value: Any) -> None:
-            if not isinstance(value, Mapping):
-                raise TypeError(f"expected a dict, got {type(value).__name__}")
-            target = getattr(msg, name)
-            target.clear()
+            target = _cleared_map(msg, name, value)
             for key, item in value.items():
-                if is_message:
-                    element(target[key], item)
-                else:
-                    target[key] = element(item)
+                target[key] = coerce_value(item)
 
         return write_map
-    element = _element_writer(field)
-    if repeated(field):
-        if field.type == FD.TYPE_MESSAGE:
+    if field.type == FD.TYPE_MESSAGE:
+        fill = _message_filler(field)
+        if repeated(field):
 
             def write_repeated_messages(msg: Any, value: Any) -> None:
                 target = getattr(msg, name)
                 del target[:]
                 for index, item in enumerate(_as_list(value)):
                     try:
-                        element(target.add(), item)
+                        fill(target.add(), item)
                     except ConversionError as exc:
                         raise ConversionError(
                             join_path(f"[{index}]", exc.path), exc.problem
@@ -198,29 +224,30 @@ def _field_writer(field: FD) -> Writer:
 
             return write_repeated_messages
 
+        def write_message(msg: Any, value: Any) -> None:
+            target = getattr(msg, name)
+            target.SetInParent()
+            fill(target, value)
+
+        return write_message
+    coerce = _scalar_coercer(field)
+    if repeated(field):
+
         def write_repeated(msg: Any, value: Any) -> None:
             target = getattr(msg, name)
             items = []
             for index, item in enumerate(_as_list(value)):
                 try:
-                    items.append(element(item))
+                    items.append(coerce(item))
                 except (TypeError, ValueError, OverflowError) as exc:
                     raise ConversionError(f"[{index}]", str(exc)) from None
             del target[:]
             target.extend(items)
 
         return write_repeated
-    if field.type == FD.TYPE_MESSAGE:
-
-        def write_message(msg: Any, value: Any) -> None:
-            target = getattr(msg, name)
-            target.SetInParent()
-            element(target, value)
-
-        return write_message
 
     def write_scalar(msg: Any, value: Any) -> None:
-        setattr(msg, name, element(value))
+        setattr(msg, name, coerce(value))
 
     return write_scalar
 
