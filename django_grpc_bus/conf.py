@@ -8,7 +8,7 @@ changes ``MESSAGE_BUS`` or ``BASE_DIR`` with ``override_settings``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -84,6 +84,10 @@ def base_dir() -> Path:
     return Path(value).resolve()
 
 
+@overload
+def resolve_path(value: str | Path) -> Path: ...
+@overload
+def resolve_path(value: None) -> None: ...
 def resolve_path(value: str | Path | None) -> Path | None:
     """Return `value` as an absolute path, relative paths taken from BASE_DIR (never the cwd)."""
     if value is None:

@@ -180,7 +180,8 @@ def _own_message(code: grpc.StatusCode) -> Callable[[BaseException], Failure]:
 
 
 # The table. Order matters: the first class the exception is an instance of decides.
-STATUS_TABLE: list[tuple[type[BaseException], Callable[[Any], Failure]]] = [
+# A converter may say None: the exception is unexpected after all (-> INTERNAL).
+STATUS_TABLE: list[tuple[type[BaseException], Callable[[Any], Failure | None]]] = [
     (GrpcError, lambda exc: Failure(exc.code, exc.message, exc.violations)),
     (drf.ValidationError, lambda exc: _validation(exc.detail)),
     (django_exceptions.ValidationError, _django_validation),

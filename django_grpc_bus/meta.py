@@ -8,7 +8,7 @@ and their fields. Every mistake is a :class:`ServiceMetaError` naming the YAML e
 from __future__ import annotations
 
 import sysconfig
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,12 @@ import yaml
 from django.apps import AppConfig, apps
 from django.core.exceptions import ImproperlyConfigured
 from django.db import models
+from django.db.models import Model
 
 from django_grpc_bus.conf import bus_settings
+
+# resolve_meta's fail(where, problem): the error naming the YAML entry at fault.
+Fail = Callable[[str, str], "ServiceMetaError"]
 
 APP_KEYS = frozenset({"name", "models"})
 MODEL_KEYS = frozenset({"name", "fields", "exclude"})
@@ -67,13 +71,14 @@ class Selection:
 
     models: tuple[ModelSelection, ...]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[ModelSelection]:
         return iter(self.models)
 
     def __len__(self) -> int:
         return len(self.models)
 
-    def get(self, model: type[models.Model]) -> ModelSelection | None:
+    # (`models` here is the field above, not django.db.models.)
+    def get(self, model: type[Model]) -> ModelSelection | None:
         for selected in self.models:
             if selected.model is model:
                 return selected
@@ -238,14 +243,16 @@ def resolve_meta(document: Any, source: str = "service_meta.yaml") -> Selection:
     return Selection(tuple(selected))
 
 
-def _resolve_models(app_config, model_entries, fail, app_where) -> list[ModelSelection]:
+def _resolve_models(
+    app_config: AppConfig, model_entries: Any, fail: Fail, app_where: str
+) -> list[ModelSelection]:
     if model_entries is None:
         models_ = exposable_models(app_config)
         return [ModelSelection(model, tuple(selectable_fields(model))) for model in models_]
     if not isinstance(model_entries, list) or not model_entries:
         raise fail(f"{app_where}.models", "expected a non-empty list of models")
     by_name = {model.__name__.lower(): model for model in app_config.get_models()}
-    result = []
+    result: list[ModelSelection] = []
     for index, entry in enumerate(model_entries):
         where = f"{app_where}.models[{index}]"
         if isinstance(entry, str):
@@ -264,7 +271,9 @@ def _resolve_models(app_config, model_entries, fail, app_where) -> list[ModelSel
     return result
 
 
-def _resolve_fields(model, entry, fail, where) -> tuple[models.Field, ...]:
+def _resolve_fields(
+    model: type[Model], entry: dict[str, Any], fail: Fail, where: str
+) -> tuple[models.Field, ...]:
     all_fields = selectable_fields(model)
     if "fields" in entry and "exclude" in entry:
         raise fail(where, "use either `fields` or `exclude`, not both")
@@ -274,18 +283,18 @@ def _resolve_fields(model, entry, fail, where) -> tuple[models.Field, ...]:
     names = entry[key]
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise fail(f"{where}.{key}", "expected a list of field names")
-    by_name = {}
+    by_name: dict[str, models.Field] = {}
     for field in all_fields:
         by_name[field.name] = field
         by_name.setdefault(field.attname, field)
     chosen: set[models.Field] = set()
     for name in names:
-        field = by_name.get(name)
-        if field is None:
+        named = by_name.get(name)
+        if named is None:
             raise fail(f"{where}.{key}", _unknown_field(model, name, all_fields))
-        if field in chosen:
+        if named in chosen:
             raise fail(f"{where}.{key}", f"field {name!r} is listed twice")
-        chosen.add(field)
+        chosen.add(named)
     pk_fields = primary_key_fields(model)
     if key == "exclude":
         for field in pk_fields:
@@ -297,7 +306,7 @@ def _resolve_fields(model, entry, fail, where) -> tuple[models.Field, ...]:
     return tuple(f for f in all_fields if f in chosen or f in pk_fields)
 
 
-def _unknown_field(model, name: str, all_fields: list[models.Field]) -> str:
+def _unknown_field(model: type[Model], name: str, all_fields: list[models.Field]) -> str:
     label = f"{model._meta.app_label}.{model.__name__}"
     try:
         other = model._meta.get_field(name)
@@ -312,7 +321,9 @@ def _unknown_field(model, name: str, all_fields: list[models.Field]) -> str:
     return f"{label} has no field {name!r}. Its fields: {_names(f.name for f in all_fields)}"
 
 
-def _reject_unknown_keys(entry: dict, allowed: frozenset[str], fail, where: str) -> None:
+def _reject_unknown_keys(
+    entry: dict[str, Any], allowed: frozenset[str], fail: Fail, where: str
+) -> None:
     extra = set(entry) - allowed
     if extra:
         raise fail(where, f"unknown key(s) {_names(extra)}; allowed: {_names(allowed)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_grpc_bus.checks import CONFIG_TAG
 from django_grpc_bus.protogen.protoc import ProtocError
@@ -30,7 +30,7 @@ class BusCommand(BaseCommand):
     # A command adds the errors of the library it calls (ServerError, ClientError, ...).
     user_errors: tuple[type[Exception], ...] = (ImproperlyConfigured, ProtocError)
 
-    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any):
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
         # Django adds --skip-checks only to commands that require checks; ours run a subset.
         parser = super().create_parser(prog_name, subcommand, **kwargs)
         if self.skip_checks_help is not None:

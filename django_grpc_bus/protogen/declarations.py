@@ -53,7 +53,7 @@ def read_declarations(selection: Selection) -> Declarations:
     queries: dict[type[models.Model], ListQuery] = {}
     for service_class in services:
         model = generated_service_model(service_class)
-        if model not in selected:
+        if model is None or model not in selected:
             continue
         query = list_query(service_class, model)
         if query is None:

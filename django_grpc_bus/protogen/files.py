@@ -62,7 +62,7 @@ def check_symbol_collisions(selection: Selection, filtered: Iterable[type] = ())
     filtered = set(filtered)
     owners: dict[tuple[str, str], list[str]] = defaultdict(list)
     for selected in selection:
-        suffixes = naming.SYMBOL_SUFFIXES
+        suffixes: tuple[str, ...] = naming.SYMBOL_SUFFIXES
         if selected.model in filtered:
             suffixes = (*suffixes, naming.FILTER_SUFFIX)
         for suffix in suffixes:

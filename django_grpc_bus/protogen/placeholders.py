@@ -174,4 +174,4 @@ def _is_project_module(name: str, module: Any) -> bool:
     if name == "django_grpc_bus" or name.startswith("django_grpc_bus."):
         return False
     location = getattr(module, "__file__", None)
-    return bool(location) and not is_library_path(location)
+    return location is not None and bool(location) and not is_library_path(location)

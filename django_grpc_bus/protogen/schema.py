@@ -136,7 +136,7 @@ def _comment(field_: models.Field, pk_fields: list[models.Field]) -> str:
             notes.append(f"choices: {values}")
     if field_ in pk_fields:
         notes.append("primary key" if len(pk_fields) == 1 else "part of the primary key")
-    elif field_.is_relation:
+    elif field_.is_relation and field_.related_model is not None:
         related = field_.related_model
         notes.append(f"primary key of {related._meta.app_label}.{related.__name__}")
     if not field_.editable:

@@ -36,7 +36,7 @@ def render(setting: str, template_name: str, default: Path, context: dict[str, A
     engine = Engine(dirs=[str(folder)], autoescape=False)
     where = folder / template_name
     try:
-        text = engine.get_template(template_name).render(Context(context, autoescape=False))
+        text: str = engine.get_template(template_name).render(Context(context, autoescape=False))
     except (TemplateSyntaxError, TemplateDoesNotExist) as exc:
         raise ScaffoldError(f"Template {where} cannot be rendered: {exc}") from exc
     text = text.lstrip("\n").rstrip() + "\n"

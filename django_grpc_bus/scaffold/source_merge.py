@@ -64,18 +64,17 @@ def add_imports(tree: ast.Module, text: str, needed: Sequence[ImportedName]) -> 
         key = item.module if item.module is not None and not item.asname else None
         by_module.setdefault(key, []).append(item)
     for module, items in by_module.items():
-        target = mergeable_import(top_imports, module, lines) if module else None
+        if module is None:
+            new_statements.extend(item.statement() for item in items)
+            continue
+        target = mergeable_import(top_imports, module, lines)
         if target is not None:
             names = [alias.name for alias in target.names] + [item.name for item in items]
-            edits.append(
-                (target.lineno - 1, target.end_lineno, [from_import(module, names) + "\n"])
-            )
-        elif module:
-            new_statements.append(from_import(module, [item.name for item in items]))
+            edits.append((target.lineno - 1, end_line(target), [from_import(module, names) + "\n"]))
         else:
-            new_statements.extend(item.statement() for item in items)
+            new_statements.append(from_import(module, [item.name for item in items]))
     if new_statements:
-        anchor = top_imports[-1].end_lineno if top_imports else docstring_end(tree)
+        anchor = end_line(top_imports[-1]) if top_imports else docstring_end(tree)
         if lines and anchor == len(lines) and not lines[-1].endswith("\n"):
             lines[-1] += "\n"
         edits.append((anchor, anchor, [f"{line}\n" for line in sorted(new_statements)]))
@@ -95,11 +94,16 @@ def mergeable_import(
             continue
         if any(alias.asname for alias in node.names) or node.col_offset:
             continue
-        segment = "".join(lines[node.lineno - 1 : node.end_lineno])
-        after = lines[node.end_lineno - 1][node.end_col_offset :]
+        segment = "".join(lines[node.lineno - 1 : end_line(node)])
+        after = lines[end_line(node) - 1][node.end_col_offset :]
         if "#" not in segment and not after.strip():
             return node
     return None
+
+
+def end_line(node: ast.stmt) -> int:
+    """The last line of a parsed statement (``ast.parse`` always sets ``end_lineno``)."""
+    return node.end_lineno if node.end_lineno is not None else node.lineno
 
 
 def docstring_end(tree: ast.Module) -> int:

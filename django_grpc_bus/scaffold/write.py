@@ -111,7 +111,8 @@ def defined_services(app: AppScaffold) -> tuple[list[str], list[str]]:
         bound = module_bindings(ast.parse(source.text)) if source else set()
     except (OSError, UnicodeDecodeError, SyntaxError):
         bound = set()
-    present, missing = [], []
+    present: list[str] = []
+    missing: list[str] = []
     for model in app.models:
         (present if model.service_name in bound else missing).append(app.service_path(model))
     return present, missing

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import grpc
 from django.core.exceptions import ImproperlyConfigured
@@ -22,6 +23,9 @@ from django_grpc_bus.serving.calls import BEHAVIORS, Route, unimplemented_behavi
 from django_grpc_bus.serving.requests import lenient_parser
 from django_grpc_bus.serving.traffic import Traffic
 
+if TYPE_CHECKING:
+    from django_grpc_bus.services import BaseService
+
 # (client streaming, server streaming) -> how grpc registers a method of that kind.
 _HANDLER_KINDS = {
     (False, False): grpc.unary_unary_rpc_method_handler,
@@ -31,7 +35,7 @@ _HANDLER_KINDS = {
 }
 
 
-def service_descriptor(service_class: type) -> ServiceDescriptor:
+def service_descriptor(service_class: type[BaseService]) -> ServiceDescriptor:
     """The proto service `service_class` serves, found from descriptors.
 
     ``grpc_module`` (the compiled ``_pb2_grpc`` module) and ``proto_service`` when the class
@@ -41,7 +45,7 @@ def service_descriptor(service_class: type) -> ServiceDescriptor:
     (a service that picks its serializer in ``get_serializer_class()``).
     """
     if service_class.grpc_module is not None:
-        return _from_grpc_module(service_class)
+        return _from_grpc_module(service_class, service_class.grpc_module)
     name = service_class.__qualname__
     model = service_class.get_model()
     if model is None:
@@ -50,9 +54,8 @@ def service_descriptor(service_class: type) -> ServiceDescriptor:
             "and `proto_service`."
         )
     service_name = service_class.proto_service or model.__name__
-    proto_class = getattr(
-        getattr(service_class.serializer_class, "Meta", None), "proto_class", None
-    )
+    serializer_class = getattr(service_class, "serializer_class", None)  # a GenericService's
+    proto_class = getattr(getattr(serializer_class, "Meta", None), "proto_class", None)
     if proto_class is not None:
         found = proto_class.DESCRIPTOR.file.services_by_name.get(service_name)
         if found is not None:
@@ -69,8 +72,7 @@ def service_descriptor(service_class: type) -> ServiceDescriptor:
         ) from None
 
 
-def _from_grpc_module(service_class: type) -> ServiceDescriptor:
-    module_path = service_class.grpc_module
+def _from_grpc_module(service_class: type[BaseService], module_path: str) -> ServiceDescriptor:
     service_name = service_class.proto_service
     if service_name is None:
         model = service_class.get_model()
@@ -97,7 +99,7 @@ def _from_grpc_module(service_class: type) -> ServiceDescriptor:
 
 
 def method_handlers(
-    service_class: type,
+    service_class: type[BaseService],
     descriptor: ServiceDescriptor,
     traffic: Traffic,
     *,
@@ -141,7 +143,7 @@ def method_handlers(
 
 def bind_services(
     server: grpc.Server,
-    service_classes: Iterable[type],
+    service_classes: Iterable[type[BaseService]],
     traffic: Traffic,
     *,
     dev: bool = False,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import grpc
 from django.db import close_old_connections
@@ -29,7 +30,8 @@ class _Details:
 
 def _refusal_for(details: grpc.HandlerCallDetails) -> tuple[grpc.StatusCode, str] | None:
     """Authenticate a health or reflection call; the status to refuse it with, or None."""
-    call = auth.CallRequest(None, _Details(details), "list")
+    # _Details has what CallRequest reads of a context: invocation_metadata() and peer().
+    call = auth.CallRequest(None, cast(grpc.ServicerContext, _Details(details)), "list")
     close_old_connections()
     try:
         auth.authenticate(call, auth.default_authenticators())
@@ -45,7 +47,9 @@ def _refusal_for(details: grpc.HandlerCallDetails) -> tuple[grpc.StatusCode, str
     return None
 
 
-def _guarded(handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails):
+def _guarded(
+    handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
+) -> grpc.RpcMethodHandler:
     """`handler`, authenticating first, in the call's own worker thread.
 
     Interceptors run on grpc's single dispatch thread; a database query there (a token
@@ -62,7 +66,8 @@ def _guarded(handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails):
             context.abort(*refusal)
         return behavior(request_or_iterator, context)
 
-    return handler._replace(**{kind: guarded})
+    # grpc's method handlers are namedtuples; the stubs' RpcMethodHandler class is not one.
+    return handler._replace(**{kind: guarded})  # type: ignore[attr-defined]
 
 
 class InfrastructureGuard(grpc.ServerInterceptor):
@@ -72,7 +77,11 @@ class InfrastructureGuard(grpc.ServerInterceptor):
     every call to them is refused.
     """
 
-    def intercept_service(self, continuation, handler_call_details):
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith(INFRASTRUCTURE_PREFIXES):
             return handler

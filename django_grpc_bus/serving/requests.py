@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from django_grpc_bus.errors import Failure, abort_with
 
@@ -28,7 +28,7 @@ class Undecodable:
         self.problem = problem
 
 
-def lenient_parser(message_class: type) -> Callable[[bytes], Any]:
+def lenient_parser(message_class: type[Message]) -> Callable[[bytes], Any]:
     """Parse request bytes; on failure return :class:`Undecodable` instead of raising."""
     parse = message_class.FromString
     name = message_class.DESCRIPTOR.full_name

@@ -91,9 +91,9 @@ def serve_workers(
             break
         except InterruptedError:
             continue
-        index = children.pop(pid, None)
-        if index is None:
+        if pid not in children:  # not one of our workers
             continue
+        index = children.pop(pid)
         code = os.waitstatus_to_exitcode(status)
         if stopping.is_set():
             exit_code = exit_code or (code if code > 0 else 0)

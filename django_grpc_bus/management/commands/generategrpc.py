@@ -1,4 +1,5 @@
 from dataclasses import replace
+from typing import Any
 
 from django_grpc_bus.conf import bus_settings
 from django_grpc_bus.management.base import BusCommand
@@ -14,7 +15,7 @@ class Command(BusCommand):
         "<PRODUCER_ROOT>/grpc (running generateproto first when files are missing)."
     )
 
-    def run(self, *args, **options):
+    def run(self, *args: Any, **options: Any) -> None:
         selection = load_selection()
         if not len(selection):
             self.stdout.write("No models are selected; nothing to compile.")

@@ -1,6 +1,7 @@
 from pathlib import Path
+from typing import Any
 
-from django.core.management.base import CommandError
+from django.core.management.base import CommandError, CommandParser
 
 from django_grpc_bus.conf import base_dir
 from django_grpc_bus.management.base import BusCommand
@@ -16,12 +17,12 @@ class Command(BusCommand):
     # It writes the file SERVICE_META names: a missing or broken one must not stop it.
     runs_config_checks = False
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("apps", nargs="?", default="", help="comma-separated app labels")
         parser.add_argument("--file", help="where to write the YAML (default: standard output)")
         parser.add_argument("--force", action="store_true", help="overwrite an existing --file")
 
-    def run(self, *args, apps, file, force, **options):
+    def run(self, *args: Any, apps: str, file: str | None, force: bool, **options: Any) -> None:
         labels = [label.strip() for label in apps.split(",") if label.strip()]
         text = dump_meta(default_meta(labels))
         if not file:

@@ -1,4 +1,7 @@
 import sys
+from typing import Any
+
+from django.core.management.base import CommandParser
 
 from django_grpc_bus.management.base import BusCommand
 from django_grpc_bus.meta import load_selection
@@ -8,14 +11,14 @@ from django_grpc_bus.protogen.files import apply_plan, plan_protos
 class Command(BusCommand):
     help = "Write one .proto file per model selected by service_meta.yaml under PRODUCER_ROOT."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--check",
             action="store_true",
             help="write nothing; exit with status 1 and print a diff when files would change",
         )
 
-    def run(self, *args, check, **options):
+    def run(self, *args: Any, check: bool, **options: Any) -> None:
         plan = plan_protos(load_selection())
         for note in plan.notes:
             self.stderr.write(note)

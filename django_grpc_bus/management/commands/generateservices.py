@@ -1,4 +1,7 @@
 import sys
+from typing import Any
+
+from django.core.management.base import CommandParser
 
 from django_grpc_bus.management.base import BusCommand
 from django_grpc_bus.scaffold import OnExisting, Report, ScaffoldError, generate_services
@@ -23,7 +26,7 @@ class Command(BusCommand):
     )
     user_errors = (*BusCommand.user_errors, ScaffoldError)
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("apps", nargs="?", default="", help="comma-separated app labels")
         parser.add_argument(
             "-hd",
@@ -49,7 +52,16 @@ class Command(BusCommand):
             help="never prompt: existing files are skipped unless --force or --edit is given",
         )
 
-    def run(self, *args, apps, handler, force, edit, interactive, **options):
+    def run(
+        self,
+        *args: Any,
+        apps: str,
+        handler: bool,
+        force: bool,
+        edit: bool,
+        interactive: bool,
+        **options: Any,
+    ) -> None:
         labels = [label.strip() for label in apps.split(",") if label.strip()]
         report = generate_services(
             labels,

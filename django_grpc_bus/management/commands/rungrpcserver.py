@@ -2,8 +2,9 @@ import logging
 import os
 import sys
 import threading
+from typing import Any
 
-from django.core.management.base import CommandError
+from django.core.management.base import CommandError, CommandParser
 
 from django_grpc_bus.handler_hook import load_handler_hook
 from django_grpc_bus.management.base import BusCommand
@@ -23,7 +24,7 @@ class Command(BusCommand):
     skip_checks_help = "do not run the system checks first"
     user_errors = (*BusCommand.user_errors, ServerError)
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "addrport", nargs="?", default="[::]:50051", help="host:port or port (0: any free)"
         )
@@ -46,7 +47,17 @@ class Command(BusCommand):
             "--noreload", action="store_true", help="with --dev, do not reload on code changes"
         )
 
-    def run(self, *args, addrport, dev, max_workers, workers, noreload, skip_checks, **options):
+    def run(
+        self,
+        *args: Any,
+        addrport: str,
+        dev: bool,
+        max_workers: int | None,
+        workers: int,
+        noreload: bool,
+        skip_checks: bool,
+        **options: Any,
+    ) -> None:
         if workers < 1 or (max_workers is not None and max_workers < 1):
             raise CommandError("--workers and --max-workers must be at least 1.")
         _host, port = parse_address(addrport)
