@@ -17,3 +17,10 @@ def snake_case(name: str) -> str:
 def is_python_name(name: object) -> bool:
     """Whether `name` can be written in Python code: an identifier that is not a keyword."""
     return isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)
+
+
+def proto_filter_name(filter_name: str) -> str:
+    """django-filter's name of a filter as a proto field name: ``price__lt`` -> ``price_lt``
+    (buf lint forbids double underscores). The generator names ``<Model>Filter`` fields by it,
+    the server reads them back by it."""
+    return re.sub(r"_{2,}", "_", filter_name)

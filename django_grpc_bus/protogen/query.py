@@ -12,7 +12,6 @@ filter class where no model field backs it.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +25,7 @@ from django_filters.rest_framework import DjangoFilterBackend
 from django_filters.utils import get_model_field, resolve_field
 
 from django_grpc_bus.conversion import fieldtypes
+from django_grpc_bus.identifiers import proto_filter_name
 
 
 class QueryDeclarationError(ImproperlyConfigured):
@@ -59,11 +59,6 @@ class ListQuery:
     ordering_fields: tuple[str, ...] | None = None  # None: not declared, no order_by
     ordering: tuple[str, ...] = ()  # the default order
     search_fields: tuple[str, ...] = ()
-
-
-def proto_filter_name(filter_name: str) -> str:
-    """django-filter's name as a proto field name: ``price__lt`` -> ``price_lt``."""
-    return re.sub(r"_{2,}", "_", filter_name)
 
 
 def service_path(service_class: type) -> str:
