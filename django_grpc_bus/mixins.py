@@ -30,9 +30,9 @@ class ListModelMixin:
 
     def list(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         queryset = self.filter_queryset(self.get_queryset())
-        page_size, offset = pagination.requested_page(request)
+        page = pagination.requested_page(request)
         yield from pagination.stream_page(
-            queryset, self.get_serializer_class(), self.response_class, context, page_size, offset
+            queryset, self.get_serializer_class(), self.response_class, context, page
         )
 
 

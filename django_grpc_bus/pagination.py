@@ -3,14 +3,21 @@
 Each response message carries up to ``LIST_BATCH_SIZE`` rows (fewer when one more would take it
 past ``MAX_MESSAGE_SIZE``), so the first batch leaves before the last row is read and memory
 stays flat; a cancelled call stops reading. ``page_size`` > 0 returns one page and a
-``next_page_token``, an opaque offset the client passes back as ``page_token``.
+``next_page_token``, an opaque offset the client passes back as ``page_token``. Rows come in the
+queryset's order, then by primary key, so pages neither skip nor repeat rows.
+
+A token is bound to the rest of the request (``filter``, ``order_by``, ``search``): it carries a
+digest of them, and a request that passes it with others is INVALID_ARGUMENT, as its offset
+would count other rows. A request that sets none of them has no digest, so its tokens are the
+ones earlier versions issued (``o:<offset>``), still accepted.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from django.db.models import QuerySet
@@ -26,13 +33,41 @@ ROW_FRAMING = 6  # a repeated field's tag and length prefix, at most
 MAX_OFFSET = 2**53  # far beyond any real table; keeps offset + page_size inside int64
 
 
-def requested_page(request: Any) -> tuple[int, int]:
-    """(page_size, offset) of a List request; 0 for page_size means every row."""
+PAGE_FIELDS = ("page_size", "page_token")
+
+
+class Page(NamedTuple):
+    """Which rows a List request asks for: `size` from `offset` (0: every row from there), and
+    the digest of its query, which the page tokens carry."""
+
+    size: int
+    offset: int
+    query: str
+
+
+EVERY_ROW = Page(0, 0, "")
+
+
+def requested_page(request: Any) -> Page:
+    """The page a List request asks for; INVALID_ARGUMENT for a bad size or token."""
     page_size = getattr(request, "page_size", 0)
     if not 0 <= page_size <= MAX_OFFSET:
         raise GrpcError(INVALID, "page_size cannot be negative.", [("page_size", "Must be >= 0.")])
     token = getattr(request, "page_token", "")
-    return page_size, decode_page_token(token) if token else 0
+    query = query_digest(request) if page_size or token else ""  # only tokens need it
+    return Page(page_size, decode_page_token(token, query) if token else 0, query)
+
+
+def query_digest(request: Any) -> str:
+    """A digest of the request's fields other than ``page_size`` and ``page_token`` (its filter,
+    order_by, search); "" when none is set."""
+    rest = type(request)()
+    rest.CopyFrom(request)
+    for name in PAGE_FIELDS:
+        if name in request.DESCRIPTOR.fields_by_name:
+            rest.ClearField(name)
+    data = rest.SerializeToString(deterministic=True)
+    return hashlib.blake2b(data, digest_size=8).hexdigest() if data else ""
 
 
 def stream_page(
@@ -40,19 +75,17 @@ def stream_page(
     serializer_class: Any,
     response_class: type,
     context: grpc.ServicerContext,
-    page_size: int = 0,
-    offset: int = 0,
+    page: Page = EVERY_ROW,
 ) -> Iterator[Any]:
-    """The List responses for `queryset` from `offset`: every row, or one page of them."""
-    if not queryset.ordered:
-        # Stable order, so pages neither skip nor repeat rows.
-        queryset = queryset.order_by(*[f.name for f in primary_key_fields(queryset.model)])
+    """The List responses for `queryset` from ``page.offset``: every row, or one page of them."""
+    queryset = stably_ordered(queryset)
+    page_size, offset = page.size, page.offset
     if page_size:
         queryset = queryset[offset : offset + page_size + 1]  # one more: is there a next page?
     elif offset:
         queryset = queryset[offset:]
     rows, fill = _rows(queryset, serializer_class.plan())
-    responses = _batches(rows, fill, response_class, page_size, offset)
+    responses = _batches(rows, fill, response_class, page)
     for response in responses:
         yield response
         if not context.is_active():
@@ -75,9 +108,24 @@ def _rows(queryset: QuerySet, plan: Any) -> tuple[Iterable[Any], Any]:
     return queryset.iterator(chunk_size=bus_settings.LIST_BATCH_SIZE), fill
 
 
-def _batches(
-    rows: Iterable[Any], fill: Any, response_class: type, page_size: int, offset: int
-) -> Iterator[Any]:
+def stably_ordered(queryset: QuerySet) -> QuerySet:
+    """`queryset` in its own order (``order_by``, else the model's ``Meta.ordering``), then by
+    primary key, so that rows it ranks equal come in one order on every page."""
+    query = queryset.query
+    if query.extra_order_by:
+        return queryset  # .extra(order_by=...) replaces any order_by(); left as it is
+    if query.order_by:
+        ordering = list(query.order_by)
+    elif query.default_ordering:
+        ordering = list(queryset.model._meta.ordering)
+    else:
+        ordering = []
+    keys = [field.name for field in primary_key_fields(queryset.model)]
+    return queryset.order_by(*ordering, *keys)  # Django leaves a repeated term out
+
+
+def _batches(rows: Iterable[Any], fill: Any, response_class: type, page: Page) -> Iterator[Any]:
+    page_size, offset = page.size, page.offset
     batch_size = bus_settings.LIST_BATCH_SIZE
     byte_budget = bus_settings.MAX_MESSAGE_SIZE - BATCH_HEADROOM
     response = response_class()
@@ -85,7 +133,7 @@ def _batches(
     batch_bytes = sent = 0
     for row in rows:
         if page_size and sent == page_size:
-            response.next_page_token = encode_page_token(offset + page_size)
+            response.next_page_token = encode_page_token(offset + page_size, page.query)
             break
         row_bytes = fill(results.add(), row).ByteSize() + ROW_FRAMING
         if batch_bytes + row_bytes > byte_budget and len(results) > 1:
@@ -107,16 +155,20 @@ def _batches(
         yield response
 
 
-def encode_page_token(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode().rstrip("=")
+def encode_page_token(offset: int, query: str = "") -> str:
+    """The token of the page at `offset` for a request whose query digest is `query`."""
+    text = f"o:{offset}:{query}" if query else f"o:{offset}"
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def decode_page_token(token: str) -> int:
+def decode_page_token(token: str, query: str = "") -> int:
+    """The offset in `token`, which must have been issued for a request of query digest `query`."""
     try:
         text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        kind, _, value = text.partition(":")
+        kind, _, rest = text.partition(":")
+        value, colon, issued_for = rest.partition(":")
         offset = int(value)
-        if kind != "o" or not 0 <= offset <= MAX_OFFSET:
+        if kind != "o" or not 0 <= offset <= MAX_OFFSET or (colon and not issued_for):
             raise ValueError(text)
     except (ValueError, UnicodeDecodeError):
         raise GrpcError(
@@ -124,4 +176,11 @@ def decode_page_token(token: str) -> int:
             "page_token is not a token this server issued; pass next_page_token unchanged.",
             [("page_token", "Invalid token.")],
         ) from None
+    if issued_for != query:
+        raise GrpcError(
+            INVALID,
+            "page_token was issued for another filter, order_by or search: pass the same ones "
+            "with it as with the first page, or list from the start without a page_token.",
+            [("page_token", "Issued for another filter, order_by or search.")],
+        )
     return offset
