@@ -15,7 +15,7 @@ from django.db import models
 from django.db.models import QuerySet
 from rest_framework import serializers as drf_serializers
 
-from django_grpc_bus import mixins
+from django_grpc_bus import mixins, querying
 from django_grpc_bus.errors import GrpcError
 from django_grpc_bus.identifiers import snake_case  # noqa: F401  (still importable from here)
 from django_grpc_bus.meta import primary_key_fields
@@ -56,7 +56,12 @@ class GenericService(BaseService):
         return queryset
 
     def filter_queryset(self, queryset: QuerySet) -> QuerySet:
-        """Narrow the queryset for this call (by metadata, the user, ...); default: unchanged."""
+        """Narrow the queryset for this call. In List and Count, the request's ``filter``,
+        ``search`` and ``order_by``, applied as DRF's filter backends would from the service's
+        declarations (``querying``); otherwise unchanged. Override to narrow it further (by
+        metadata, the user, ...), calling ``super()`` to keep the query."""
+        if self.action in querying.QUERY_ACTIONS:
+            return querying.filter_queryset(self, queryset)
         return queryset
 
     # -- serializers -------------------------------------------------------------------------
