@@ -3,7 +3,7 @@
 DRF authentication classes read credentials from ``request.META`` (``HTTP_AUTHORIZATION``), so a
 call's metadata is presented to them the same way: ``authorization: Token abc`` is
 ``META["HTTP_AUTHORIZATION"]``. Permission classes see ``request.method`` as HTTP would have it
-(List/Retrieve GET, Create POST, Update PUT, PartialUpdate PATCH, Destroy DELETE), so
+(List/Count/Retrieve GET, Create POST, Update PUT, PartialUpdate PATCH, Destroy DELETE), so
 ``DjangoModelPermissions`` works unchanged. As in DRF, a refused call whose credentials were
 missing or wrong is UNAUTHENTICATED (401); one whose user lacks the right, PERMISSION_DENIED (403).
 """
@@ -24,6 +24,7 @@ from django_grpc_bus.conf import bus_settings
 # The HTTP method each standard action stands for, for permission classes that ask.
 ACTION_METHODS = {
     "list": "GET",
+    "count": "GET",
     "retrieve": "GET",
     "create": "POST",
     "update": "PUT",

@@ -231,8 +231,10 @@ class RetrieveService(mixins.RetrieveModelMixin, GenericService):
     """Retrieve only."""
 
 
-class ReadOnlyModelService(mixins.RetrieveModelMixin, mixins.ListModelMixin, GenericService):
-    """List and Retrieve; the write RPCs answer UNIMPLEMENTED."""
+class ReadOnlyModelService(
+    mixins.RetrieveModelMixin, mixins.ListModelMixin, mixins.CountModelMixin, GenericService
+):
+    """List, Count and Retrieve; the write RPCs answer UNIMPLEMENTED."""
 
 
 class ModelService(
@@ -241,7 +243,8 @@ class ModelService(
     mixins.UpdateModelMixin,
     mixins.DestroyModelMixin,
     mixins.ListModelMixin,
+    mixins.CountModelMixin,
     GenericService,
 ):
-    """Every RPC of a generated model service: List, Create, Retrieve, Update, PartialUpdate
-    and Destroy."""
+    """Every RPC of a generated model service: List, Count, Create, Retrieve, Update,
+    PartialUpdate and Destroy."""

@@ -36,6 +36,13 @@ class ListModelMixin:
         )
 
 
+class CountModelMixin:
+    """Count the rows List would stream for the same request, without streaming them."""
+
+    def count(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self.response_class(count=self.filter_queryset(self.get_queryset()).count())
+
+
 class RetrieveModelMixin:
     """Read the row the request names."""
 
