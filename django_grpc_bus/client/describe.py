@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from google.protobuf import descriptor
 
+from django_grpc_bus.client import filters
 from django_grpc_bus.conversion.messages import repeated
 from django_grpc_bus.identifiers import snake_case
 
@@ -31,6 +32,26 @@ def describe_message(message: descriptor.Descriptor, indent: str = "      ") -> 
     return [f"{indent}{field.name}: {field_type(field)}" for field in message.fields]
 
 
+def describe_request(
+    service: descriptor.ServiceDescriptor, request: descriptor.Descriptor, indent: str = "      "
+) -> list[str]:
+    """A request's fields; a List or Count request's `filter` with its own fields, each with
+    Django's spelling where it differs (``title_icontains: optional string (title__icontains)``).
+    """
+    lines = describe_message(request, indent)
+    message = filters.filter_message(request)
+    if message is None:
+        return lines
+    rows = filters.row_fields(service, request)
+    at = next(i for i, field in enumerate(request.fields) if field.name == "filter") + 1
+    nested = []
+    for field in message.fields:
+        django = filters.django_spelling(field.name, rows)
+        spelling = f" ({django})" if django != field.name else ""
+        nested.append(f"{indent}  {field.name}: {field_type(field)}{spelling}")
+    return lines[:at] + nested + lines[at:]
+
+
 def describe_service(service: descriptor.ServiceDescriptor, fields: bool = True) -> list[str]:
     lines = [service.full_name]
     for method in service.methods:
@@ -41,5 +62,5 @@ def describe_service(service: descriptor.ServiceDescriptor, fields: bool = True)
         )
         if fields:
             lines.append("    request:")
-            lines += describe_message(method.input_type) or ["      (no fields)"]
+            lines += describe_request(service, method.input_type) or ["      (no fields)"]
     return lines

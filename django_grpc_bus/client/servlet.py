@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import grpc
 from google.protobuf import descriptor, message_factory
 from google.protobuf import message as _message
 
-from django_grpc_bus.client import exceptions
+from django_grpc_bus.client import exceptions, filters
 from django_grpc_bus.client.base import Lookup, MethodCalls
 from django_grpc_bus.client.channels import open_channel
 from django_grpc_bus.client.config import ServletConfig, servlet_names
@@ -225,6 +225,18 @@ class RPC:
             and repeated(results)
             and results.message_type is not None
         )
+        # A generated List or Count request's `filter` takes Django's spelling too.
+        self.filter_message = filters.filter_message(method.input_type)
+        self.row_fields = filters.row_fields(service, method.input_type)
+        # A generated Count answers {count: n}; the client returns n.
+        self.unwraps = (
+            "count"
+            if method.name == "Count"
+            and not (self.client_streaming or self.server_streaming)
+            and [field.name for field in method.output_type.fields] == ["count"]
+            and self.row_fields
+            else None
+        )
 
     def __repr__(self) -> str:
         return f"<Method {self.path} on {self.servlet.name}>"
@@ -243,6 +255,15 @@ class RPC:
         message = self.request_class()
         if request is None:
             return message
+        if self.filter_message is not None and isinstance(request, Mapping):
+            given = request.get("filter")
+            if isinstance(given, Mapping):
+                request = {
+                    **request,
+                    "filter": filters.proto_keys(
+                        self.filter_message, given, self.name, self.row_fields
+                    ),
+                }
         try:
             return fill_message(message, request)
         except ConversionError as exc:
@@ -260,7 +281,10 @@ class RPC:
 
     # -- results -----------------------------------------------------------------------------
 
-    def convert(self, response: Any) -> dict[str, Any]:
+    def convert(self, response: Any) -> Any:
+        """A unary response as a dict; a generated Count's as the number."""
+        if self.unwraps:
+            return getattr(response, self.unwraps)
         return message_to_dict(response)
 
     def results(self, response: Any, flatten: bool | None = None) -> list[dict[str, Any]]:
