@@ -25,6 +25,11 @@ def test_demo_runs_end_to_end_and_stops_its_servers():
     for expected in (
         "inventory (127.0.0.1:",
         "'Kindred' by Octavia E. Butler: 11.25",
+        # a filter in Django's spelling, an ordering and a count
+        "In stock under 10.00, cheapest first (filter, order_by)\n"
+        "  'The Left Hand of Darkness': 8.50 (4 in stock)\n"
+        "  'The Dispossessed': 9.99 (12 in stock)\n"
+        "  2 of 4 books (inventory.Book.count)\n",
         "price now 7.99; title unchanged: 'The Lathe of Heaven'",
         "Ada <ada@example.com> (VIP), joined 2024-01-15",
         "published: This field is required.",

@@ -16,3 +16,7 @@ class AuthorService(ModelService):
 class BookService(ModelService):
     queryset = models.Book.objects.all()
     serializer_class = serializers.BookSerializer
+    # Typed fields of BookListRequest once regenerated: filter.price_lt, filter.author_in, ...
+    filterset_fields = {"price": ["lt", "gte"], "author": ["exact", "in"], "in_stock": ["gt"]}
+    ordering_fields = ["price", "published", "title"]
+    search_fields = ["title", "author__name"]

@@ -24,6 +24,13 @@ class Command(BaseCommand):
                 f"{book['price']} ({book['in_stock']} in stock, published {book['published']})"
             )
 
+        say(self.style.MIGRATE_HEADING("In stock under 10.00, cheapest first (filter, order_by)"))
+        query = {"filter": {"price__lt": "10.00", "in_stock__gt": 0}, "order_by": ["price"]}
+        for book in inventory.Book.list(query):
+            say(f"  {book['title']!r}: {book['price']} ({book['in_stock']} in stock)")
+        matching, total = inventory.Book.count(query), inventory.Book.count()
+        say(f"  {matching} of {total} books (inventory.Book.count)")
+
         say(self.style.MIGRATE_HEADING("One book (inventory.Book.retrieve)"))
         book = inventory.Book.retrieve({"id": 1})
         say(f"  {book}")
