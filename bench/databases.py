@@ -2,8 +2,8 @@
 
 Row ``i`` is a pure function of ``i``, so every run, and every machine, reads the same data.
 The small database is built afresh on every run (the create workload adds rows to it); the
-large one takes a few seconds more and is kept between runs, rebuilt when ``DATA_VERSION``
-changes or a build was interrupted.
+larger ones (100,000 and 1,000,000 rows) take a few seconds more and are kept between runs,
+rebuilt when ``DATA_VERSION`` changes or a build was interrupted.
 
 The files stay in SQLite's default rollback-journal mode (``journal_mode=DELETE``), as a new
 project's database is: the journal mode is the one pragma stored in the file (WAL persists), so
@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 # Bump when row(), the model or the file's format changes: cached databases are rebuilt.
-# 2: rollback-journal mode (1 was built in WAL mode).
-DATA_VERSION = 2
+# 2: rollback-journal mode (1 was built in WAL mode). 3: an index on price (migration 0002).
+DATA_VERSION = 3
 EPOCH = dt.datetime(2020, 1, 1)
 FIRST_PUBLISHED = dt.date(1990, 1, 1)
 INSERT = (
@@ -43,6 +43,13 @@ def row(i: int) -> tuple:
         int(i % 3 != 0),
         (i % 50) / 10 + 0.25,
     )
+
+
+def price_below(share: float) -> str:
+    """A ``price__lt`` that exactly `share` of the rows match, in any table of a multiple of
+    10,000 rows: row i's price is ``(7 i mod 10,000) / 100 + 1``, and 7 i mod 10,000 takes
+    every value once in each 10,000 consecutive ids (7 and 10,000 are coprime)."""
+    return f"{10_000 * share / 100 + 1:.2f}"
 
 
 def rows(count: int) -> Iterator[tuple]:

@@ -9,9 +9,12 @@
                  call from ``/proc/<pid>/stat``.
 ``list``         the first ROWS rows as a list of dicts, timed per call: through the registry
                  (django-grpc-bus's streaming List) or the hand-written unary ListAll with a
-                 field-by-field dict conversion.
+                 field-by-field dict conversion; with ``--price-lt``, the rows below that price,
+                 cheapest first, instead (the registry's List with ``filter`` and ``order_by``,
+                 the hand-written ListCheaper).
 ``first-row``    the registry's List on a large table: time to the first row (several samples,
-                 each abandoning the stream), then optionally the whole stream.
+                 each abandoning the stream), then optionally the whole stream (with
+                 ``--price-lt``, the filtered one).
 ``client-cpu``   CPU time of this process per Retrieve: registry call vs generated stub.
 ``verify``       both servers answer the same bytes for Retrieve, the same dicts for a list.
 """
@@ -187,15 +190,19 @@ def list_rows(args) -> dict:
     """Time to get ROWS rows as dicts, per call; the median of `repeat` calls after warm-up."""
     if args.client == "registry":
         book = registry_servlet(args.target).Book
+        query = list_query(args)
 
         def fetch() -> list[dict]:
-            return list(book.list({"page_size": args.rows}))
+            return list(book.list(query))
     else:
         stub = bench_pb2_grpc.BenchBooksStub(grpc.insecure_channel(args.target))
-        request = bench_pb2.ListAllRequest(limit=args.rows)
+        if args.price_lt:
+            unary, request = stub.ListCheaper, bench_pb2.ListCheaperRequest(price_lt=args.price_lt)
+        else:
+            unary, request = stub.ListAll, bench_pb2.ListAllRequest(limit=args.rows)
 
         def fetch() -> list[dict]:
-            return [row_to_dict(row) for row in stub.ListAll(request, timeout=TIMEOUT).rows]
+            return [row_to_dict(row) for row in unary(request, timeout=TIMEOUT).rows]
 
     for _ in range(args.warmup_calls):
         fetch()
@@ -207,6 +214,19 @@ def list_rows(args) -> dict:
         if len(fetched) != args.rows:
             raise SystemExit(f"expected {args.rows} rows, got {len(fetched)}")
     return {"ms": statistics.median(times) * 1e3, "min_ms": min(times) * 1e3, "calls": len(times)}
+
+
+def list_query(args) -> dict:
+    """The registry's List request: the first ROWS rows, or those below ``--price-lt``,
+    cheapest first (the filter in Django's spelling, which the registry takes)."""
+    if args.price_lt:
+        return cheaper_than(args.price_lt)
+    return {"page_size": args.rows}
+
+
+def cheaper_than(price: str) -> dict:
+    """Rows below `price`, cheapest first: SQLite reads them off the price index, in order."""
+    return {"filter": {"price__lt": price}, "order_by": ["price"]}
 
 
 def first_row(args) -> dict:
@@ -223,7 +243,8 @@ def first_row(args) -> dict:
     result: dict = {"first_row_ms": [s * 1e3 for s in samples]}
     if args.consume_all:
         began = time.perf_counter()
-        rows = book.list(timeout=args.stream_timeout)
+        query = cheaper_than(args.price_lt) if args.price_lt else None
+        rows = book.list(query, timeout=args.stream_timeout)
         next(rows)
         result["whole_first_row_ms"] = (time.perf_counter() - began) * 1e3
         count = 1 + sum(1 for _ in rows)
@@ -267,13 +288,20 @@ def verify(args) -> dict:
         theirs = handwritten.Retrieve(request, timeout=TIMEOUT)
         if ours != theirs.SerializeToString(deterministic=True):
             raise SystemExit(f"Retrieve(id={request.id}) differs between the servers")
-    page = bench_pb2_grpc.BenchBooksStub(handwritten_channel).ListAll(
-        bench_pb2.ListAllRequest(limit=args.rows), timeout=TIMEOUT
-    )
+    stub = bench_pb2_grpc.BenchBooksStub(handwritten_channel)
+    if args.price_lt:
+        page = stub.ListCheaper(
+            bench_pb2.ListCheaperRequest(price_lt=args.price_lt), timeout=TIMEOUT
+        )
+    else:
+        page = stub.ListAll(bench_pb2.ListAllRequest(limit=args.rows), timeout=TIMEOUT)
     expected = [row_to_dict(row) for row in page.rows]
-    got = list(registry_servlet(args.target).Book.list({"page_size": args.rows}))
-    if got != expected:
-        raise SystemExit("the registry's list and the hand-written ListAll differ")
+    got = list(registry_servlet(args.target).Book.list(list_query(args)))
+    if got != expected or len(got) != args.rows:
+        raise SystemExit(
+            f"the registry's list ({len(got)} rows) and the hand-written one ({len(expected)}) "
+            f"differ, or are not {args.rows} rows"
+        )
     return {"ok": True, "rows": len(got)}
 
 
@@ -291,6 +319,7 @@ def main() -> None:
     parser.add_argument("--server-pid", type=int, help="read this process's CPU time")
     parser.add_argument("--client", choices=["registry", "stub"], default="registry")
     parser.add_argument("--rows", type=int, default=1000)
+    parser.add_argument("--price-lt", help="list the rows below this price (a filtered List)")
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--warmup-calls", type=int, default=3)
     parser.add_argument("--samples", type=int, default=5)

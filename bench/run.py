@@ -32,6 +32,7 @@ PROJECT = HERE / "project"
 HANDWRITTEN = HERE / "handwritten"
 RESULTS = HERE / "results"
 SMALL_DB = PROJECT / "books-10k.sqlite3"
+MEDIUM_DB = PROJECT / "books-100k.sqlite3"
 LARGE_DB = PROJECT / "books-1m.sqlite3"
 PYTHON = sys.executable
 
@@ -41,7 +42,9 @@ WORKER_ROUNDS = max(ROUNDS, 5) if ROUNDS >= 3 else ROUNDS
 SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
 WARMUP = 1.0
 MAX_WORKERS = 10  # threads per server process, the same for both servers
-SMALL_ROWS, LARGE_ROWS, LIST_ROWS = 10_000, 1_000_000, 1000
+SMALL_ROWS, MEDIUM_ROWS, LARGE_ROWS, LIST_ROWS = 10_000, 100_000, 1_000_000, 1000
+# The filtered lists: 1,000 rows of the 100,000 (1 %), and 100,000 of the 1,000,000 (10 %).
+FILTERED_SHARE, LARGE_FILTERED_SHARE = 0.01, 0.1
 SERVER_CPUS, LOAD_CPUS, ALL_CPUS = "0", "1", "0,1"
 
 sys.path.insert(0, str(HERE))
@@ -80,7 +83,7 @@ def manage(*args: str, database: Path = SMALL_DB) -> None:
 
 
 def prepare() -> None:
-    """Generated code for both servers, the fresh small database, the cached large one."""
+    """Generated code for both servers, the fresh small database, the cached larger ones."""
     manage("generateproto", "-v0")
     manage("generategrpc", "-v0")
     from grpc_tools import protoc
@@ -101,9 +104,10 @@ def prepare() -> None:
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     command = [PYTHON, "manage.py"]
     databases.build(SMALL_DB, SMALL_ROWS, command, PROJECT, env)
-    began = time.monotonic()
-    if databases.ensure(LARGE_DB, LARGE_ROWS, command, PROJECT, env):
-        print(f"  built {LARGE_DB.name} in {time.monotonic() - began:.1f}s (kept for next runs)")
+    for path, count in ((MEDIUM_DB, MEDIUM_ROWS), (LARGE_DB, LARGE_ROWS)):
+        began = time.monotonic()
+        if databases.ensure(path, count, command, PROJECT, env):
+            print(f"  built {path.name} in {time.monotonic() - began:.1f}s (kept for next runs)")
 
 
 # -- servers and the load generator ---------------------------------------------------------------
@@ -246,6 +250,31 @@ def against_handwritten(samples: Samples, first_errors: dict[str, str]) -> None:
         hand.stop(timeout=15)
 
 
+def filtered_list(samples: Samples) -> None:
+    """1,000 rows of 100,000 below a price, cheapest first (read off the price index): the
+    registry's List with filter and order_by against the hand-written ListCheaper, the same
+    ORM query in one unary message."""
+    price_lt = databases.price_below(FILTERED_SHARE)
+    rows = round(MEDIUM_ROWS * FILTERED_SHARE)
+    bus = bus_server(MEDIUM_DB)
+    try:
+        hand = handwritten_server(MEDIUM_DB)
+    except BaseException:
+        bus.stop(timeout=15)
+        raise
+    try:
+        query = ("--rows", rows, "--price-lt", price_lt)
+        load("verify", bus, "--handwritten", hand.target, *query)
+        for _ in range(ROUNDS):
+            for side, server, client in (("bus", bus, "registry"), ("hand", hand, "stub")):
+                got = load("list", server, "--client", client, *query)
+                samples[f"filtered.ms.{side}"].append(got["ms"])
+        print(f"  filtered list: {rows:,} of {MEDIUM_ROWS:,} rows below {price_lt}: done")
+    finally:
+        bus.stop(timeout=15)
+        hand.stop(timeout=15)
+
+
 def workers(samples: Samples) -> None:
     """Retrieve with --workers 2 and --workers 1, server and load free to use both cores.
 
@@ -270,23 +299,30 @@ def workers(samples: Samples) -> None:
 
 
 def large_list(samples: Samples) -> None:
-    """1,000,000 rows: time to the first row, then the whole stream with the server's peak RSS."""
+    """1,000,000 rows: time to the first row, then the whole stream with the server's peak RSS;
+    then the same for the 100,000 of them below a price (a filtered List)."""
     server = bus_server(LARGE_DB)
     try:
         pid = server.process.pid
         got = load("first-row", server, "--samples", 5)
         samples["large.first_row_ms"] = got["first_row_ms"]
-        before = memory_kb(pid, "VmRSS")
-        Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        got = load("first-row", server, "--samples", 1, "--consume-all")
-        peak = memory_kb(pid, "VmHWM")
-        if got["rows"] != LARGE_ROWS:
-            raise BenchError(f"the 1M list returned {got['rows']} rows")
-        samples["large.rss_rise_mb"] = [(peak - before) / 1024]
-        samples["large.whole_s"] = [got["whole_s"]]
-        print(
-            f"  1M list: {got['whole_s']:.1f}s, RSS {before // 1024} MB -> peak {peak // 1024} MB"
-        )
+        price_lt = databases.price_below(LARGE_FILTERED_SHARE)
+        for key, rows, query in (
+            ("large", LARGE_ROWS, ()),
+            ("large_filtered", round(LARGE_ROWS * LARGE_FILTERED_SHARE), ("--price-lt", price_lt)),
+        ):
+            before = memory_kb(pid, "VmRSS")
+            Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+            got = load("first-row", server, "--samples", 1, "--consume-all", *query)
+            peak = memory_kb(pid, "VmHWM")
+            if got["rows"] != rows:
+                raise BenchError(f"the list of {rows:,} rows ({key}) returned {got['rows']:,}")
+            samples[f"{key}.rss_rise_mb"] = [(peak - before) / 1024]
+            samples[f"{key}.whole_s"] = [got["whole_s"]]
+            print(
+                f"  list of {rows:,} rows{' (filtered)' if query else ''}: {got['whole_s']:.1f}s, "
+                f"RSS {before // 1024} MB -> peak {peak // 1024} MB"
+            )
     finally:
         server.stop(timeout=15)
 
@@ -365,11 +401,17 @@ def rows_of(s: Samples) -> list[Row]:
         Row("create, c=4: server CPU per call", "µs", s["create.cpu.bus"], s["create.cpu.hand"]),
         Row("list 1,000 rows as dicts: time per call", "ms", s["list.ms.bus"], s["list.ms.hand"],
             "≤ 1.0×", lambda r: r <= 1.0),
+        Row("list 1,000 of 100,000 rows, indexed filter: time per call", "ms",
+            s["filtered.ms.bus"], s["filtered.ms.hand"], "≤ 1.0×", lambda r: r <= 1.0),
         Row("list 1,000,000 rows: server RSS rise", "MB", s["large.rss_rise_mb"],
             target="< 30 MB", meets=lambda v: v < 30),
         Row("list 1,000,000 rows: time to first row", "ms", s["large.first_row_ms"],
             target="< 50 ms", meets=lambda v: v < 50),
         Row("list 1,000,000 rows: whole stream", "s", s["large.whole_s"]),
+        Row("list 100,000 of 1,000,000 rows, filtered: server RSS rise", "MB",
+            s["large_filtered.rss_rise_mb"], target="< 30 MB", meets=lambda v: v < 30),
+        Row("list 100,000 of 1,000,000 rows, filtered: whole stream", "s",
+            s["large_filtered.whole_s"]),
         Row("retrieve, c=8, 8 connections, both cores: calls/s", "/s", s["workers.rate.2"],
             s["workers.rate.1"], "≥ 1.3×", lambda r: r >= 1.3, ("--workers 2", "--workers 1")),
         Row("retrieve, c=8, 8 connections: calls/s", "/s", s["workers.rate.2"],
@@ -449,6 +491,7 @@ def main() -> int:
     try:
         prepare()
         against_handwritten(samples, first_errors)
+        filtered_list(samples)
         workers(samples)
         large_list(samples)
     except BenchError as exc:

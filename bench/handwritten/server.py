@@ -5,9 +5,9 @@
 What a competent developer writes by hand: the generated ``Book_pb2_grpc.BookServicer`` (from
 the same generated Book.proto that django-grpc-bus serves), one ORM query per call, the
 response filled field by field, ``grpc.server`` with a ``ThreadPoolExecutor``. Create validates
-nothing beyond what the types and the model do. ``ListAll`` (bench.proto) returns many rows in
-one unary message. Health checking is added so the harness can wait for it as it does for
-``rungrpcserver``; it costs nothing per call.
+nothing beyond what the types and the model do. ``ListAll`` and ``ListCheaper`` (bench.proto)
+return many rows in one unary message. Health checking is added so the harness can wait for it
+as it does for ``rungrpcserver``; it costs nothing per call.
 
 Prints ``Serving N service(s) on HOST:PORT (pid P)`` the way ``rungrpcserver`` does.
 """
@@ -81,11 +81,21 @@ class BookServicer(Book_pb2_grpc.BookServicer):
 
 class BenchBooksServicer(bench_pb2_grpc.BenchBooksServicer):
     def ListAll(self, request, context):
-        page = bench_pb2.BookPage()
-        rows = page.rows
-        for book in Book.objects.order_by("pk")[: request.limit]:
-            fill(rows.add(), book)
-        return page
+        return page_of(Book.objects.order_by("pk")[: request.limit])
+
+    def ListCheaper(self, request, context):
+        # The query django-filter and OrderingFilter make of {"filter": {"price__lt": ...},
+        # "order_by": ["price"]}, with the primary key List adds to keep pages stable.
+        cheaper = Book.objects.filter(price__lt=Decimal(request.price_lt))
+        return page_of(cheaper.order_by("price", "pk"))
+
+
+def page_of(books) -> bench_pb2.BookPage:
+    page = bench_pb2.BookPage()
+    rows = page.rows
+    for book in books:
+        fill(rows.add(), book)
+    return page
 
 
 def field_shape(message_class) -> list[tuple]:

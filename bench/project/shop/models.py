@@ -6,7 +6,7 @@ class Book(models.Model):
 
     title = models.CharField(max_length=200)
     pages = models.IntegerField()
-    price = models.DecimalField(max_digits=8, decimal_places=2)
+    price = models.DecimalField(max_digits=8, decimal_places=2, db_index=True)  # filtered on
     published = models.DateField()
     added = models.DateTimeField()
     in_print = models.BooleanField(default=True)

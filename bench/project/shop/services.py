@@ -11,3 +11,6 @@ from shop import models, serializers
 class BookService(ModelService):
     queryset = models.Book.objects.all()
     serializer_class = serializers.BookSerializer
+    # Added by hand for the filtered list workload: rows below a price, cheapest first.
+    filterset_fields = {"price": ["lt"]}
+    ordering_fields = ["price"]
