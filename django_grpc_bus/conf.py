@@ -29,6 +29,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_MESSAGE_SIZE": 4 * 1024 * 1024,
     "MAX_CONCURRENT_RPCS": None,
     "INTERCEPTORS": [],
+    "CLIENT_INTERCEPTORS": [],
+    "ACCESS_LOG": True,
     "SERVER_OPTIONS": [],
     "TLS": None,
     "DEFAULT_AUTHENTICATION_CLASSES": [],
@@ -52,6 +54,8 @@ EXPECTED_TYPES: dict[str, tuple[type | None, ...]] = {
     "MAX_MESSAGE_SIZE": (int,),
     "MAX_CONCURRENT_RPCS": (int, None),
     "INTERCEPTORS": (list, tuple),
+    "CLIENT_INTERCEPTORS": (list, tuple),
+    "ACCESS_LOG": (bool,),
     "SERVER_OPTIONS": (list, tuple),
     "TLS": (dict, None),
     "DEFAULT_AUTHENTICATION_CLASSES": (list, tuple),
@@ -64,6 +68,7 @@ IMPORT_STRINGS = frozenset(
     {
         "ROOT_HANDLERS_HOOK",
         "INTERCEPTORS",
+        "CLIENT_INTERCEPTORS",
         "DEFAULT_AUTHENTICATION_CLASSES",
         "DEFAULT_PERMISSION_CLASSES",
     }

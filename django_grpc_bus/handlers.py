@@ -13,6 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 from grpc_health.v1 import health
 
+from django_grpc_bus.observability.server import CallObserver
 from django_grpc_bus.services import BaseService
 from django_grpc_bus.serving.binding import bind_services
 from django_grpc_bus.serving.health_reflection import add_health, enable_reflection
@@ -49,15 +50,16 @@ class BasicHandler:
         traffic: Traffic | None = None,
         health_servicer: health.HealthServicer | None = None,
         dev: bool = False,
-        log_calls: bool = False,
+        observer: CallObserver | None = None,
     ) -> list[str]:
         """Add every registered service, health and reflection to `server`; returns the names.
 
         `traffic` counts the server's calls in flight and `health_servicer` reports its health;
-        each server has its own (``build_server`` passes them; new ones when not given).
+        each server has its own (``build_server`` passes them; new ones when not given), and
+        so is `observer`, which records its spans and metrics (None: neither).
         """
         names = bind_services(
-            server, self._registered, traffic or Traffic(), dev=dev, log_calls=log_calls
+            server, self._registered, traffic or Traffic(), dev=dev, observer=observer
         )
         add_health(server, names, health_servicer)
         enable_reflection([*names, health.SERVICE_NAME], server)

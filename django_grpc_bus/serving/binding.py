@@ -19,6 +19,7 @@ from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
 from django_grpc_bus.identifiers import snake_case
+from django_grpc_bus.observability.server import CallObserver
 from django_grpc_bus.serving.calls import BEHAVIORS, Route, unimplemented_behavior
 from django_grpc_bus.serving.requests import lenient_parser
 from django_grpc_bus.serving.traffic import Traffic
@@ -104,7 +105,7 @@ def method_handlers(
     traffic: Traffic,
     *,
     dev: bool = False,
-    log_calls: bool = False,
+    observer: CallObserver | None = None,
 ) -> dict[str, grpc.RpcMethodHandler]:
     """One handler per RPC of the proto service, each running `service_class` as a call.
 
@@ -126,7 +127,7 @@ def method_handlers(
             atomic=action in service_class.atomic_actions,
             traffic=traffic,
             dev=dev,
-            log_calls=log_calls,
+            observer=observer,
         )
         kind = (method.client_streaming, method.server_streaming)
         if callable(getattr(service_class, action, None)):
@@ -147,13 +148,16 @@ def bind_services(
     traffic: Traffic,
     *,
     dev: bool = False,
-    log_calls: bool = False,
+    observer: CallObserver | None = None,
 ) -> list[str]:
-    """Add each service's handlers to `server`, counting calls on `traffic`; the full names."""
+    """Add each service's handlers to `server`, counting calls on `traffic`; the full names.
+
+    `observer` (the server's spans and metrics, or None) is told of every call.
+    """
     names = []
     for service_class in service_classes:
         descriptor = service_descriptor(service_class)
-        handlers = method_handlers(service_class, descriptor, traffic, dev=dev, log_calls=log_calls)
+        handlers = method_handlers(service_class, descriptor, traffic, dev=dev, observer=observer)
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)
         )

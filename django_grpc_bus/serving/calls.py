@@ -24,6 +24,8 @@ from django.conf import settings
 from django.db import close_old_connections, reset_queries, transaction
 
 from django_grpc_bus.errors import abort_with, describe_failure
+from django_grpc_bus.observability import access_log
+from django_grpc_bus.observability.server import CallObserver
 from django_grpc_bus.serving.requests import CANCEL_NOTICE, incoming, refuse_undecodable
 from django_grpc_bus.serving.traffic import Traffic
 from django_grpc_bus.transactions import write_transaction
@@ -31,6 +33,7 @@ from django_grpc_bus.transactions import write_transaction
 logger = logging.getLogger("django_grpc_bus.calls")
 
 OK = grpc.StatusCode.OK
+CANCELLED = grpc.StatusCode.CANCELLED
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,8 @@ class Route:
     """One RPC of one service on one server: what to instantiate, which method, what it returns.
 
     `traffic` is the server's: the call is counted in flight there, and refused while that
-    server drains or is at its limit.
+    server drains or is at its limit. `observer` is the server's too: its spans and metrics
+    (None when it records neither).
     """
 
     service_class: type
@@ -48,7 +52,7 @@ class Route:
     atomic: bool
     traffic: Traffic
     dev: bool = False
-    log_calls: bool = False
+    observer: CallObserver | None = None
 
     def new_service(self, request: Any, context: grpc.ServicerContext) -> Any:
         return self.service_class(
@@ -59,16 +63,30 @@ class Route:
 class Call:
     """One call as a Django request, used as ``with Call(route, context):`` around its work.
 
-    Entering counts the call in flight (or refuses it while draining) and closes stale
-    connections; leaving turns an exception into the call's status through the error table
-    (unless the service ended the call itself), closes stale connections again and logs.
+    Entering refuses a request that did not decode, counts the call in flight (or refuses it
+    while draining) and closes stale connections; leaving turns an exception into the call's
+    status through the error table (unless the service ended the call itself), closes stale
+    connections again and reports the call (:meth:`report`: the access log, the server's spans
+    and metrics).
     """
 
-    __slots__ = ("code", "context", "route", "started")
+    __slots__ = ("code", "context", "observed", "route", "started")
 
-    def __init__(self, route: Route, context: grpc.ServicerContext) -> None:
+    def __init__(self, route: Route, context: grpc.ServicerContext, request: Any = None) -> None:
+        self.route = route
+        self.context = context
+        self.started = time.perf_counter()
+        self.code = OK
+        observer = route.observer
+        self.observed = None if observer is None else observer.start(route.method, context)
         traffic = route.traffic
-        traffic.enter(context)
+        try:
+            refuse_undecodable(request, context)  # never counted in flight
+            traffic.enter(context)
+        except Exception as exc:  # refused: undecodable, the server drains, or is at its limit
+            self.code = context.code() or grpc.StatusCode.UNKNOWN
+            self.report(exc)
+            raise
         # Counted in flight until grpc has finished the RPC (the response sent, or the call
         # cancelled), not merely until our code returns: a drain must not cut off a reply.
         if not context.add_callback(traffic.leave):
@@ -76,10 +94,6 @@ class Call:
         if settings.DEBUG:
             reset_queries()  # DEBUG keeps every query; a long-lived server must not
         close_old_connections()
-        self.route = route
-        self.context = context
-        self.started = time.perf_counter()
-        self.code = OK
 
     def __enter__(self) -> Call:
         return self
@@ -91,7 +105,7 @@ class Call:
             elif isinstance(exc, Exception):
                 self.abort(exc)  # raises the abort, which replaces `exc`
         finally:
-            self.end()
+            self.end(exc)
         return False
 
     def abort(self, exc: Exception) -> None:
@@ -104,21 +118,49 @@ class Call:
         self.code = failure.code
         abort_with(self.context, failure)
 
-    def end(self) -> None:
+    def end(self, exc: BaseException | None = None) -> None:
         close_old_connections()
-        if self.route.log_calls:
-            elapsed = (time.perf_counter() - self.started) * 1e3
-            logger.info("%s %s %.1fms", self.route.method, self.code.name, elapsed)
+        self.report(exc)
+
+    def report(self, exc: BaseException | None) -> None:
+        """The access log line, the span's end and the metrics, with the call's real status.
+
+        Costs one check each for the observer and the access log when there is neither.
+        """
+        observer = self.route.observer
+        log = access_log.enabled()
+        if observer is None and not log:
+            return
+        context = self.context
+        code = self.code
+        if code is OK:
+            own = context.code()
+            if own is not None and own is not OK:
+                code = own  # set with context.set_code(), the action then returned
+            elif not context.is_active():
+                code = CANCELLED  # the client went away (cancelled, or past its deadline)
+        method = self.route.method
+        elapsed_ms = (time.perf_counter() - self.started) * 1e3
+        observed = self.observed
+        try:
+            if observer is not None:
+                observer.finish(method, observed, code, elapsed_ms, context, exc)
+            if log:
+                trace_id = observed.trace_id if observed is not None else None
+                access_log.log_call(method, code.name, elapsed_ms, context.peer(), trace_id)
+        except Exception:  # never let reporting change how the call ends
+            logger.exception("Could not report the call %s.", method)
 
 
 def unimplemented_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Any]:
     """An RPC of the proto that the service class has no method for: UNIMPLEMENTED."""
 
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            f"{route.method} is not offered by {route.service_class.__name__}.",
-        )
+        with Call(route, context, request):
+            context.abort(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"{route.method} is not offered by {route.service_class.__name__}.",
+            )
 
     return handle
 
@@ -127,8 +169,7 @@ def unary_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Any]:
     """A unary RPC; an atomic action runs in one transaction, rolled back if the call failed."""
 
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
-        refuse_undecodable(request, context)
-        with Call(route, context):
+        with Call(route, context, request):
             service = route.new_service(request, context)
             service.initial()
             action = getattr(service, route.action)
@@ -154,8 +195,7 @@ def stream_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Itera
     """A server-streaming RPC: the action yields the responses."""
 
     def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        refuse_undecodable(request, context)
-        with Call(route, context):
+        with Call(route, context, request):
             service = route.new_service(request, context)
             service.initial()
             # Closing this generator (cancellation) closes the database iterator too.

@@ -25,6 +25,8 @@ from grpc_health.v1 import health
 
 from django_grpc_bus import transport
 from django_grpc_bus.conf import bus_settings
+from django_grpc_bus.observability.metrics import MetricsError
+from django_grpc_bus.observability.server import CallObserver
 from django_grpc_bus.serving.interceptors import InfrastructureGuard
 from django_grpc_bus.serving.traffic import Traffic
 
@@ -39,13 +41,16 @@ class ServerError(Exception):
 
 @dataclass
 class ServerConfig:
-    """How to run a server; defaults come from MESSAGE_BUS."""
+    """How to run a server; defaults come from MESSAGE_BUS.
+
+    `metrics_address` (host, port): serve Prometheus' ``/metrics`` there (port 0: any free).
+    """
 
     address: str = DEFAULT_ADDRESS
     max_workers: int | None = None
     dev: bool = False
-    log_calls: bool = False
     reuse_port: bool = False
+    metrics_address: tuple[str, int] | None = None
     options: list[tuple[str, Any]] = field(default_factory=list)
 
 
@@ -101,6 +106,12 @@ class BuiltServer:
     names: list[str]  # the services' full names
     traffic: Traffic  # its calls in flight
     health: health.HealthServicer
+    observer: CallObserver | None = None  # its spans and metrics (and /metrics endpoint)
+
+    @property
+    def metrics_url(self) -> str | None:
+        endpoint = self.observer.endpoint if self.observer is not None else None
+        return endpoint.url if endpoint is not None else None
 
     def start(self) -> None:
         self.server.start()
@@ -115,6 +126,8 @@ class BuiltServer:
         self.health.enter_graceful_shutdown()
         finished = self.traffic.drain(grace)
         self.server.stop(0).wait(5)
+        if self.observer is not None:
+            self.observer.close()
         return finished
 
 
@@ -147,25 +160,34 @@ def build_server(handler: Any, config: ServerConfig) -> BuiltServer:
     )
     traffic = Traffic(limit=bus_settings.MAX_CONCURRENT_RPCS)
     health_servicer = health.HealthServicer()
-    names = handler.bind_to_server(
-        server,
-        traffic=traffic,
-        health_servicer=health_servicer,
-        dev=config.dev,
-        log_calls=config.log_calls,
-    )
     parse_address(config.address)  # a clear error before grpc's own
     credentials = server_credentials()
+    try:  # decided once: without a tracer, a meter or --metrics-port, calls pay one check
+        observer = CallObserver.for_server(config.metrics_address)
+    except MetricsError as exc:
+        raise ServerError(str(exc)) from None
     try:
-        if credentials is None:
-            port = server.add_insecure_port(config.address)
-        else:
-            port = server.add_secure_port(config.address, credentials)
-    except RuntimeError as exc:
-        raise ServerError(bind_failure(config.address, exc)) from None
-    if not port:
-        raise ServerError(bind_failure(config.address, None))
-    return BuiltServer(server, port, names, traffic, health_servicer)
+        names = handler.bind_to_server(
+            server,
+            traffic=traffic,
+            health_servicer=health_servicer,
+            dev=config.dev,
+            observer=observer,
+        )
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(config.address)
+            else:
+                port = server.add_secure_port(config.address, credentials)
+        except RuntimeError as exc:
+            raise ServerError(bind_failure(config.address, exc)) from None
+        if not port:
+            raise ServerError(bind_failure(config.address, None))
+    except BaseException:
+        if observer is not None:
+            observer.close()  # its metrics port, taken for a server that does not start
+        raise
+    return BuiltServer(server, port, names, traffic, health_servicer, observer)
 
 
 def bind_failure(address: str, exc: Exception | None) -> str:
@@ -207,6 +229,8 @@ def serve(
         f"{transport_security()}: {', '.join(names) or 'none'}; health and reflection "
         "(v1, v1alpha) included."
     )
+    if built.metrics_url:
+        announce(f"Metrics (pid {os.getpid()}) on {built.metrics_url}.")
     while not stop_event.wait(0.5):
         pass
     grace = float(bus_settings.GRACE_PERIOD if grace is None else grace)

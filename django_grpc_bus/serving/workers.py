@@ -37,12 +37,14 @@ RESTART_WINDOW = 60.0  # seconds: more than restart_limit crashes within it stop
 
 def serve_workers(
     count: int,
-    run_worker: Callable[[], int],
+    run_worker: Callable[[int], int],
     *,
     announce: Callable[[str], None] = print,
     restart_limit: int = 5,
 ) -> int:
-    """Fork `count` processes running `run_worker`, restart crashed ones, forward signals.
+    """Fork `count` processes running `run_worker(index)`, restart crashed ones, forward signals.
+
+    `index` is the worker's number, 0 to `count` - 1; a restarted worker keeps its predecessor's.
 
     More than `restart_limit` crashes within ``RESTART_WINDOW`` seconds (a worker that cannot
     start, say) stop the server with exit status 1; occasional crashes never do.
@@ -61,7 +63,7 @@ def serve_workers(
                 signal.signal(signum, signal.SIG_DFL)
             code = 1
             try:
-                code = run_worker()
+                code = run_worker(index)
             except BaseException as exc:  # report, then leave without running parent code
                 print(f"Worker {os.getpid()} failed: {exc}", file=sys.stderr)
             finally:

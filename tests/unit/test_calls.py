@@ -298,12 +298,12 @@ def test_a_failed_call_is_cleaned_up_too(pb, housekeeping, debug):
 
 
 def test_a_stream_is_cleaned_up_when_cancelled(pb, housekeeping, debug, caplog):
-    behavior = stream_behavior(route("count", pb.Resolved, log_calls=True))
+    behavior = stream_behavior(route("count", pb.Resolved))
 
     replies, _ = call(behavior, pb.Countdown())
     next(replies)
     assert housekeeping == ["reset", "close"]  # the stream is still open
-    with caplog.at_level(logging.INFO, logger="django_grpc_bus.calls"):
+    with caplog.at_level(logging.INFO, logger="django_grpc_bus.access"):
         replies.close()  # the client went away
 
     assert housekeeping == ["reset", "close", "close"]
@@ -317,13 +317,14 @@ def test_a_stream_is_cleaned_up_after_its_last_message(pb, housekeeping):
     assert housekeeping == ["close", "close"]  # no query log to reset without DEBUG
 
 
-def test_log_calls_writes_one_line_per_call(pb, caplog):
-    with caplog.at_level(logging.INFO, logger="django_grpc_bus.calls"):
-        call(unary_behavior(route("lookup", pb.Authors, log_calls=True)), pb.AuthorName())
+def test_the_access_log_has_one_line_per_call(pb, caplog):
+    with caplog.at_level(logging.INFO, logger="django_grpc_bus.access"):
+        call(unary_behavior(route("lookup", pb.Authors)), pb.AuthorName())
 
-    (record,) = [r for r in caplog.records if r.name == "django_grpc_bus.calls"]
+    (record,) = [r for r in caplog.records if r.name == "django_grpc_bus.access"]
     assert record.getMessage().startswith("/library.BookActions/lookup OK ")
-    assert record.getMessage().endswith("ms")
+    assert record.getMessage().endswith("ms ipv4:127.0.0.1:5000")
+    assert (record.grpc_status, record.peer, record.trace_id) == ("OK", "ipv4:127.0.0.1:5000", None)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -6,8 +6,11 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
+from django_grpc_bus import transport
+from django_grpc_bus.conf import bus_settings
 from django_grpc_bus.handler_hook import load_handler_hook
 from django_grpc_bus.management.base import BusCommand
+from django_grpc_bus.observability.access_log import install_default_handler
 from django_grpc_bus.serving.reloader import RELOAD_GRACE, serve_with_reloader
 from django_grpc_bus.serving.server import ServerConfig, ServerError, parse_address, serve
 from django_grpc_bus.serving.workers import ensure_port_free, serve_workers
@@ -31,8 +34,8 @@ class Command(BusCommand):
         parser.add_argument(
             "--dev",
             action="store_true",
-            help="development: reload on code changes, run system checks, log every call, "
-            "show tracebacks to clients",
+            help="development: reload on code changes, run system checks, show tracebacks to "
+            "clients",
         )
         parser.add_argument(
             "--max-workers", type=int, help="threads per process (default MESSAGE_BUS MAX_WORKERS)"
@@ -46,6 +49,20 @@ class Command(BusCommand):
         parser.add_argument(
             "--noreload", action="store_true", help="with --dev, do not reload on code changes"
         )
+        parser.add_argument(
+            "--metrics-port",
+            metavar="[HOST:]PORT",
+            help="serve Prometheus metrics on http://HOST:PORT/metrics (HOST: the server's; "
+            "needs the otel extra); worker i of --workers on PORT+i",
+        )
+        parser.add_argument(
+            "--no-access-log",
+            dest="access_log",
+            action="store_false",
+            default=None,
+            help="do not print a line per call to stderr (MESSAGE_BUS ACCESS_LOG); LOGGING may "
+            "still route the django_grpc_bus.access logger",
+        )
 
     def run(
         self,
@@ -56,20 +73,26 @@ class Command(BusCommand):
         workers: int,
         noreload: bool,
         skip_checks: bool,
+        metrics_port: str | None = None,
+        access_log: bool | None = None,
         **options: Any,
     ) -> None:
         if workers < 1 or (max_workers is not None and max_workers < 1):
             raise CommandError("--workers and --max-workers must be at least 1.")
-        _host, port = parse_address(addrport)
+        host, port = parse_address(addrport)
         if workers > 1 and port == 0:
             raise CommandError("--workers needs a fixed port: workers share it.")
         if workers > 1 and dev:
             raise CommandError("--dev runs one process; leave out --workers.")
+        metrics_address = self.metrics_address(metrics_port, host, workers)
         handler = load_handler_hook(required=True)
         if dev:
             logging.getLogger("django_grpc_bus").setLevel(logging.INFO)
             if not logging.getLogger().handlers:
                 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        if bus_settings.ACCESS_LOG if access_log is None else access_log:
+            # As runserver logs each request; unless LOGGING already decides about the logger.
+            install_default_handler()  # stderr
         if not skip_checks:
             # As runserver does: a serializer that would drop fields (E016) must not serve.
             self.check(display_num_errors=dev)
@@ -77,11 +100,16 @@ class Command(BusCommand):
             address=addrport,
             max_workers=max_workers,
             dev=dev,
-            log_calls=dev,
             reuse_port=workers > 1,
+            metrics_address=metrics_address,
         )
 
         reloading = dev and not noreload
+
+        def serve_worker(index: int) -> int:
+            if metrics_address is not None and metrics_address[1]:
+                config.metrics_address = (metrics_address[0], metrics_address[1] + index)
+            return serve_once()
 
         def serve_once(stop_event: threading.Event | None = None) -> int:
             if not reloading:
@@ -102,7 +130,7 @@ class Command(BusCommand):
 
         if workers > 1:
             ensure_port_free(addrport)
-            code = serve_workers(workers, serve_once, announce=self.announce)
+            code = serve_workers(workers, serve_worker, announce=self.announce)
         elif reloading:
             serve_with_reloader(serve_once)
             code = 0
@@ -110,6 +138,21 @@ class Command(BusCommand):
             code = serve_once()
         if code:
             sys.exit(code)
+
+    @staticmethod
+    def metrics_address(value: str | None, host: str, workers: int) -> tuple[str, int] | None:
+        """``--metrics-port``'s (host, port): ``9100`` on the server's host, or ``HOST:9100``."""
+        if value is None:
+            return None
+        try:
+            metrics_host, port = transport.parse_address(value.strip(), default_host=host)
+        except transport.AddressError:
+            raise CommandError(
+                f"--metrics-port {value!r} is not a port or host:port, e.g. 9100."
+            ) from None
+        if port and port + workers - 1 > 65535:
+            raise CommandError(f"--metrics-port {port} leaves no port for each of the workers.")
+        return metrics_host, port
 
     def announce(self, text: str) -> None:
         self.stdout.write(text)
