@@ -1,7 +1,9 @@
 """Channels to a servlet: TLS, keepalive, round-robin over several hosts, and retries.
 
 Retrieve and List (idempotent) are retried on UNAVAILABLE through gRPC's own service-config
-retry policy; writes are never retried by the client.
+retry policy; writes are never retried by the client. Interceptors: ``CLIENT_INTERCEPTORS``,
+the servlet's own, then the client's tracing when OpenTelemetry is configured
+(``observability.client``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import grpc
 
 from django_grpc_bus.client.config import ServletConfig
+from django_grpc_bus.observability.client import channel_interceptors
 from django_grpc_bus.transport import read_pem
 
 IDEMPOTENT_METHODS = ("Retrieve", "List")
@@ -80,12 +83,30 @@ def credentials_of(config: ServletConfig) -> grpc.ChannelCredentials | None:
     )
 
 
+def span_attributes(config: ServletConfig) -> dict[str, Any]:
+    """What every client span of the servlet's calls carries: the server it calls."""
+    attributes: dict[str, Any] = {"server.address": config.address}
+    if len(config.targets) == 1:
+        attributes["server.address"], attributes["server.port"] = config.targets[0]
+    return attributes
+
+
 def open_channel(config: ServletConfig, services: Iterable[str] = (), aio: bool = False):
-    """A new channel (``grpc.aio`` when `aio`) for `config`."""
-    module = grpc.aio if aio else grpc
+    """A new channel (``grpc.aio`` when `aio`) for `config`, with its interceptors."""
     target = target_of(config)
     options = channel_options(config, services)
     credentials = credentials_of(config)
+    interceptors = channel_interceptors(
+        config.interceptors, aio=aio, attributes=span_attributes(config)
+    )
+    if aio:
+        if credentials is None:
+            return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+        return grpc.aio.secure_channel(
+            target, credentials, options=options, interceptors=interceptors
+        )
     if credentials is None:
-        return module.insecure_channel(target, options=options)
-    return module.secure_channel(target, credentials, options=options)
+        channel = grpc.insecure_channel(target, options=options)
+    else:
+        channel = grpc.secure_channel(target, credentials, options=options)
+    return grpc.intercept_channel(channel, *interceptors) if interceptors else channel

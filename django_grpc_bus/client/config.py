@@ -15,7 +15,9 @@ from django_grpc_bus.conf import bus_settings
 from django_grpc_bus.identifiers import is_python_name
 from django_grpc_bus.transport import AddressError, parse_address, pem_file_problem
 
-SERVLET_KEYS = frozenset({"host", "port", "hosts", "timeout", "tls", "metadata", "options"})
+SERVLET_KEYS = frozenset(
+    {"host", "port", "hosts", "timeout", "tls", "metadata", "options", "interceptors"}
+)
 SERVLET_TLS_KEYS = frozenset({"CA", "CERTIFICATE", "PRIVATE_KEY"})
 EXAMPLE = "Write {'host': '127.0.0.1', 'port': 50051}."
 
@@ -23,7 +25,7 @@ EXAMPLE = "Write {'host': '127.0.0.1', 'port': 50051}."
 NAME = "name"  # the servlet's name cannot be written registry.<name>
 ENTRY = "entry"  # not a dict; 'host' or 'port' missing; 'host' not a host
 ADDRESS = "address"  # 'port' or 'hosts' not valid
-SETTING = "setting"  # 'timeout', 'metadata', 'tls' or 'options' not valid
+SETTING = "setting"  # 'timeout', 'metadata', 'tls', 'options' or 'interceptors' not valid
 UNKNOWN_KEY = "unknown key"  # a key that is no servlet setting (ignored)
 WARNINGS = frozenset({NAME, UNKNOWN_KEY})
 
@@ -196,7 +198,31 @@ def _setting_problems(where: str, entry: dict[str, Any]) -> list[ServletProblem]
                 hint="Write 'options': [('grpc.keepalive_time_ms', 30000)].",
             )
         )
+    problems += _interceptor_problems(where, entry.get("interceptors"))
     return problems
+
+
+def _interceptor_problems(where: str, interceptors: Any) -> list[ServletProblem]:
+    if interceptors is None:
+        return []
+    hint = "Write 'interceptors': ['myproject.grpc.AuthInterceptor'] (a dotted path or object)."
+    if not isinstance(interceptors, (list, tuple)):
+        return [
+            ServletProblem(
+                SETTING,
+                "interceptors",
+                f"{where}['interceptors'] must be a list of client interceptors, "
+                f"not {interceptors!r}.",
+                hint=hint,
+            )
+        ]
+    from django_grpc_bus.observability.client import interceptor_problem
+
+    return [
+        ServletProblem(SETTING, "interceptors", f"{where}['interceptors'] item {problem}.", hint)
+        for problem in map(interceptor_problem, interceptors)
+        if problem
+    ]
 
 
 def _is_option(item: Any) -> bool:
@@ -205,7 +231,8 @@ def _is_option(item: Any) -> bool:
 
 @dataclass(frozen=True)
 class ServletConfig:
-    """How to reach one servlet: address(es), deadline, TLS files, default metadata, options."""
+    """How to reach one servlet: address(es), deadline, TLS files, default metadata, options,
+    and client interceptors (as written: objects, classes or dotted paths)."""
 
     name: str
     targets: tuple[tuple[str, int], ...]
@@ -213,6 +240,7 @@ class ServletConfig:
     tls: dict[str, Any] | None = None
     metadata: tuple[tuple[str, str], ...] = ()
     options: tuple[tuple[str, Any], ...] = field(default=())
+    interceptors: tuple[Any, ...] = ()
 
     @property
     def address(self) -> str:
@@ -235,6 +263,7 @@ class ServletConfig:
             tls=entry.get("tls"),
             metadata=tuple((str(k).lower(), str(v)) for k, v in metadata.items()),
             options=tuple(tuple(option) for option in entry.get("options") or ()),
+            interceptors=tuple(entry.get("interceptors") or ()),
         )
 
     @classmethod
