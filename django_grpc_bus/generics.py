@@ -8,18 +8,21 @@ call, authentication, permissions) what DRF's ``GenericAPIView`` has: ``queryset
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import grpc
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import models
 from django.db.models import QuerySet
-from rest_framework import serializers as drf_serializers
 
 from django_grpc_bus import mixins, querying
 from django_grpc_bus.errors import GrpcError
 from django_grpc_bus.identifiers import snake_case  # noqa: F401  (still importable from here)
 from django_grpc_bus.meta import primary_key_fields
 from django_grpc_bus.services import BaseService
+
+if TYPE_CHECKING:
+    from django_grpc_bus.serializers import ProtoSerializerMixin
 
 
 class GenericService(BaseService):
@@ -32,9 +35,11 @@ class GenericService(BaseService):
     """
 
     queryset: ClassVar[QuerySet | None] = None
-    serializer_class: ClassVar[type[drf_serializers.BaseSerializer] | None] = None
+    serializer_class: ClassVar[type[ProtoSerializerMixin] | None] = None
     lookup_field: ClassVar[str] = "pk"
     lookup_request_field: ClassVar[str | None] = None
+    # get_lookups' cache, each class's own (read through cls.__dict__): descriptor -> ways.
+    _lookups: ClassVar[dict[Any, list[list[tuple[str, str]]]]]
 
     # -- the model ---------------------------------------------------------------------------
 
@@ -66,7 +71,7 @@ class GenericService(BaseService):
 
     # -- serializers -------------------------------------------------------------------------
 
-    def get_serializer_class(self) -> type[drf_serializers.BaseSerializer]:
+    def get_serializer_class(self) -> type[ProtoSerializerMixin]:
         assert self.serializer_class is not None, (
             f"{type(self).__name__} should set `serializer_class` or override "
             "`get_serializer_class()`."
@@ -84,7 +89,7 @@ class GenericService(BaseService):
             "view": self,
         }
 
-    def get_serializer(self, *args: Any, **kwargs: Any) -> drf_serializers.BaseSerializer:
+    def get_serializer(self, *args: Any, **kwargs: Any) -> ProtoSerializerMixin:
         kwargs.setdefault("context", self.get_serializer_context())
         return self.get_serializer_class()(*args, **kwargs)
 
@@ -108,7 +113,7 @@ class GenericService(BaseService):
                 grpc.StatusCode.NOT_FOUND,
                 f"No {model._meta.label} with {described}.",
             ) from None
-        except (ValueError, TypeError, drf_serializers.DjangoValidationError) as exc:
+        except (ValueError, TypeError, DjangoValidationError) as exc:
             raise GrpcError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{described} is not a valid value: {exc}",

@@ -1,8 +1,10 @@
 """One action per mixin, as in DRF's ``mixins.py``, with gRPC messages in place of HTTP."""
 
+from __future__ import annotations
+
 import functools
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from django.db import models
@@ -10,8 +12,17 @@ from google.protobuf import empty_pb2
 
 from django_grpc_bus import pagination, update_mask
 
+if TYPE_CHECKING:
+    from django_grpc_bus.generics import GenericService
+    from django_grpc_bus.serializers import ProtoSerializerMixin
 
-class CreateModelMixin:
+    # Each mixin is combined with GenericService, as DRF's are with GenericAPIView.
+    _Service = GenericService
+else:
+    _Service = object
+
+
+class CreateModelMixin(_Service):
     """Create a row from the request message."""
 
     def create(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -21,36 +32,38 @@ class CreateModelMixin:
         self.perform_create(serializer)
         return saved_message(serializer)
 
-    def perform_create(self, serializer) -> None:
+    def perform_create(self, serializer: ProtoSerializerMixin) -> None:
         serializer.save()
 
 
-class ListModelMixin:
+class ListModelMixin(_Service):
     """Stream the rows in batches straight from the database cursor (see ``pagination``)."""
 
     def list(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         queryset = self.filter_queryset(self.get_queryset())
         page = pagination.requested_page(request)
+        response_class = cast(type, self.response_class)  # the binding sets it for every call
         yield from pagination.stream_page(
-            queryset, self.get_serializer_class(), self.response_class, context, page
+            queryset, self.get_serializer_class(), response_class, context, page
         )
 
 
-class CountModelMixin:
+class CountModelMixin(_Service):
     """Count the rows List would stream for the same request, without streaming them."""
 
     def count(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self.response_class(count=self.filter_queryset(self.get_queryset()).count())
+        response_class = cast(type, self.response_class)  # the binding sets it for every call
+        return response_class(count=self.filter_queryset(self.get_queryset()).count())
 
 
-class RetrieveModelMixin:
+class RetrieveModelMixin(_Service):
     """Read the row the request names."""
 
     def retrieve(self, request: Any, context: grpc.ServicerContext) -> Any:
         return self.get_serializer_class().to_message(self.get_object())
 
 
-class UpdateModelMixin:
+class UpdateModelMixin(_Service):
     """Replace a row (Update) or change the fields an ``update_mask`` names (PartialUpdate).
 
     In Update, an unset nullable field means null (the whole row is replaced); other unset
@@ -74,11 +87,11 @@ class UpdateModelMixin:
         self.perform_update(serializer)
         return saved_message(serializer)
 
-    def perform_update(self, serializer) -> None:
+    def perform_update(self, serializer: ProtoSerializerMixin) -> None:
         serializer.save()
 
 
-class DestroyModelMixin:
+class DestroyModelMixin(_Service):
     """Delete the row the request names."""
 
     def destroy(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -89,9 +102,9 @@ class DestroyModelMixin:
         instance.delete()
 
 
-def saved_message(serializer) -> Any:
+def saved_message(serializer: ProtoSerializerMixin) -> Any:
     """The response after a save, ``GeneratedField`` columns (stale after an update) re-read."""
-    instance = serializer.instance
+    instance = cast(models.Model, serializer.instance)  # save() has set it
     columns = generated_columns(type(instance))
     if columns:
         instance.refresh_from_db(fields=columns)

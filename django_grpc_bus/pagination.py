@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import grpc
@@ -95,12 +95,13 @@ def stream_page(
 
 def _rows(queryset: QuerySet, plan: Any) -> tuple[Iterable[Any], Any]:
     """The rows to send and how to fill a message from one (tuples of plain columns if it can)."""
-    if plan.prefetch and not queryset._prefetch_related_lookups:
+    # _prefetch_related_lookups: a private QuerySet attribute django-stubs leaves out.
+    if plan.prefetch and not queryset._prefetch_related_lookups:  # type: ignore[attr-defined]
         queryset = queryset.prefetch_related(*plan.prefetch)
     fill = plan.fill
     if (
         plan.columns is not None  # plain columns only: tuples, no model instances
-        and not queryset._prefetch_related_lookups
+        and not queryset._prefetch_related_lookups  # type: ignore[attr-defined]
         and queryset._iterable_class is ModelIterable
     ):
         queryset = queryset.values_list(*plan.columns)
@@ -124,7 +125,9 @@ def stably_ordered(queryset: QuerySet) -> QuerySet:
     return queryset.order_by(*ordering, *keys)  # Django leaves a repeated term out
 
 
-def _batches(rows: Iterable[Any], fill: Any, response_class: type, page: Page) -> Iterator[Any]:
+def _batches(
+    rows: Iterable[Any], fill: Any, response_class: type, page: Page
+) -> Generator[Any, None, None]:
     page_size, offset = page.size, page.offset
     batch_size = bus_settings.LIST_BATCH_SIZE
     byte_budget = bus_settings.MAX_MESSAGE_SIZE - BATCH_HEADROOM
