@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import threading
 import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Generator
 from typing import Any
 
 import grpc
@@ -125,7 +126,7 @@ class AsyncCall:
         call = multicallable(message, **method.call_options(self._timeout, self._metadata))
         return method, call
 
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, Any]:
         return self._result().__await__()
 
     async def _result(self) -> Any:
@@ -137,10 +138,10 @@ class AsyncCall:
         except grpc.RpcError as exc:
             raise method.error(exc) from None
 
-    def __aiter__(self):
+    def __aiter__(self) -> AsyncIterator[Any]:
         return self._iterate()
 
-    async def _iterate(self):
+    async def _iterate(self) -> AsyncIterator[Any]:
         method, call = await self._start()
         # Closing this generator closes the inner one now, which cancels the call.
         async with contextlib.aclosing(self._rows(method, call, self._flatten)) as rows:
@@ -148,7 +149,9 @@ class AsyncCall:
                 yield row
 
     @staticmethod
-    async def _rows(method: RPC, call: Any, flatten: bool | None = None):
+    async def _rows(
+        method: RPC, call: Any, flatten: bool | None = None
+    ) -> AsyncGenerator[Any, None]:
         try:
             async for response in call:
                 for row in method.results(response, flatten):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal, overload
 
 import grpc
 
@@ -91,7 +91,17 @@ def span_attributes(config: ServletConfig) -> dict[str, Any]:
     return attributes
 
 
-def open_channel(config: ServletConfig, services: Iterable[str] = (), aio: bool = False):
+@overload
+def open_channel(
+    config: ServletConfig, services: Iterable[str] = (), aio: Literal[False] = False
+) -> grpc.Channel: ...
+@overload
+def open_channel(
+    config: ServletConfig, services: Iterable[str] = (), *, aio: Literal[True]
+) -> grpc.aio.Channel: ...
+def open_channel(
+    config: ServletConfig, services: Iterable[str] = (), aio: bool = False
+) -> grpc.Channel | grpc.aio.Channel:
     """A new channel (``grpc.aio`` when `aio`) for `config`, with its interceptors."""
     target = target_of(config)
     options = channel_options(config, services)

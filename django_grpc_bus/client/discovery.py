@@ -42,7 +42,12 @@ class Catalog:
             self.by_short_name.setdefault(service.name, []).append(full_name)
 
 
-def _call(channel: grpc.Channel, requests: list, timeout: float | None, metadata) -> list:
+def _call(
+    channel: grpc.Channel,
+    requests: list,
+    timeout: float | None,
+    metadata: tuple[tuple[str, str], ...] | None,
+) -> list:
     last_error: grpc.RpcError | None = None
     for method in REFLECTION_METHODS:
         stream = channel.stream_stream(
@@ -95,7 +100,11 @@ def _add_files(pool: descriptor_pool.DescriptorPool, serialized: Iterable[bytes]
         add(name)
 
 
-def fetch_catalog(channel: grpc.Channel, timeout: float | None = None, metadata=None) -> Catalog:
+def fetch_catalog(
+    channel: grpc.Channel,
+    timeout: float | None = None,
+    metadata: tuple[tuple[str, str], ...] | None = None,
+) -> Catalog:
     """List the server's services and load every one's descriptors into a new pool."""
     listing = _call(
         channel, [reflection_pb2.ServerReflectionRequest(list_services="")], timeout, metadata

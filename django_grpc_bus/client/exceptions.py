@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.rpc import error_details_pb2
@@ -68,8 +68,12 @@ class CallError(ClientError, grpc.RpcError):
         self._error = error
         self.servlet = servlet
         self.method = method
-        self._code = fixed.get("code") or (error.code() if error is not None else None)
-        self._details = fixed.get("details") or (error.details() if error is not None else "")
+        self._code: grpc.StatusCode | None = fixed.get("code") or (
+            error.code() if error is not None else None
+        )
+        self._details: str = (
+            fixed.get("details") or (error.details() if error is not None else None) or ""
+        )
         self.violations = _violations(error)
         super().__init__(
             f"{method} on servlet {servlet!r}: {self._code.name if self._code else '?'}: "
@@ -77,7 +81,8 @@ class CallError(ClientError, grpc.RpcError):
         )
 
     def code(self) -> grpc.StatusCode:
-        return self._code
+        # Every CallError is made from a failed call (`error`) or given its code.
+        return cast(grpc.StatusCode, self._code)
 
     def details(self) -> str:
         return self._details
@@ -86,7 +91,8 @@ class CallError(ClientError, grpc.RpcError):
         return self._error.trailing_metadata() if self._error is not None else None
 
     def initial_metadata(self) -> Any:
-        return self._error.initial_metadata() if self._error is not None else None
+        # A call's RpcError is also its grpc.Call (the stubs' RpcError has no metadata of it).
+        return cast(grpc.Call, self._error).initial_metadata() if self._error is not None else None
 
 
 class ServletUnavailable(CallError):
@@ -97,7 +103,7 @@ def _violations(error: grpc.RpcError | None) -> list[tuple[str, str]]:
     if error is None or not hasattr(error, "trailing_metadata"):
         return []
     try:
-        status = rpc_status.from_call(error)
+        status = rpc_status.from_call(cast(grpc.Call, error))  # the failed call, as above
     except (ValueError, AttributeError, TypeError):
         return []
     found = []

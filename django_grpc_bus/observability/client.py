@@ -76,7 +76,7 @@ def channel_interceptors(
     """
     kinds = AIO_KINDS if aio else SYNC_KINDS
     configured = load([*bus_settings.CLIENT_INTERCEPTORS, *servlet_items])
-    interceptors = [item for item in configured if isinstance(item, kinds)]
+    interceptors: list[Any] = [item for item in configured if isinstance(item, kinds)]
     tracer = configured_tracer()
     if tracer is not None:
         tracing = AsyncTracingInterceptor if aio else TracingInterceptor

@@ -83,7 +83,12 @@ class CallObserver:
         if self.metrics is not None:
             self.metrics.ended(method, code, elapsed_ms)
         if started is not None and self.spans is not None:
-            details = context.details() if code in SERVER_ERRORS else None
+            # ServicerContext.details() (grpcio 1.38+) postdates grpc-stubs.
+            details = (
+                context.details()  # type: ignore[attr-defined]
+                if code in SERVER_ERRORS
+                else None
+            )
             self.spans.end_server(started, code, details, exc)
 
     def close(self) -> None:

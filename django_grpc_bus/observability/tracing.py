@@ -20,6 +20,9 @@ import grpc
 from django_grpc_bus import __version__
 
 if TYPE_CHECKING:
+    from contextvars import Token
+
+    from opentelemetry.context import Context
     from opentelemetry.trace import Span, Tracer
 
 INSTRUMENTATION = "django_grpc_bus"
@@ -172,7 +175,7 @@ class ServerSpan:
 
     __slots__ = ("span", "thread", "token")
 
-    def __init__(self, span: Span, token: object) -> None:
+    def __init__(self, span: Span, token: Token[Context]) -> None:
         self.span = span
         self.token = token
         self.thread = threading.get_ident()

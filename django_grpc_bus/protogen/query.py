@@ -13,12 +13,13 @@ filter class where no model field backs it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from django.core.exceptions import FieldError, ImproperlyConfigured
 from django.db import models
 from django.db.models import QuerySet
 from django.db.models.fields.reverse_related import ForeignObjectRel
+from django_filters import FilterSet
 from django_filters import filters as df
 from django_filters.exceptions import FieldLookupError
 from django_filters.rest_framework import DjangoFilterBackend
@@ -91,7 +92,7 @@ def _names(value: Any) -> tuple[str, ...] | None:
     return tuple(item if isinstance(item, str) else str(item[0]) for item in value)
 
 
-def filterset_class_for(service_class: type, model: type[models.Model]) -> type | None:
+def filterset_class_for(service_class: type, model: type[models.Model]) -> type[FilterSet] | None:
     """The FilterSet django-filter's DRF backend would use for `service_class`, or None.
 
     Built by ``DjangoFilterBackend.get_filterset_class`` itself, from ``filterset_class`` or
@@ -244,7 +245,8 @@ def _queryset_type(filter_: Any, notes: list[str]) -> fieldtypes.ProtoType | Non
     related = getattr(queryset, "model", None)
     if related is None:
         return None
-    to_field = filter_.extra.get("to_field_name")
+    # The mixin is only ever part of a Filter, whose options `extra` holds.
+    to_field = cast(df.Filter, filter_).extra.get("to_field_name")
     try:
         field = related._meta.get_field(to_field) if to_field else related._meta.pk
     except FieldError:

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 from django.conf import settings
@@ -84,7 +84,8 @@ class Call:
             refuse_undecodable(request, context)  # never counted in flight
             traffic.enter(context)
         except Exception as exc:  # refused: undecodable, the server drains, or is at its limit
-            self.code = context.code() or grpc.StatusCode.UNKNOWN
+            # ServicerContext.code() (grpcio 1.38+) postdates grpc-stubs.
+            self.code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
             self.report(exc)
             raise
         # Counted in flight until grpc has finished the RPC (the response sent, or the call
@@ -98,7 +99,7 @@ class Call:
     def __enter__(self) -> Call:
         return self
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, traceback: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, traceback: Any) -> Literal[False]:
         try:
             if exc_type is GeneratorExit:  # a stream's client went away
                 self.code = grpc.StatusCode.CANCELLED
@@ -110,7 +111,8 @@ class Call:
 
     def abort(self, exc: Exception) -> None:
         """End the call for `exc`, unless the service already ended it with its own status."""
-        own = self.context.code()
+        # ServicerContext.code() (grpcio 1.38+) postdates grpc-stubs.
+        own = self.context.code()  # type: ignore[attr-defined]
         if own is not None and own is not OK:
             self.code = own
             return
@@ -134,7 +136,8 @@ class Call:
         context = self.context
         code = self.code
         if code is OK:
-            own = context.code()
+            # ServicerContext.code() (grpcio 1.38+) postdates grpc-stubs.
+            own = context.code()  # type: ignore[attr-defined]
             if own is not None and own is not OK:
                 code = own  # set with context.set_code(), the action then returned
             elif not context.is_active():

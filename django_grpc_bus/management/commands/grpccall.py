@@ -1,7 +1,7 @@
 import json
 from typing import Any
 
-from django.core.management.base import CommandError
+from django.core.management.base import CommandError, CommandParser
 
 from django_grpc_bus.client.exceptions import CallError, ClientError
 from django_grpc_bus.client.jsonvalues import dumps
@@ -21,7 +21,7 @@ class Command(BusCommand):
     skip_checks_help = None
     user_errors = (*BusCommand.user_errors, ClientError)
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("servlet", help="servlet name or host:port")
         parser.add_argument(
             "method", help="Service.method, e.g. Book.retrieve or library.Book.Retrieve"
@@ -49,7 +49,17 @@ class Command(BusCommand):
             help="a List: the page after the one that gave TOKEN (sets page_token)",
         )
 
-    def run(self, *args, servlet, method, request, metadata, timeout, indent, **options):
+    def run(
+        self,
+        *args: Any,
+        servlet: str,
+        method: str,
+        request: str,
+        metadata: list[str],
+        timeout: float | None,
+        indent: int | None,
+        **options: Any,
+    ) -> None:
         service_name, dot, method_name = method.rpartition(".")
         if not dot or not service_name:
             raise CommandError(f"{method!r}: write Service.method, e.g. Book.retrieve.")
@@ -65,7 +75,7 @@ class Command(BusCommand):
                 raise CommandError(f"--metadata {item!r}: write KEY=VALUE.")
             pairs.append((key.lower(), value))
         target = servlet_for(registry, servlet)
-        call_options = {"metadata": pairs or None}
+        call_options: dict[str, Any] = {"metadata": pairs or None}
         if timeout is not None:
             call_options["timeout"] = timeout
         try:

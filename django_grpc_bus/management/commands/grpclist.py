@@ -1,3 +1,7 @@
+from typing import Any
+
+from django.core.management.base import CommandParser
+
 from django_grpc_bus.client.describe import describe_service
 from django_grpc_bus.client.exceptions import ClientError
 from django_grpc_bus.client.registry import registry
@@ -14,12 +18,14 @@ class Command(BusCommand):
     skip_checks_help = None
     user_errors = (*BusCommand.user_errors, ClientError)
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("servlet", help="servlet name or host:port")
         parser.add_argument("service", nargs="?", help="only this service (short or full name)")
         parser.add_argument("--brief", action="store_true", help="methods only, no fields")
 
-    def run(self, *args, servlet, service, brief, **options):
+    def run(
+        self, *args: Any, servlet: str, service: str | None, brief: bool, **options: Any
+    ) -> None:
         target = servlet_for(registry, servlet)
         names = [target.resolve(service)] if service else target.services
         for name in names:
