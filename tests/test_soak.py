@@ -48,8 +48,8 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
         os.environ.get(SOAK_ENV) != "1",
-        reason=f"a {SECONDS:g}s soak: set {SOAK_ENV}=1 to run it (CI does, on SQLite and PostgreSQL); "
-        "DJANGO_GRPC_BUS_SOAK_SECONDS shortens it",
+        reason=f"a {SECONDS:g}s soak: set {SOAK_ENV}=1 to run it (CI does, on SQLite and "
+        "PostgreSQL); DJANGO_GRPC_BUS_SOAK_SECONDS shortens it",
     ),
 ]
 
