@@ -4,18 +4,24 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# `make lint` runs ruff, checks the layers (lint-imports) and type-checks (mypy, with the lint
+# extra's stubs). TYPECHECK=0 leaves out mypy and that extra, where the stubs cannot install
+# (they need Python 3.11+: .ci/run's oldest-versions run).
+TYPECHECK ?= 1
+comma := ,
+EXTRAS := test$(if $(filter 1,$(TYPECHECK)),$(comma)lint)
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 BUF := .tools/node_modules/.bin/buf
 PYTEST_ARGS ?=
 # Extra requirements pinned on top of the package's (e.g. the oldest supported versions).
 PIP_EXTRA ?=
 
-.PHONY: demo test lint format tools clean bench dist
+.PHONY: demo test lint style typecheck layers format tools clean bench dist
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]' $(PIP_EXTRA)
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]' $(PIP_EXTRA)
 	touch $(STAMP)
 
 # buf (for the `buf lint` test) ships in an npm package; without npm that one test skips.
@@ -33,9 +39,19 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
-lint: $(STAMP)
+lint: style layers $(if $(filter 1,$(TYPECHECK)),typecheck)
+
+style: $(STAMP)
 	$(BIN)/ruff check django_grpc_bus tests example
 	$(BIN)/ruff format --check django_grpc_bus tests example
+
+# [tool.mypy] and [tool.django-stubs] in pyproject.toml; the package only, never generated code.
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# STYLE.md's layers as import-linter contracts ([tool.importlinter] in pyproject.toml).
+layers: $(STAMP)
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format django_grpc_bus tests example
@@ -52,4 +68,4 @@ dist: $(STAMP)
 	$(BIN)/twine check --strict dist/*
 
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .ruff_cache dist
+	rm -rf $(VENV) .tools .pytest_cache .ruff_cache .mypy_cache .import_linter_cache .grimp_cache dist
