@@ -120,13 +120,16 @@ def bus_server(
     workers: int = 1,
     wrapper: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    options: tuple[str, ...] = ("--no-access-log",),
 ) -> ServerProcess:
     """``manage.py rungrpcserver``; a fixed free port when it forks workers sharing it.
 
-    `wrapper` is a script that runs manage.py (the profiler's), `env` extra variables.
+    `wrapper` is a script that runs manage.py (the profiler's), `env` extra variables,
+    `options` more of rungrpcserver's: by default no access log, which the hand-written
+    server has no counterpart of (its cost is a row of its own, see ``observability``).
     """
     address = f"127.0.0.1:{free_port()}" if workers > 1 else "127.0.0.1:0"
-    args = ["--max-workers", str(MAX_WORKERS), "--workers", str(workers)]
+    args = ["--max-workers", str(MAX_WORKERS), "--workers", str(workers), *options]
     return ServerProcess(
         [*taskset(cpus), PYTHON, *wrapper, "manage.py"],
         cwd=PROJECT,
@@ -298,6 +301,34 @@ def workers(samples: Samples) -> None:
             server.stop(timeout=15)
 
 
+# rungrpcserver with nothing recorded, as the other rows run it; with the access log it prints
+# by default; with tracing (a span per call, batched, dropped) and metrics (--metrics-port).
+OBSERVED = {
+    "off": ({}, ("--no-access-log",)),
+    "log": ({}, ()),
+    "otel": ({"BENCH_TRACING": "1"}, ("--no-access-log", "--metrics-port", "0")),
+}
+
+
+def observability(samples: Samples) -> None:
+    """Retrieve, c=8, against the same server run three ways, interleaved round by round."""
+    servers: dict[str, ServerProcess] = {}
+    try:
+        for name, (env, options) in OBSERVED.items():
+            servers[name] = bus_server(SMALL_DB, env=env, options=options)
+        if "Metrics (pid" not in servers["otel"].output:
+            raise BenchError(f"no metrics endpoint:\n{servers['otel'].output[-2000:]}")
+        for _ in range(ROUNDS):
+            for name, server in servers.items():
+                got = closed_loop(server, "retrieve", 8, server_pid=server.process.pid)
+                samples[f"observed.rate.{name}"].append(got["calls_per_s"])
+                samples[f"observed.cpu.{name}"].append(got["server_cpu_us_per_call"])
+        print("  observability: done")
+    finally:
+        for server in servers.values():
+            server.stop(timeout=15)
+
+
 def large_list(samples: Samples) -> None:
     """1,000,000 rows: time to the first row, then the whole stream with the server's peak RSS;
     then the same for the 100,000 of them below a price (a filtered List)."""
@@ -419,6 +450,12 @@ def rows_of(s: Samples) -> list[Row]:
             "--workers 1 on core 0, load on core 1")),
         Row("client CPU per retrieve, 1 thread", "µs", s["client.cpu.registry"],
             s["client.cpu.stub"], "≤ 1.15×", lambda r: r <= 1.15, ("registry", "stub")),
+        Row("retrieve, c=8, tracing + metrics: server CPU per call", "µs", s["observed.cpu.otel"],
+            s["observed.cpu.off"], "≤ 1.1×", lambda r: r <= 1.1, ("traced", "neither")),
+        Row("retrieve, c=8, tracing + metrics: calls/s", "/s", s["observed.rate.otel"],
+            s["observed.rate.off"], "≥ 0.9×", lambda r: r >= 0.9, ("traced", "neither")),
+        Row("retrieve, c=8, access log to stderr: server CPU per call", "µs",
+            s["observed.cpu.log"], s["observed.cpu.off"], labels=("logged", "not logged")),
     ]  # fmt: skip
 
 
@@ -493,6 +530,7 @@ def main() -> int:
         against_handwritten(samples, first_errors)
         filtered_list(samples)
         workers(samples)
+        observability(samples)
         large_list(samples)
     except BenchError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)

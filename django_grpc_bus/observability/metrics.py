@@ -106,7 +106,7 @@ class MetricsEndpoint:
     def __init__(self, host: str, port: int) -> None:
         try:
             from opentelemetry.exporter.prometheus import PrometheusMetricReader
-            from opentelemetry.sdk.metrics import MeterProvider
+            from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
             from opentelemetry.sdk.resources import Resource
             from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
         except ImportError as exc:
@@ -115,7 +115,13 @@ class MetricsEndpoint:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         reader = PrometheusMetricReader(registry=self.registry)
-        self.provider = MeterProvider(metric_readers=[reader], resource=Resource.create())
+        # No exemplars: the text format does not carry them, and sampling one per call (the
+        # default, while a span is current) costs as much again as recording.
+        self.provider = MeterProvider(
+            metric_readers=[reader],
+            resource=Resource.create(),
+            exemplar_filter=AlwaysOffExemplarFilter(),
+        )
         try:
             self._httpd, self._thread = start_http_server(
                 port, addr=self.host, registry=self.registry

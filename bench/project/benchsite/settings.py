@@ -40,3 +40,19 @@ MESSAGE_BUS = {
     "ROOT_HANDLERS_HOOK": "handlers.handler",
     "SERVICE_META": BASE_DIR / "service_meta.yaml",
 }
+
+if os.environ.get("BENCH_TRACING") == "1":
+    # The observability rows (bench/README.md): every call's span built, batched and handed to
+    # an exporter that drops it, so the cost measured is the package's and the SDK's, not an
+    # exporter's encoding and network.
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class DroppingExporter(SpanExporter):
+        def export(self, spans):
+            return SpanExportResult.SUCCESS
+
+    _provider = TracerProvider()
+    _provider.add_span_processor(BatchSpanProcessor(DroppingExporter()))
+    trace.set_tracer_provider(_provider)
