@@ -179,6 +179,22 @@ def _own_message(code: grpc.StatusCode) -> Callable[[BaseException], Failure]:
     return lambda exc: Failure(code, str(exc) or code.name)
 
 
+# SQLite's limits on one statement (https://sqlite.org/limits.html): a request that makes a
+# query past them (a long `contains` text, a search of many terms) no retry will mend.
+SQLITE_STATEMENT_LIMITS = (
+    "LIKE or GLOB pattern too complex",
+    "Expression tree is too large",
+    "too many SQL variables",
+    "string or blob too big",
+)
+
+
+def _operational(exc: OperationalError) -> Failure:
+    if any(limit in str(exc) for limit in SQLITE_STATEMENT_LIMITS):
+        return Failure(Code.INVALID_ARGUMENT, "The request makes a query too large to run.")
+    return Failure(Code.UNAVAILABLE, "The database is unavailable; retry later.")
+
+
 # The table. Order matters: the first class the exception is an instance of decides.
 # A converter may say None: the exception is unexpected after all (-> INTERNAL).
 STATUS_TABLE: list[tuple[type[BaseException], Callable[[Any], Failure | None]]] = [
@@ -199,7 +215,7 @@ STATUS_TABLE: list[tuple[type[BaseException], Callable[[Any], Failure | None]]] 
     (DataError, _fixed(Code.INVALID_ARGUMENT, "A value does not fit its database column.")),
     # e.g. SQLite's 64-bit integers, which hold a duration in microseconds
     (OverflowError, _fixed(Code.INVALID_ARGUMENT, "A value is too large to store.")),
-    (OperationalError, _fixed(Code.UNAVAILABLE, "The database is unavailable; retry later.")),
+    (OperationalError, _operational),
     (InterfaceError, _fixed(Code.UNAVAILABLE, "The database is unavailable; retry later.")),
     (django_exceptions.MultipleObjectsReturned, _own_message(Code.FAILED_PRECONDITION)),
     (NotImplementedError, _fixed(Code.UNIMPLEMENTED, "This method is not implemented.")),

@@ -93,6 +93,7 @@ TABLE_CASES = [
     (DataError("value too long for type character varying(5)"), DataError, Code.INVALID_ARGUMENT),
     (OverflowError("Python int too large"), OverflowError, Code.INVALID_ARGUMENT),
     (OperationalError("could not connect to server"), OperationalError, Code.UNAVAILABLE),
+    (OperationalError("LIKE or GLOB pattern too complex"), OperationalError, Code.INVALID_ARGUMENT),
     (InterfaceError("connection already closed"), InterfaceError, Code.UNAVAILABLE),
     (
         django_exceptions.MultipleObjectsReturned("Two rows."),
