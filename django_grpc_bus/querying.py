@@ -14,13 +14,15 @@ Where DRF would quietly ignore part of a request, this refuses it with INVALID_A
 client never takes unfiltered rows for filtered ones: an ``order_by`` term ``OrderingFilter``
 would drop, a filter field no filter reads (a proto older or newer than the service), a search
 on a service with no ``search_fields``, and a value the database query cannot be built from
-(django-filter accepts ``year`` 2147483647; Django cannot make a date of it).
+(django-filter accepts ``year`` 2147483647; Django cannot make a date of it). A search of more
+than ``MAX_SEARCH_TERMS`` terms is refused too.
 """
 
 from __future__ import annotations
 
 import enum
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +32,7 @@ from django.db.models import QuerySet
 from django.http import QueryDict
 from django.utils.duration import duration_string
 from django_filters import filters as df
-from django_filters.rest_framework import DjangoFilterBackend
+from django_filters.rest_framework import DjangoFilterBackend, FilterSet
 from google.protobuf import descriptor as _descriptor
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.filters import OrderingFilter, SearchFilter
@@ -49,6 +51,10 @@ QUERY_ACTIONS = frozenset({"list", "count"})
 FILTERS = DjangoFilterBackend()
 SEARCH = SearchFilter()
 ORDERING = OrderingFilter()
+
+# Each search term is a condition on every search field, all of them joined by AND: SQLite
+# refuses expressions nested 1000 deep, and thousands of terms take seconds to build.
+MAX_SEARCH_TERMS = 100
 
 # What a value that cannot go into the SQL raises while Django builds it (ArithmeticError:
 # decimal.InvalidOperation and OverflowError).
@@ -107,14 +113,14 @@ def apply_filter(service: Any, queryset: QuerySet, request: Any) -> QuerySet:
         return queryset
     inputs = filter_inputs(filterset_class, message.DESCRIPTOR) if message is not None else {}
     data = filter_data(service, inputs, given)
-    call = BackendRequest(service.call, data)
+    call: Any = BackendRequest(service.call, data)  # what DRF backends take as a request
     filterset = filterset_class(**FILTERS.get_filterset_kwargs(call, queryset, service))
     if not filterset.is_valid():
         proto_names = {entry.name: proto for proto, entry in inputs.items()}
         _refuse(
             [
                 (proto_names.get(name, proto_filter_name(name)), error["message"])
-                for name, errors in filterset.errors.get_json_data().items()
+                for name, errors in filterset.form.errors.get_json_data().items()
                 for error in errors
             ]
         )
@@ -124,7 +130,7 @@ def apply_filter(service: Any, queryset: QuerySet, request: Any) -> QuerySet:
     return filtered
 
 
-def filterset_class_for(service: Any, queryset: QuerySet) -> type | None:
+def filterset_class_for(service: Any, queryset: QuerySet) -> type[FilterSet] | None:
     """The FilterSet ``DjangoFilterBackend.get_filterset_class`` gives the service, or None.
 
     One made from ``filterset_fields`` is kept per service class and model while those stay
@@ -141,7 +147,7 @@ def filterset_class_for(service: Any, queryset: QuerySet) -> type | None:
     return cached[1]
 
 
-_AUTO_FILTERSETS: dict[tuple[type, type], tuple[Any, type]] = {}
+_AUTO_FILTERSETS: dict[tuple[type, type], tuple[Any, type[FilterSet] | None]] = {}
 
 
 class Shape(enum.Enum):
@@ -163,7 +169,7 @@ class FilterInput:
 
 
 @functools.lru_cache(maxsize=512)
-def filter_inputs(filterset_class: type, descriptor: Any) -> dict[str, FilterInput]:
+def filter_inputs(filterset_class: type[FilterSet], descriptor: Any) -> dict[str, FilterInput]:
     """Proto field name -> its filter's input, for the filters the message has a field for."""
     inputs: dict[str, FilterInput] = {}
     for name, filter_ in filterset_class.base_filters.items():
@@ -303,7 +309,7 @@ def apply_search(service: Any, queryset: QuerySet, request: Any) -> QuerySet:
     text = _query_part(request, "search", "string")
     if not text:
         return queryset
-    call = BackendRequest(service.call, {SEARCH.search_param: text})
+    call: Any = BackendRequest(service.call, {SEARCH.search_param: text})
     if not SEARCH.get_search_fields(service, call):
         raise GrpcError(
             INVALID,
@@ -311,6 +317,11 @@ def apply_search(service: Any, queryset: QuerySet, request: Any) -> QuerySet:
             [("search", "This service does not search.")],
         )
     try:
+        terms = SEARCH.get_search_terms(call)
+        if len(terms) > MAX_SEARCH_TERMS:
+            raise drf_exceptions.ValidationError(
+                f"Give at most {MAX_SEARCH_TERMS} terms to search for ({len(terms)} given)."
+            )
         searched = SEARCH.filter_queryset(call, queryset, service)
     except drf_exceptions.ValidationError as exc:
         problems = [message for _path, message, _code in flatten_errors(exc.detail)]
@@ -336,6 +347,7 @@ def apply_ordering(service: Any, queryset: QuerySet, request: Any) -> QuerySet:
     given = _query_part(request, "order_by", "strings")
     # As OrderingFilter splits its query parameter: terms separated by commas, trimmed.
     terms = [term.strip() for item in given or () for term in item.split(",")]
+    ordering: Sequence[str] | None = terms
     if terms:
         kept = ORDERING.remove_invalid_fields(queryset, terms, service, service.call)
         refused = [term for term in terms if term not in kept]
@@ -348,7 +360,6 @@ def apply_ordering(service: Any, queryset: QuerySet, request: Any) -> QuerySet:
                 f"{choices} (a leading - sorts descending).",
                 [("order_by", f"{term!r} is not one of: {choices}.") for term in refused],
             )
-        ordering = terms
     else:
         ordering = ORDERING.get_default_ordering(service)
     return queryset.order_by(*ordering) if ordering else queryset

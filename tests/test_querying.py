@@ -37,7 +37,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from rest_framework.filters import SearchFilter
-from support import bus_env, running_server
+from support import ON_POSTGRES, bus_env, running_server
 
 from django_grpc_bus.errors import GrpcError
 from django_grpc_bus.testing import stub_for
@@ -506,6 +506,7 @@ INVALID_CASES = [
     ({"filter": {"f_date_year": 2**31 - 1}}, "filter.f_date_year", "out of range"),
     ({"filter": {"f_float": float("nan")}}, "filter.f_float", "Enter a number."),
     ({"search": "a\x00b"}, "search", "Null characters are not allowed."),
+    ({"search": " ".join(["term"] * 101)}, "search", "at most 100 terms"),
 ]
 
 
@@ -519,6 +520,19 @@ def test_invalid_queries_are_invalid_argument_naming_the_field(stubs, fields, pa
         violations = refused(call, request)
         assert list(violations) == [path], violations
         assert any(words in text for text in violations[path]), violations
+
+
+def test_a_query_past_sqlite_limits_is_invalid_argument(stubs):
+    """SQLite refuses a LIKE pattern over 50,000 bytes; PostgreSQL runs it."""
+    stub, request_class = stubs[Everything]
+    request = list_request(request_class, {"f_char__icontains": "x" * 60_000})
+    if not ON_POSTGRES:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Count(request, timeout=TIMEOUT)
+        assert info.value.code() == Code.INVALID_ARGUMENT
+        assert "too large" in info.value.details()
+    else:
+        assert served_ids(stubs, Everything, request) == ([], 0)
 
 
 def test_count_on_a_service_that_declares_no_query(channel, stubs, compiled):
