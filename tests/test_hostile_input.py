@@ -5,7 +5,10 @@ not: int32/int64 extremes in small or positive integer columns, strings of up to
 malformed dates, times, decimals, UUIDs, e-mail addresses, URLs and IP addresses as text,
 NaN and infinities, deeply nested JSON values, Timestamps and Durations at and past their
 limits (with impossible nanos), FieldMasks with unknown, duplicate and read-only paths, random
-lookup ids and page tokens, and raw bytes that are not a protobuf message at all.
+lookup ids and page tokens, and raw bytes that are not a protobuf message at all. List and
+Count also get random queries: filter fields of every type set to such values (lists of them for
+``in`` and ``range``), ``order_by`` terms valid and not, and search texts; those end OK or
+INVALID_ARGUMENT only.
 
 For every call: the status is one of ``ALLOWED`` (never UNKNOWN, never INTERNAL), the details
 leak no traceback and no SQL, and the call returns within ``TIMEOUT``; after each property the
@@ -41,6 +44,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import bus_env, health_status, running_server
 
+from django_grpc_bus.conversion.messages import repeated
 from django_grpc_bus.pagination import encode_page_token
 from django_grpc_bus.testing import stub_for
 
@@ -59,7 +63,8 @@ ALLOWED = frozenset(
 LEAKS = ("Traceback", "SELECT", "INSERT", "UPDATE ")
 DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
 SERVICE = "catalog.Everything"
-RPCS = ("List", "Create", "Retrieve", "Update", "PartialUpdate", "Destroy")
+RPCS = ("List", "Count", "Create", "Retrieve", "Update", "PartialUpdate", "Destroy")
+QUERY_CODES = frozenset({Code.OK, Code.INVALID_ARGUMENT})  # what a List or Count query ends with
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -494,6 +499,88 @@ def test_list_with_hostile_page_sizes_and_tokens(channel, pb, seed):
     def run(page_size, page_token):
         request = everything_pb2.EverythingListRequest(page_size=page_size, page_token=page_token)
         listing(channel, request, everything_pb2.EverythingListResponse)
+
+    run()
+    assert_serving(channel)
+
+
+# The kind of text each string filter field reads (by the model field it filters), first match.
+FILTER_TEXT_KINDS = (
+    ("f_datetime_date", "date"), ("f_null_decimal", "decimal"), ("f_decimal", "decimal"),
+    ("f_null_date", "date"), ("f_date", "date"), ("f_time", "time"), ("f_uuid", "uuid"),
+    ("token", "uuid"), ("f_email", "email"), ("f_url", "url"), ("f_ip", "ip"),
+    ("f_slug", "slug"), ("f_filepath", "path"), ("f_choice_str", "choice"),
+)  # fmt: skip
+ORDER_TERMS = ("id", "f_int", "f_decimal", "f_char", "f_datetime")  # EverythingService's
+SEARCH_WORDS = ("hostile", "a", "%", "_", "\\", "'", '"', "O'Neil", "é", "'quoted phrase'", ",")
+
+
+def filter_strategy(field: Any) -> st.SearchStrategy:
+    """Hostile values for one field of EverythingFilter, by its type."""
+    if field.message_type is not None:
+        one = TIMESTAMP if field.message_type.name == "Timestamp" else DURATION
+    elif field.type == field.TYPE_BOOL:
+        one = st.booleans()
+    elif field.type == field.TYPE_DOUBLE:
+        one = DOUBLE
+    elif field.type == field.TYPE_INT32:
+        one = INT32
+    elif field.type == field.TYPE_INT64:
+        one = INT64
+    else:
+        kind = next((k for prefix, k in FILTER_TEXT_KINDS if field.name.startswith(prefix)), None)
+        one = text_for(kind)
+    return st.lists(one, max_size=4) if repeated(field) else one
+
+
+def hostile_query(everything_pb2: Any, data: Any) -> Any:
+    """A List request with some filter fields set to hostile values, order_by and search."""
+    request = everything_pb2.EverythingListRequest()
+    fields = list(everything_pb2.EverythingFilter.DESCRIPTOR.fields)
+    chosen = data.draw(st.lists(st.sampled_from(fields), max_size=4, unique=True), label="filters")
+    for field in chosen:
+        value = data.draw(filter_strategy(field), label=field.name)
+        target = getattr(request.filter, field.name)
+        if repeated(field):
+            target.extend(value)
+        elif field.message_type is not None:
+            target.CopyFrom(value)
+        else:
+            setattr(request.filter, field.name, value)
+    if data.draw(st.booleans(), label="empty filter") and not chosen:
+        request.filter.SetInParent()
+    terms = st.one_of(
+        st.sampled_from([*ORDER_TERMS, *(f"-{term}" for term in ORDER_TERMS)]),
+        st.sampled_from(["", "-", "--id", "id,", ",", " f_int ", "f_text", "pk", "?", "-?"]),
+        SMALL_TEXT,
+    )
+    request.order_by.extend(data.draw(st.lists(terms, max_size=4), label="order_by"))
+    request.search = data.draw(
+        st.one_of(
+            st.just(""),
+            st.lists(st.sampled_from(SEARCH_WORDS), max_size=6).map(" ".join),
+            st.sampled_from(GENERIC_BAD),
+            SMALL_TEXT,
+            HUGE_TEXT,
+        ),
+        label="search",
+    )
+    request.page_size = data.draw(st.sampled_from([0, 0, 1, 5]), label="page_size")
+    return request
+
+
+def test_list_and_count_with_hostile_queries(channel, pb, seed):
+    everything_pb2, _ = pb
+
+    @examples(150)
+    @given(data=st.data())
+    def run(data):
+        request = hostile_query(everything_pb2, data)
+        listed, _ = listing(channel, request, everything_pb2.EverythingListResponse)
+        counted, _ = unary(channel, "Count", request, everything_pb2.EverythingCountResponse)
+        for code in (listed, counted):
+            assert code in QUERY_CODES or code is Code.RESOURCE_EXHAUSTED, code
+        assert listed is counted  # one validation for both
 
     run()
     assert_serving(channel)
