@@ -34,6 +34,7 @@ from django.utils.duration import duration_string
 from django_filters import filters as df
 from django_filters.rest_framework import DjangoFilterBackend, FilterSet
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import unknown_fields
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.filters import OrderingFilter, SearchFilter
 
@@ -64,9 +65,29 @@ UNUSABLE = (ValueError, TypeError, ArithmeticError)
 def filter_queryset(service: Any, queryset: QuerySet) -> QuerySet:
     """`queryset` filtered, searched and ordered as the service's List request asks."""
     request = service.request
+    refuse_unknown_fields(request)
     queryset = apply_filter(service, queryset, request)
     queryset = apply_search(service, queryset, request)
     return apply_ordering(service, queryset, request)
+
+
+def refuse_unknown_fields(request: Any) -> None:
+    """INVALID_ARGUMENT for fields of the request or of its ``filter`` that this server's proto
+    does not have (a client's newer one): ignored, as protobuf would, they would not filter."""
+    message = _query_part(request, "filter", "message")
+    for path, part in (("", request), ("filter", message)):
+        if part is None:
+            continue
+        unknown = unknown_fields.UnknownFieldSet(part)
+        numbers = sorted({unknown[index].field_number for index in range(len(unknown))})
+        if numbers:
+            names = ", ".join(map(str, numbers))
+            raise GrpcError(
+                INVALID,
+                f"{path or 'The request'} has fields this server does not know (numbers "
+                f"{names}): the client's proto is newer than the server's.",
+                [(path, f"Unknown field numbers: {names}.")],
+            )
 
 
 class BackendRequest:

@@ -522,6 +522,27 @@ def test_invalid_queries_are_invalid_argument_naming_the_field(stubs, fields, pa
         assert any(words in text for text in violations[path]), violations
 
 
+def unknown_field(number: int, value: int = 1) -> bytes:
+    """A varint field `number` on the wire: a field of a newer proto than the server's."""
+    out = bytearray()
+    for n in (number << 3, value):
+        while n > 0x7F:
+            out.append(n & 0x7F | 0x80)
+            n >>= 7
+        out.append(n)
+    return bytes(out)
+
+
+@pytest.mark.parametrize("where", ["", "filter"])
+def test_fields_of_a_newer_proto_are_refused_not_ignored(stubs, where):
+    stub, request_class = stubs[Everything]
+    request = request_class()
+    (request.filter if where else request).MergeFromString(unknown_field(999))
+    for call in (stub.List, stub.Count):
+        violations = refused(call, request)
+        assert violations == {where: ["Unknown field numbers: 999."]}
+
+
 def test_a_query_past_sqlite_limits_is_invalid_argument(stubs):
     """SQLite refuses a LIKE pattern over 50,000 bytes; PostgreSQL runs it."""
     stub, request_class = stubs[Everything]
