@@ -98,11 +98,13 @@ def test_build_is_versioned_licensed_and_complete(dist):
     with tarfile.open(sdist) as archive:
         in_sdist = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
     assert {"README.md", "LICENSE", "pyproject.toml", *TEMPLATES} <= in_sdist
+    assert "django_grpc_bus/py.typed" in in_sdist
 
     with zipfile.ZipFile(wheel) as archive:
         in_wheel = set(archive.namelist())
         metadata = archive.read(f"django_grpc_bus-{version}.dist-info/METADATA").decode()
     assert set(TEMPLATES) <= in_wheel
+    assert "django_grpc_bus/py.typed" in in_wheel  # PEP 561: the package is typed
     assert f"django_grpc_bus-{version}.dist-info/licenses/LICENSE" in in_wheel
     headers = metadata.split("\n\n", 1)[0].splitlines()
     assert f"Version: {version}" in headers
