@@ -44,11 +44,10 @@ def describe_request(
         return lines
     rows = filters.row_fields(service, request)
     at = next(i for i, field in enumerate(request.fields) if field.name == "filter") + 1
-    nested = []
-    for field in message.fields:
-        django = filters.django_spelling(field.name, rows)
-        spelling = f" ({django})" if django != field.name else ""
-        nested.append(f"{indent}  {field.name}: {field_type(field)}{spelling}")
+    nested = [
+        f"{indent}  {field.name}: {field_type(field)}{filters.also_spelt(field.name, rows)}"
+        for field in message.fields
+    ]
     return lines[:at] + nested + lines[at:]
 
 

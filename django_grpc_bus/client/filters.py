@@ -93,14 +93,16 @@ def _lookups(words: list[str]) -> list[str] | None:
     return None
 
 
+def also_spelt(name: str, rows: Iterable[str] = ()) -> str:
+    """`` (title__icontains)`` for ``title_icontains``: Django's spelling where it differs."""
+    django = django_spelling(name, rows)
+    return f" ({django})" if django != name else ""
+
+
 def described(message: descriptor.Descriptor, rows: Iterable[str] = ()) -> list[str]:
     """Each field of a filter message, with its Django spelling where that differs."""
     rows = set(rows)
-    names = []
-    for field in message.fields:
-        django = django_spelling(field.name, rows)
-        names.append(field.name if django == field.name else f"{field.name} ({django})")
-    return names
+    return [field.name + also_spelt(field.name, rows) for field in message.fields]
 
 
 def proto_keys(
