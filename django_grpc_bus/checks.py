@@ -119,6 +119,8 @@ def _check_server_settings(user: dict[str, Any], invalid: set[str]) -> list[Chec
                             id="django_grpc_bus.E012",
                         )
                     )
+    if user.get("ASYNCIO") is True and "INTERCEPTORS" not in invalid:
+        errors += _check_aio_interceptors(user.get("INTERCEPTORS", []))
     if "SERVER_OPTIONS" not in invalid:
         for item in user.get("SERVER_OPTIONS", []):
             if not (
@@ -134,6 +136,31 @@ def _check_server_settings(user: dict[str, Any], invalid: set[str]) -> list[Chec
     tls = user.get("TLS")
     if "TLS" not in invalid and tls:
         errors += _check_tls(tls)
+    return errors
+
+
+def _check_aio_interceptors(items: Any) -> list[CheckMessage]:
+    """With ASYNCIO, every INTERCEPTORS item must be a grpc.aio.ServerInterceptor."""
+    import grpc
+
+    errors: list[CheckMessage] = []
+    for item in items:
+        try:
+            value = import_string(item) if isinstance(item, str) else item
+        except ImportError:
+            continue  # E012 says so
+        kind = value if isinstance(value, type) else type(value)
+        if not issubclass(kind, grpc.aio.ServerInterceptor):
+            errors.append(
+                Error(
+                    f"{SETTING}['INTERCEPTORS'] item {item!r} is not a "
+                    "grpc.aio.ServerInterceptor, and ASYNCIO is True: the asyncio server "
+                    "takes only those.",
+                    hint="Give an asyncio version of the interceptor (async def "
+                    "intercept_service), or leave ASYNCIO False.",
+                    id="django_grpc_bus.E019",
+                )
+            )
     return errors
 
 

@@ -8,6 +8,8 @@ How services are bound and calls run lives in :mod:`django_grpc_bus.serving`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
@@ -15,6 +17,7 @@ from grpc_health.v1 import health
 
 from django_grpc_bus.observability.server import CallObserver
 from django_grpc_bus.services import BaseService
+from django_grpc_bus.serving.aio_calls import CallThreads
 from django_grpc_bus.serving.binding import bind_services
 from django_grpc_bus.serving.health_reflection import add_health, enable_reflection
 from django_grpc_bus.serving.traffic import Traffic
@@ -45,21 +48,28 @@ class BasicHandler:
 
     def bind_to_server(
         self,
-        server: grpc.Server,
+        server: grpc.Server | grpc.aio.Server,
         *,
         traffic: Traffic | None = None,
-        health_servicer: health.HealthServicer | None = None,
+        health_servicer: Any = None,
         dev: bool = False,
         observer: CallObserver | None = None,
+        threads: CallThreads | None = None,
     ) -> list[str]:
         """Add every registered service, health and reflection to `server`; returns the names.
 
         `traffic` counts the server's calls in flight and `health_servicer` reports its health;
         each server has its own (``build_server`` passes them; new ones when not given), and
-        so is `observer`, which records its spans and metrics (None: neither).
+        so is `observer`, which records its spans and metrics (None: neither). A ``grpc.aio``
+        server (``build_aio_server``) passes `threads`, its pool for sync service code.
         """
         names = bind_services(
-            server, self._registered, traffic or Traffic(), dev=dev, observer=observer
+            server,
+            self._registered,
+            traffic or Traffic(),
+            dev=dev,
+            observer=observer,
+            threads=threads,
         )
         add_health(server, names, health_servicer)
         enable_reflection([*names, health.SERVICE_NAME], server)

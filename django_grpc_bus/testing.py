@@ -36,6 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from django_grpc_bus.conf import bus_settings
 from django_grpc_bus.protogen import naming
+from django_grpc_bus.serving.aio_server import AioBuiltServer, ServerThread
 from django_grpc_bus.serving.server import BuiltServer, ServerConfig, build_server
 
 ANNOUNCE = re.compile(
@@ -82,14 +83,25 @@ class GrpcTestServer:
 
     It listens on a free loopback port; ``target`` is its address, ``channel`` a channel to
     it, ``stub(Model)`` a generated stub. Clients see exactly what ``rungrpcserver`` serves.
+    ``asyncio=True`` (default: ``MESSAGE_BUS['ASYNCIO']``) serves it on the asyncio server, on
+    an event loop of its own in a thread, as ``rungrpcserver --asyncio`` does.
     """
 
-    def __init__(self, handler: Any = None, *, max_workers: int = 4, dev: bool = True) -> None:
+    def __init__(
+        self,
+        handler: Any = None,
+        *,
+        max_workers: int = 4,
+        dev: bool = True,
+        asyncio: bool | None = None,
+    ) -> None:
         self.handler = handler if handler is not None else bus_settings.ROOT_HANDLERS_HOOK
         self.config = ServerConfig(address="127.0.0.1:0", max_workers=max_workers, dev=dev)
-        self.built: BuiltServer | None = None
+        self.asyncio = bus_settings.ASYNCIO if asyncio is None else asyncio
+        self.built: BuiltServer | AioBuiltServer | None = None
         self.port = 0
         self._channel: grpc.Channel | None = None
+        self._thread: ServerThread | None = None
 
     @property
     def target(self) -> str:
@@ -105,23 +117,32 @@ class GrpcTestServer:
         return stub_for(model, self.channel)
 
     @property
-    def server(self) -> grpc.Server | None:
-        """The running ``grpc.Server`` (None once stopped)."""
+    def server(self) -> grpc.Server | grpc.aio.Server | None:
+        """The running ``grpc.Server`` (``grpc.aio.Server`` with asyncio; None once stopped)."""
         return self.built.server if self.built is not None else None
 
     def start(self) -> GrpcTestServer:
-        self.built = build_server(self.handler, self.config)
-        self.port = self.built.port
-        self.built.start()
+        if self.asyncio:
+            self._thread = ServerThread(self.handler, self.config)
+            self.built = self._thread.start()
+            self.port = self.built.port
+            return self
+        built = build_server(self.handler, self.config)
+        self.built = built
+        self.port = built.port
+        built.start()
         return self
 
     def stop(self, grace: float = 0) -> None:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
-        if self.built is not None:
+        if self._thread is not None:
+            self._thread.stop(grace)
+            self._thread = None
+        elif isinstance(self.built, BuiltServer):
             self.built.stop_gracefully(grace)
-            self.built = None
+        self.built = None
 
     def __enter__(self) -> GrpcTestServer:
         return self.start()

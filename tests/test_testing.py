@@ -42,15 +42,20 @@ def test_in_process_server_serves_the_handler_on_a_free_port(compiled):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_interceptors_from_settings_wrap_every_call(compiled, settings):
+@pytest.mark.parametrize(
+    ("asyncio", "interceptor"),
+    [(False, "RecordingInterceptor"), (True, "AioRecordingInterceptor")],
+    ids=["threaded", "asyncio"],
+)
+def test_interceptors_from_settings_wrap_every_call(compiled, settings, asyncio, interceptor):
     from generated_grpc.grpc import Author_pb2
 
     settings.MESSAGE_BUS = {
         **settings.MESSAGE_BUS,
-        "INTERCEPTORS": ["interceptors.RecordingInterceptor"],
+        "INTERCEPTORS": [f"interceptors.{interceptor}"],
     }
     interceptors.calls.clear()
-    with GrpcTestServer() as server:
+    with GrpcTestServer(asyncio=asyncio) as server:
         stub = server.stub(Author)
         _reply, call = stub.Create.with_call(Author_pb2.AuthorData(name="Tagged"), timeout=5)
         assert ("x-intercepted", "yes") in tuple(call.trailing_metadata())

@@ -20,6 +20,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from django_grpc_bus.identifiers import snake_case
 from django_grpc_bus.observability.server import CallObserver
+from django_grpc_bus.serving.aio_calls import CallThreads, aio_behavior, is_async
 from django_grpc_bus.serving.calls import BEHAVIORS, Route, unimplemented_behavior
 from django_grpc_bus.serving.requests import lenient_parser
 from django_grpc_bus.serving.traffic import Traffic
@@ -106,6 +107,7 @@ def method_handlers(
     *,
     dev: bool = False,
     observer: CallObserver | None = None,
+    threads: CallThreads | None = None,
 ) -> dict[str, grpc.RpcMethodHandler]:
     """One handler per RPC of the proto service, each running `service_class` as a call.
 
@@ -113,7 +115,8 @@ def method_handlers(
     for a client or bidi stream the method gets an iterator of the requests. These are what
     the generated ``add_<Name>Servicer_to_server`` would register, except that requests are
     parsed leniently: bytes that are not a valid message reach the call and end as
-    INVALID_ARGUMENT, not as grpc's own INTERNAL.
+    INVALID_ARGUMENT, not as grpc's own INTERNAL. With `threads` (the asyncio server's pool)
+    the handlers are grpc.aio's: sync code runs in `threads`, ``async def`` methods on the loop.
     """
     handlers = {}
     for method in descriptor.methods:
@@ -130,7 +133,11 @@ def method_handlers(
             observer=observer,
         )
         kind = (method.client_streaming, method.server_streaming)
-        if callable(getattr(service_class, action, None)):
+        implementation = getattr(service_class, action, None)
+        _refuse_async_misuse(service_class, action, implementation, route.atomic, threads)
+        if threads is not None:
+            behavior = aio_behavior(route, kind, implementation, threads)
+        elif callable(implementation):
             behavior = BEHAVIORS[kind](route)
         else:
             behavior = unimplemented_behavior(route)
@@ -142,22 +149,46 @@ def method_handlers(
     return handlers
 
 
+def _refuse_async_misuse(
+    service_class: type, action: str, method: object, atomic: bool, threads: object
+) -> None:
+    """An ``async def`` action needs the asyncio server, and cannot run in a transaction."""
+    if not is_async(method):
+        return
+    name = f"{service_class.__qualname__}.{action}"
+    if threads is None:
+        raise ImproperlyConfigured(
+            f"{name} is async def: serve it on the asyncio server (rungrpcserver --asyncio, "
+            "MESSAGE_BUS['ASYNCIO'] = True, GrpcTestServer(asyncio=True)), or make it a def."
+        )
+    if atomic:
+        raise ImproperlyConfigured(
+            f"{name} is async def and in atomic_actions: one transaction cannot span its "
+            "awaits. Leave it out of atomic_actions, and write in a function run by "
+            "sync_to_async() under transaction.atomic(), or make it a def."
+        )
+
+
 def bind_services(
-    server: grpc.Server,
+    server: grpc.Server | grpc.aio.Server,
     service_classes: Iterable[type[BaseService]],
     traffic: Traffic,
     *,
     dev: bool = False,
     observer: CallObserver | None = None,
+    threads: CallThreads | None = None,
 ) -> list[str]:
     """Add each service's handlers to `server`, counting calls on `traffic`; the full names.
 
-    `observer` (the server's spans and metrics, or None) is told of every call.
+    `observer` (the server's spans and metrics, or None) is told of every call; `threads` is
+    the asyncio server's pool for sync code (None for the threaded server).
     """
     names = []
     for service_class in service_classes:
         descriptor = service_descriptor(service_class)
-        handlers = method_handlers(service_class, descriptor, traffic, dev=dev, observer=observer)
+        handlers = method_handlers(
+            service_class, descriptor, traffic, dev=dev, observer=observer, threads=threads
+        )
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)
         )

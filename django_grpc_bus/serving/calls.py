@@ -13,6 +13,7 @@ per kind of RPC, each running the route's service through :class:`Call`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +35,9 @@ logger = logging.getLogger("django_grpc_bus.calls")
 
 OK = grpc.StatusCode.OK
 CANCELLED = grpc.StatusCode.CANCELLED
+# How a call learns that its client went away: a stream's generator is closed (threaded
+# server), or the call's task is cancelled (asyncio server).
+CLIENT_GONE = (GeneratorExit, asyncio.CancelledError)
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,14 @@ class Call:
     __slots__ = ("code", "context", "observed", "route", "started")
 
     def __init__(self, route: Route, context: grpc.ServicerContext, request: Any = None) -> None:
+        self.admit(route, context, request)
+        self.begin()
+
+    def admit(self, route: Route, context: grpc.ServicerContext, request: Any = None) -> None:
+        """Refuse an undecodable request, count the call in flight (or refuse it), observe it.
+
+        No database work: the asyncio server admits calls on its event loop.
+        """
         self.route = route
         self.context = context
         self.started = time.perf_counter()
@@ -92,6 +104,9 @@ class Call:
         # cancelled), not merely until our code returns: a drain must not cut off a reply.
         if not context.add_callback(traffic.leave):
             traffic.leave()
+
+    def begin(self) -> None:
+        """The database side of a request's start, in the thread that runs the call's code."""
         if settings.DEBUG:
             reset_queries()  # DEBUG keeps every query; a long-lived server must not
         close_old_connections()
@@ -101,7 +116,7 @@ class Call:
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, traceback: Any) -> Literal[False]:
         try:
-            if exc_type is GeneratorExit:  # a stream's client went away
+            if exc_type is not None and issubclass(exc_type, CLIENT_GONE):
                 self.code = grpc.StatusCode.CANCELLED
             elif isinstance(exc, Exception):
                 self.abort(exc)  # raises the abort, which replaces `exc`
@@ -168,41 +183,62 @@ def unimplemented_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext]
     return handle
 
 
+def unary_work(route: Route) -> Callable[[Any, grpc.ServicerContext], Any]:
+    """What a unary call does inside its :class:`Call`: the service, authenticated, runs the
+    action; an atomic action runs in one transaction, rolled back if the call failed."""
+
+    def work(request: Any, context: grpc.ServicerContext) -> Any:
+        service = route.new_service(request, context)
+        service.initial()
+        action = getattr(service, route.action)
+        if not route.atomic:
+            return action(request, context)
+        with write_transaction():
+            result = action(request, context)
+            connection = transaction.get_connection()
+            if connection.vendor == "postgresql":
+                # Deferred constraints (foreign keys) are checked now rather than at COMMIT,
+                # where waiting on a lock could outlast the deadline unnoticed.
+                connection.check_constraints()
+            if not context.is_active():
+                # Cancelled, past its deadline, or cut off by shutdown: the client saw a
+                # failure, so nothing of this call may stay in the database.
+                transaction.set_rollback(True)
+            return result
+
+    return work
+
+
+def stream_work(route: Route) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+    """What a streaming call does inside its :class:`Call`: the responses the action yields."""
+
+    def work(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        service = route.new_service(request, context)
+        service.initial()
+        # Closing this generator (cancellation) closes the database iterator too.
+        yield from getattr(service, route.action)(request, context)
+
+    return work
+
+
 def unary_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Any]:
-    """A unary RPC; an atomic action runs in one transaction, rolled back if the call failed."""
+    """A unary RPC (:func:`unary_work`) as one call."""
+    work = unary_work(route)
 
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
         with Call(route, context, request):
-            service = route.new_service(request, context)
-            service.initial()
-            action = getattr(service, route.action)
-            if not route.atomic:
-                return action(request, context)
-            with write_transaction():
-                result = action(request, context)
-                connection = transaction.get_connection()
-                if connection.vendor == "postgresql":
-                    # Deferred constraints (foreign keys) are checked now rather than at COMMIT,
-                    # where waiting on a lock could outlast the deadline unnoticed.
-                    connection.check_constraints()
-                if not context.is_active():
-                    # Cancelled, past its deadline, or cut off by shutdown: the client saw a
-                    # failure, so nothing of this call may stay in the database.
-                    transaction.set_rollback(True)
-                return result
+            return work(request, context)
 
     return handle
 
 
 def stream_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
-    """A server-streaming RPC: the action yields the responses."""
+    """A server-streaming RPC: the action yields the responses (:func:`stream_work`)."""
+    work = stream_work(route)
 
     def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         with Call(route, context, request):
-            service = route.new_service(request, context)
-            service.initial()
-            # Closing this generator (cancellation) closes the database iterator too.
-            yield from getattr(service, route.action)(request, context)
+            yield from work(request, context)
 
     return handle
 

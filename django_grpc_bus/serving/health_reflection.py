@@ -13,6 +13,7 @@ default pool so that reflection can describe itself under either name.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -26,20 +27,39 @@ V1ALPHA_SERVICE = reflection.SERVICE_NAME
 V1_FILE = "grpc/reflection/v1/reflection.proto"
 
 
+# grpc.aio's servicers (the stubs do not know them): their Watch and ServerReflectionInfo
+# streams hold no thread.
+AioHealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
+AioReflectionServicer: Any = reflection.aio.ReflectionServicer  # type: ignore[attr-defined]
+
+
 def add_health(
-    server: grpc.Server, service_names: Iterable[str], servicer: health.HealthServicer | None = None
-) -> health.HealthServicer:
+    server: grpc.Server | grpc.aio.Server,
+    service_names: Iterable[str],
+    servicer: Any = None,
+) -> Any:
     """Serve health on `server`, overall and for each of `service_names`, all SERVING.
 
-    Returns the servicer (`servicer`, or a new one): its ``enter_graceful_shutdown()`` turns
-    every name NOT_SERVING, for good, so each server needs its own.
+    Returns the servicer (`servicer`, or a new one: grpc.aio's for a ``grpc.aio`` server, whose
+    ``Watch`` streams hold no thread): its ``enter_graceful_shutdown()`` turns every name
+    NOT_SERVING, for good, so each server needs its own. grpc.aio's servicer sets statuses
+    with coroutines: :func:`mark_serving` does it once the loop runs.
     """
-    servicer = servicer or health.HealthServicer()
+    if servicer is None:
+        aio = isinstance(server, grpc.aio.Server)
+        servicer = AioHealthServicer() if aio else health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    servicer.set("", SERVING)
-    for name in service_names:
-        servicer.set(name, SERVING)
+    if isinstance(servicer, health.HealthServicer):
+        servicer.set("", SERVING)
+        for name in service_names:
+            servicer.set(name, SERVING)
     return servicer
+
+
+async def mark_serving(servicer: Any, service_names: Iterable[str]) -> None:
+    """grpc.aio's health servicer: the empty name and each of `service_names` SERVING."""
+    for name in ("", *service_names):
+        await servicer.set(name, SERVING)
 
 
 def _register_v1_descriptor() -> None:
@@ -65,11 +85,12 @@ def _register_v1_descriptor() -> None:
     pool.Add(proto)
 
 
-def enable_reflection(service_names: Iterable[str], server: grpc.Server) -> None:
+def enable_reflection(service_names: Iterable[str], server: grpc.Server | grpc.aio.Server) -> None:
     """Serve reflection v1 and v1alpha for `service_names` (and for reflection itself)."""
     _register_v1_descriptor()
     names = sorted({*service_names, V1_SERVICE, V1ALPHA_SERVICE})
-    servicer = reflection.ReflectionServicer(names)
+    aio = isinstance(server, grpc.aio.Server)  # whose servicer holds no thread per stream
+    servicer = (AioReflectionServicer if aio else reflection.ReflectionServicer)(names)
     handler = grpc.stream_stream_rpc_method_handler(
         servicer.ServerReflectionInfo,
         request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,

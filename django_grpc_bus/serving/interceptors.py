@@ -28,7 +28,7 @@ class _Details:
         return ""
 
 
-def _refusal_for(details: grpc.HandlerCallDetails) -> tuple[grpc.StatusCode, str] | None:
+def refusal_for(details: grpc.HandlerCallDetails) -> tuple[grpc.StatusCode, str] | None:
     """Authenticate a health or reflection call; the status to refuse it with, or None."""
     # _Details has what CallRequest reads of a context: invocation_metadata() and peer().
     call = auth.CallRequest(None, cast(grpc.ServicerContext, _Details(details)), "list")
@@ -61,7 +61,7 @@ def _guarded(
     behavior = getattr(handler, kind)
 
     def guarded(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
-        refusal = _refusal_for(details)
+        refusal = refusal_for(details)
         if refusal is not None:
             context.abort(*refusal)
         return behavior(request_or_iterator, context)

@@ -131,23 +131,57 @@ class BuiltServer:
         return finished
 
 
-def build_server(handler: Any, config: ServerConfig) -> BuiltServer:
-    """A server with `handler`'s services, health and reflection, bound to the address.
-
-    Not started. Its calls in flight are counted on a :class:`Traffic` of its own (limited to
-    ``MAX_CONCURRENT_RPCS``), and its health reported by a servicer of its own.
-    """
+def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
+    """The gRPC options of a server: message limits, SO_REUSEPORT, SERVER_OPTIONS."""
     size = bus_settings.MAX_MESSAGE_SIZE
-    options = [
+    return [
         ("grpc.max_receive_message_length", size),
         ("grpc.max_send_message_length", size),
         ("grpc.so_reuseport", 1 if config.reuse_port else 0),
         *[tuple(option) for option in bus_settings.SERVER_OPTIONS],
         *config.options,
     ]
-    interceptors = [
-        item() if isinstance(item, type) else item for item in bus_settings.INTERCEPTORS
-    ]
+
+
+def configured_interceptors() -> list[Any]:
+    """``MESSAGE_BUS['INTERCEPTORS']``, classes instantiated."""
+    return [item() if isinstance(item, type) else item for item in bus_settings.INTERCEPTORS]
+
+
+def call_observer(config: ServerConfig) -> CallObserver | None:
+    """The server's spans and metrics, decided once: without a tracer, a meter or
+    ``--metrics-port``, None, and calls pay one check."""
+    try:
+        return CallObserver.for_server(config.metrics_address)
+    except MetricsError as exc:
+        raise ServerError(str(exc)) from None
+
+
+def add_port(
+    server: grpc.Server | grpc.aio.Server,
+    address: str,
+    credentials: grpc.ServerCredentials | None,
+) -> int:
+    """Listen on `address` (TLS with `credentials`); the port bound, or ServerError."""
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:
+        raise ServerError(bind_failure(address, exc)) from None
+    if not port:
+        raise ServerError(bind_failure(address, None))
+    return port
+
+
+def build_server(handler: Any, config: ServerConfig) -> BuiltServer:
+    """A server with `handler`'s services, health and reflection, bound to the address.
+
+    Not started. Its calls in flight are counted on a :class:`Traffic` of its own (limited to
+    ``MAX_CONCURRENT_RPCS``), and its health reported by a servicer of its own.
+    """
+    interceptors = configured_interceptors()
     if bus_settings.PROTECT_HEALTH_AND_REFLECTION:
         interceptors.insert(0, InfrastructureGuard())
     server = grpc.server(
@@ -156,16 +190,13 @@ def build_server(handler: Any, config: ServerConfig) -> BuiltServer:
             thread_name_prefix="grpc-bus",
         ),
         interceptors=interceptors,
-        options=options,
+        options=server_options(config),
     )
     traffic = Traffic(limit=bus_settings.MAX_CONCURRENT_RPCS)
     health_servicer = health.HealthServicer()
     parse_address(config.address)  # a clear error before grpc's own
     credentials = server_credentials()
-    try:  # decided once: without a tracer, a meter or --metrics-port, calls pay one check
-        observer = CallObserver.for_server(config.metrics_address)
-    except MetricsError as exc:
-        raise ServerError(str(exc)) from None
+    observer = call_observer(config)
     try:
         names = handler.bind_to_server(
             server,
@@ -174,15 +205,7 @@ def build_server(handler: Any, config: ServerConfig) -> BuiltServer:
             dev=config.dev,
             observer=observer,
         )
-        try:
-            if credentials is None:
-                port = server.add_insecure_port(config.address)
-            else:
-                port = server.add_secure_port(config.address, credentials)
-        except RuntimeError as exc:
-            raise ServerError(bind_failure(config.address, exc)) from None
-        if not port:
-            raise ServerError(bind_failure(config.address, None))
+        port = add_port(server, config.address, credentials)
     except BaseException:
         if observer is not None:
             observer.close()  # its metrics port, taken for a server that does not start
@@ -196,6 +219,25 @@ def bind_failure(address: str, exc: Exception | None) -> str:
         f"Cannot listen on {address}: the port is in use or the address is not on this "
         f"machine{detail}. Choose another with `rungrpcserver HOST:PORT`."
     )
+
+
+def announce_serving(
+    announce: Callable[[str], None],
+    config: ServerConfig,
+    names: list[str],
+    port: int,
+    metrics_url: str | None,
+    mode: str = "",
+) -> None:
+    """The start-up lines: where, over what, which services (`mode`: a last clause)."""
+    host, _ = parse_address(config.address)
+    announce(
+        f"Serving {len(names)} service(s) on {host}:{port} (pid {os.getpid()}) over "
+        f"{transport_security()}: {', '.join(names) or 'none'}; health and reflection "
+        f"(v1, v1alpha) included{mode}."
+    )
+    if metrics_url:
+        announce(f"Metrics (pid {os.getpid()}) on {metrics_url}.")
 
 
 def serve(
@@ -222,15 +264,7 @@ def serve(
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop_event.set())
     built.start()
-    host, _ = parse_address(config.address)
-    names = built.names
-    announce(
-        f"Serving {len(names)} service(s) on {host}:{built.port} (pid {os.getpid()}) over "
-        f"{transport_security()}: {', '.join(names) or 'none'}; health and reflection "
-        "(v1, v1alpha) included."
-    )
-    if built.metrics_url:
-        announce(f"Metrics (pid {os.getpid()}) on {built.metrics_url}.")
+    announce_serving(announce, config, built.names, built.port, built.metrics_url)
     while not stop_event.wait(0.5):
         pass
     grace = float(bus_settings.GRACE_PERIOD if grace is None else grace)

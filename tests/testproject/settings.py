@@ -45,3 +45,7 @@ MESSAGE_BUS = {
     "ROOT_HANDLERS_HOOK": "handlers.handler",
     **json.loads(os.environ.get("TEST_MESSAGE_BUS", "{}")),
 }
+# DJANGO_GRPC_BUS_TEST_ASYNCIO=1 runs the suite's servers (processes and in-process) on the
+# asyncio server, unless a test's TEST_MESSAGE_BUS says otherwise.
+if os.environ.get("DJANGO_GRPC_BUS_TEST_ASYNCIO") == "1":
+    MESSAGE_BUS.setdefault("ASYNCIO", True)

@@ -1,3 +1,4 @@
+import argparse
 import logging
 import os
 import sys
@@ -11,6 +12,7 @@ from django_grpc_bus.conf import bus_settings
 from django_grpc_bus.handler_hook import load_handler_hook
 from django_grpc_bus.management.base import BusCommand
 from django_grpc_bus.observability.access_log import install_default_handler
+from django_grpc_bus.serving.aio_server import serve_aio
 from django_grpc_bus.serving.reloader import RELOAD_GRACE, serve_with_reloader
 from django_grpc_bus.serving.server import ServerConfig, ServerError, parse_address, serve
 from django_grpc_bus.serving.workers import ensure_port_free, serve_workers
@@ -39,6 +41,13 @@ class Command(BusCommand):
         )
         parser.add_argument(
             "--max-workers", type=int, help="threads per process (default MESSAGE_BUS MAX_WORKERS)"
+        )
+        parser.add_argument(
+            "--asyncio",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="serve on grpc.aio: sync service code in the --max-workers threads, async def "
+            "actions on the event loop (default MESSAGE_BUS ASYNCIO)",
         )
         parser.add_argument(
             "--workers",
@@ -75,6 +84,7 @@ class Command(BusCommand):
         skip_checks: bool,
         metrics_port: str | None = None,
         access_log: bool | None = None,
+        asyncio: bool | None = None,
         **options: Any,
     ) -> None:
         if workers < 1 or (max_workers is not None and max_workers < 1):
@@ -105,6 +115,7 @@ class Command(BusCommand):
         )
 
         reloading = dev and not noreload
+        run = serve_aio if (bus_settings.ASYNCIO if asyncio is None else asyncio) else serve
 
         def serve_worker(index: int) -> int:
             if metrics_address is not None and metrics_address[1]:
@@ -113,9 +124,9 @@ class Command(BusCommand):
 
         def serve_once(stop_event: threading.Event | None = None) -> int:
             if not reloading:
-                return serve(handler, config, announce=self.announce, exit_when_cut_short=True)
+                return run(handler, config, announce=self.announce, exit_when_cut_short=True)
             try:  # stopped by serve_with_reloader, which also ends the process
-                return serve(
+                return run(
                     handler,
                     config,
                     announce=self.announce,
