@@ -23,6 +23,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -311,18 +312,32 @@ OBSERVED = {
 
 
 def observability(samples: Samples) -> None:
-    """Retrieve, c=8, against the same server run three ways, interleaved round by round."""
+    """Retrieve, c=8: the server recording nothing against the same one recording, at once.
+
+    Each pair runs at the same time, both servers on core 0 and both load generators on core 1,
+    so whatever else the machine does falls on both alike; each server gets its share of the
+    core, and its CPU per call is its own.
+    """
     servers: dict[str, ServerProcess] = {}
     try:
         for name, (env, options) in OBSERVED.items():
             servers[name] = bus_server(SMALL_DB, env=env, options=options)
         if "Metrics (pid" not in servers["otel"].output:
             raise BenchError(f"no metrics endpoint:\n{servers['otel'].output[-2000:]}")
-        for _ in range(ROUNDS):
-            for name, server in servers.items():
-                got = closed_loop(server, "retrieve", 8, server_pid=server.process.pid)
-                samples[f"observed.rate.{name}"].append(got["calls_per_s"])
-                samples[f"observed.cpu.{name}"].append(got["server_cpu_us_per_call"])
+        with ThreadPoolExecutor(2) as pool:
+            for _ in range(ROUNDS):
+                for name in ("otel", "log"):
+                    pair = {
+                        side: pool.submit(
+                            closed_loop, server, "retrieve", 8, server_pid=server.process.pid
+                        )
+                        for side, server in (("off", servers["off"]), (name, servers[name]))
+                    }
+                    for side, future in pair.items():
+                        got = future.result()
+                        key = f"{side}.{name}" if side == "off" else side
+                        samples[f"observed.rate.{key}"].append(got["calls_per_s"])
+                        samples[f"observed.cpu.{key}"].append(got["server_cpu_us_per_call"])
         print("  observability: done")
     finally:
         for server in servers.values():
@@ -451,11 +466,11 @@ def rows_of(s: Samples) -> list[Row]:
         Row("client CPU per retrieve, 1 thread", "µs", s["client.cpu.registry"],
             s["client.cpu.stub"], "≤ 1.15×", lambda r: r <= 1.15, ("registry", "stub")),
         Row("retrieve, c=8, tracing + metrics: server CPU per call", "µs", s["observed.cpu.otel"],
-            s["observed.cpu.off"], "≤ 1.1×", lambda r: r <= 1.1, ("traced", "neither")),
-        Row("retrieve, c=8, tracing + metrics: calls/s", "/s", s["observed.rate.otel"],
-            s["observed.rate.off"], "≥ 0.9×", lambda r: r >= 0.9, ("traced", "neither")),
+            s["observed.cpu.off.otel"], "≤ 1.1×", lambda r: r <= 1.1, ("traced", "neither")),
+        Row("retrieve, c=8, tracing + metrics: calls/s, sharing core 0", "/s",
+            s["observed.rate.otel"], s["observed.rate.off.otel"], labels=("traced", "neither")),
         Row("retrieve, c=8, access log to stderr: server CPU per call", "µs",
-            s["observed.cpu.log"], s["observed.cpu.off"], labels=("logged", "not logged")),
+            s["observed.cpu.log"], s["observed.cpu.off.log"], labels=("logged", "not logged")),
     ]  # fmt: skip
 
 

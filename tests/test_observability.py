@@ -306,6 +306,40 @@ def test_metrics_count_the_calls_by_method_and_status(local):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_without_a_metrics_port_metrics_go_to_a_configured_meter_provider(local, monkeypatch):
+    from opentelemetry.metrics import _internal as metrics_api
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    monkeypatch.setattr(metrics_api, "_METER_PROVIDER", provider)
+    pk = Author.objects.create(name="Metered").pk
+    local()
+
+    registry.local.Author.retrieve({"id": pk})
+    call_status(registry.local.Author.retrieve, {"id": 10**6})
+
+    found = {
+        metric.name: metric.data.data_points
+        for resource in reader.get_metrics_data().resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+    counts = {
+        point.attributes["rpc.grpc.status_code"]: point.count
+        for point in found["rpc.server.duration"]
+        if point.attributes["rpc.method"] == "Retrieve"
+    }
+    assert counts == {0: 1, 5: 1}
+    (active,) = [
+        p for p in found["rpc.server.active_requests"] if p.attributes["rpc.method"] == "Retrieve"
+    ]
+    assert active.value == 0
+    provider.shutdown()
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_metrics_port_in_use_is_a_server_error(local):
     from django_grpc_bus.serving.server import ServerError
 

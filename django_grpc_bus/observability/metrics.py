@@ -1,23 +1,29 @@
-"""Server metrics through OpenTelemetry, and the Prometheus ``/metrics`` endpoint.
+"""Server metrics, and the Prometheus ``/metrics`` endpoint of ``rungrpcserver --metrics-port``.
 
-Two instruments, after OpenTelemetry's conventions for RPC:
+Two instruments, after OpenTelemetry's conventions for RPC, by ``rpc.system``, ``rpc.service``
+and ``rpc.method``:
 
-- ``rpc.server.duration``, a histogram in milliseconds by ``rpc.system``, ``rpc.service``,
-  ``rpc.method`` and ``rpc.grpc.status_code``: its count is the calls by status. Prometheus
-  shows it as ``rpc_server_duration_milliseconds_{bucket,count,sum}``;
-- ``rpc.server.active_requests``, the calls in flight by service and method, read when the
-  metrics are collected (nothing is recorded per call for it but a counter under a lock).
+- ``rpc.server.duration``, a histogram in milliseconds, also by ``rpc.grpc.status_code``: its
+  count is the calls by status. In Prometheus, ``rpc_server_duration_milliseconds_{bucket,
+  count,sum}`` with the labels ``rpc_system``, ``rpc_service``, ``rpc_method``,
+  ``rpc_grpc_status_code``;
+- ``rpc.server.active_requests``, the calls in flight: ``rpc_server_active_requests``.
 
-They go to the meter provider of ``rungrpcserver --metrics-port`` (:class:`MetricsEndpoint`: a
-provider of the server's own, read by OpenTelemetry's Prometheus reader and served over HTTP),
-or else to the global one when the project configured it (an OTLP exporter, say).
+Two ways to record them, one per server:
+
+- ``--metrics-port`` (:class:`MetricsEndpoint`, :class:`PrometheusMetrics`): prometheus-client's
+  own histogram and gauge in a registry of the server's own, served over HTTP. Not through
+  OpenTelemetry's SDK and its Prometheus reader, which cost several times as much per call
+  (bench/README.md, "Observability") for the same series;
+- otherwise, when the project configured a global OpenTelemetry meter provider (an OTLP
+  exporter, say): OpenTelemetry instruments on it (:class:`OpenTelemetryMetrics`).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
@@ -25,17 +31,28 @@ from django_grpc_bus import __version__
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Meter, Observation
+    from prometheus_client import CollectorRegistry
 
 INSTRUMENTATION = "django_grpc_bus"
 DURATION = "rpc.server.duration"
 ACTIVE = "rpc.server.active_requests"
-# Milliseconds; the SDK's default buckets start at 5 ms, where a Retrieve is under 1.
+DURATION_HELP = "Duration of the server's calls, by method and status."
+ACTIVE_HELP = "Calls in flight, by method."
+# Milliseconds; OpenTelemetry's default buckets start at 5 ms, where a Retrieve is under 1.
 BUCKETS_MS = (0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 EXTRA = "pip install 'django-grpc-bus[otel]'"
 
 
 class MetricsError(Exception):
     """The metrics endpoint cannot start: the extra is missing, or the port is taken."""
+
+
+class ServerMetrics(Protocol):
+    """What a server's observer records per call."""
+
+    def started(self, method: str, attributes: dict[str, Any]) -> None: ...
+
+    def ended(self, method: str, code: grpc.StatusCode, elapsed_ms: float) -> None: ...
 
 
 def configured_meter() -> Meter | None:
@@ -50,21 +67,54 @@ def configured_meter() -> Meter | None:
     return provider.get_meter(INSTRUMENTATION, __version__)
 
 
-class ServerMetrics:
-    """One server's instruments; attributes are built once per method and status."""
+class PrometheusMetrics:
+    """The instruments in a prometheus-client registry; label children kept per method/status."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        from prometheus_client import Gauge, Histogram
+
+        labels = ("rpc_system", "rpc_service", "rpc_method")
+        self.duration = Histogram(
+            "rpc_server_duration_milliseconds",
+            DURATION_HELP,
+            (*labels, "rpc_grpc_status_code"),
+            buckets=BUCKETS_MS,
+            registry=registry,
+        )
+        self.active = Gauge("rpc_server_active_requests", ACTIVE_HELP, labels, registry=registry)
+        self._labels: dict[str, tuple[str, str, str]] = {}
+        self._active: dict[str, Any] = {}
+        self._durations: dict[tuple[str, grpc.StatusCode], Any] = {}
+
+    def started(self, method: str, attributes: dict[str, Any]) -> None:
+        child = self._active.get(method)
+        if child is None:
+            labels = (attributes["rpc.system"], attributes["rpc.service"], attributes["rpc.method"])
+            self._labels[method] = labels
+            child = self._active[method] = self.active.labels(*labels)
+        child.inc()
+
+    def ended(self, method: str, code: grpc.StatusCode, elapsed_ms: float) -> None:
+        self._active[method].dec()
+        child = self._durations.get((method, code))
+        if child is None:
+            child = self.duration.labels(*self._labels[method], str(code.value[0]))
+            self._durations[(method, code)] = child
+        child.observe(elapsed_ms)
+
+
+class OpenTelemetryMetrics:
+    """The instruments on an OpenTelemetry meter; attributes built once per method and status."""
 
     def __init__(self, meter: Meter) -> None:
         self.duration = meter.create_histogram(
             DURATION,
             unit="ms",
-            description="Duration of the server's calls, by method and status.",
+            description=DURATION_HELP,
             explicit_bucket_boundaries_advisory=list(BUCKETS_MS),
         )
         meter.create_observable_up_down_counter(
-            ACTIVE,
-            callbacks=[self._observe_active],
-            unit="{call}",
-            description="Calls in flight, by method.",
+            ACTIVE, callbacks=[self._observe_active], unit="{call}", description=ACTIVE_HELP
         )
         self._lock = threading.Lock()
         self._active: dict[str, int] = {}
@@ -96,38 +146,25 @@ class ServerMetrics:
 
 
 class MetricsEndpoint:
-    """``http://host:port/metrics``: a meter provider of its own, read by Prometheus.
+    """``http://host:port/metrics``: a prometheus-client registry of its own, served over HTTP.
 
-    The registry is the endpoint's own (the process collector adds CPU, memory and open files),
-    so two servers in one process never mix their series. ``port`` 0 picks a free port;
-    ``.port`` is the one bound.
+    Its own registry (with the process collector: CPU, memory, open files), so two servers in
+    one process never mix their series. ``port`` 0 picks a free port; ``.port`` is the one bound.
     """
 
     def __init__(self, host: str, port: int) -> None:
         try:
-            from opentelemetry.exporter.prometheus import PrometheusMetricReader
-            from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
-            from opentelemetry.sdk.resources import Resource
             from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
         except ImportError as exc:
             raise MetricsError(f"Metrics need the otel extra ({EXTRA}): {exc}.") from None
         self.host = host.strip("[]") or "::"
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
-        reader = PrometheusMetricReader(registry=self.registry)
-        # No exemplars: the text format does not carry them, and sampling one per call (the
-        # default, while a span is current) costs as much again as recording.
-        self.provider = MeterProvider(
-            metric_readers=[reader],
-            resource=Resource.create(),
-            exemplar_filter=AlwaysOffExemplarFilter(),
-        )
         try:
             self._httpd, self._thread = start_http_server(
                 port, addr=self.host, registry=self.registry
             )
         except OSError as exc:
-            self.provider.shutdown()
             raise MetricsError(
                 f"Cannot serve metrics on {host}:{port} ({exc}): choose another port with "
                 "--metrics-port."
@@ -139,10 +176,9 @@ class MetricsEndpoint:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/metrics"
 
-    def meter(self) -> Meter:
-        return self.provider.get_meter(INSTRUMENTATION, __version__)
+    def metrics(self) -> PrometheusMetrics:
+        return PrometheusMetrics(self.registry)
 
     def close(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
-        self.provider.shutdown()

@@ -12,7 +12,12 @@ from typing import Any
 
 import grpc
 
-from django_grpc_bus.observability.metrics import MetricsEndpoint, ServerMetrics, configured_meter
+from django_grpc_bus.observability.metrics import (
+    MetricsEndpoint,
+    OpenTelemetryMetrics,
+    ServerMetrics,
+    configured_meter,
+)
 from django_grpc_bus.observability.tracing import (
     SERVER_ERRORS,
     ServerSpan,
@@ -42,18 +47,20 @@ class CallObserver:
 
         With `metrics_address` (``--metrics-port``), metrics go to a ``/metrics`` endpoint of the
         server's own there (:class:`MetricsEndpoint`, MetricsError when it cannot start);
-        otherwise to the global meter provider when one is configured.
+        otherwise to the global OpenTelemetry meter provider when one is configured.
         """
         tracer = configured_tracer()
-        endpoint = MetricsEndpoint(*metrics_address) if metrics_address is not None else None
-        meter = endpoint.meter() if endpoint is not None else configured_meter()
-        if tracer is None and meter is None:
+        metrics: ServerMetrics | None = None
+        endpoint = None
+        if metrics_address is not None:
+            endpoint = MetricsEndpoint(*metrics_address)
+            metrics = endpoint.metrics()
+        else:
+            meter = configured_meter()
+            metrics = OpenTelemetryMetrics(meter) if meter is not None else None
+        if tracer is None and metrics is None:
             return None
-        return cls(
-            Spans(tracer) if tracer is not None else None,
-            ServerMetrics(meter) if meter is not None else None,
-            endpoint,
-        )
+        return cls(Spans(tracer) if tracer is not None else None, metrics, endpoint)
 
     def attributes(self, method: str) -> dict[str, Any]:
         found = self._attributes.get(method)
