@@ -3,8 +3,8 @@ statuses as the calls really ended, Prometheus metrics by status, the access log
 and client interceptors per servlet and globally.
 
 Spans go to the SDK's in-memory exporter through a tracer provider installed for one test (the
-global one, put back afterwards); the servers run in this process (``GrpcTestServer``), except
-where ``rungrpcserver`` itself is the subject.
+global one, put back afterwards); the servers run in this process (``GrpcTestServer``, threaded
+and asyncio), except where ``rungrpcserver`` itself is the subject.
 """
 
 from __future__ import annotations
@@ -68,12 +68,13 @@ def spans(monkeypatch):
     provider.shutdown()
 
 
-@pytest.fixture
-def local(settings):
-    """A GrpcTestServer of the test project, as servlet ``local`` (started in the test)."""
+@pytest.fixture(params=["threads", "asyncio"])
+def local(request, settings):
+    """A GrpcTestServer of the test project, as servlet ``local`` (started in the test), on the
+    threaded server and on the asyncio one: both report their calls through the same Call."""
 
     def start(handler: Any = None, **config: Any) -> GrpcTestServer:
-        server = GrpcTestServer(handler, dev=False)
+        server = GrpcTestServer(handler, dev=False, asyncio=request.param == "asyncio")
         for key, value in config.items():
             setattr(server.config, key, value)
         server.start()
