@@ -61,7 +61,7 @@ test: $(STAMP) tools lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # sdist and wheel into dist/, checked by twine (build and twine come with the test extra, which
-# tests/test_packaging.py needs too).
+# tests/unit/test_packaging.py needs too).
 dist: $(STAMP)
 	rm -rf dist
 	$(BIN)/python -m build --outdir dist .

@@ -1,6 +1,6 @@
 """A consumer project's settings: django_grpc_bus and one servlet; no DRF, no app of its own.
 
-``tests/test_layers.py`` imports the client under these, as a project that only calls other
+``tests/unit/test_layers.py`` imports the client under these, as a project that only calls other
 services would.
 """
 
