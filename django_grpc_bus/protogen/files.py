@@ -17,7 +17,7 @@ from django_grpc_bus.meta import Selection
 from django_grpc_bus.protogen import naming
 from django_grpc_bus.protogen.declarations import read_declarations
 from django_grpc_bus.protogen.existing import read_numbering
-from django_grpc_bus.protogen.render import render_proto
+from django_grpc_bus.protogen.proto_text import render_proto
 from django_grpc_bus.protogen.schema import build_file
 
 
