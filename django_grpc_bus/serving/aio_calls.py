@@ -23,12 +23,14 @@ with the status an ``abort()`` gave. ``async def`` actions get grpc.aio's contex
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import contextvars
 import inspect
 import logging
 import os
+import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, NoReturn, cast
@@ -189,78 +191,172 @@ class ThreadContext(grpc.ServicerContext):
         self._context.disable_next_message_compression()
 
 
-class CallThreads:
-    """The asyncio server's thread pool for sync service code, and its streams' connections."""
+class _Job:
+    """One piece of sync code queued for the pool, and where its outcome goes on the loop."""
+
+    __slots__ = ("args", "context", "finished", "function", "future")
+
+    def __init__(self, future: asyncio.Future[Any], function: Callable[..., Any], args: Any):
+        self.future = future
+        self.function = function
+        self.args = args
+        self.context = contextvars.copy_context()  # the call's: its span, its locals
+        self.finished = False
+
+
+class CallThreads(concurrent.futures.Executor):
+    """The asyncio server's pool of threads for sync service code, and its streams' connections.
+
+    ``await threads.run(context, function, *args)`` is the fast path: the job goes on a queue
+    that `size` threads take from, and finished jobs go back to the loop in batches (one loop
+    wake-up for all the results ready at once, not one each), so a busy server spends little
+    on the hand-offs. ``submit()`` (a ``concurrent.futures.Executor``) serves grpc's own use
+    and the health and reflection guard.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=size, thread_name_prefix="grpc-bus-sync", initializer=self._in_thread
-        )
         self.stream_connections = ConnectionSets(keep=size)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._finished: collections.deque[tuple[_Job, BaseException | None, Any]] = (
+            collections.deque()
+        )
+        self._lock = threading.Lock()
+        self._wake_pending = False
+        self._threads: list[threading.Thread] = []
+        self._closed = False
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Serve calls of `loop` (the server's; set before the server starts)."""
+        """Serve calls of `loop` (the server's), starting the threads."""
         self.loop = loop
+        for number in range(self.size):
+            thread = threading.Thread(
+                target=self._work, name=f"grpc-bus-sync-{number}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
 
-    def _in_thread(self) -> None:
+    def _work(self) -> None:
         # As in asgiref's own threads: async_to_sync() in service code runs the coroutine on the
         # server's loop, and sync_to_async() inside it comes back to this thread (same
         # connection, same transaction).
         SyncToAsync.threadlocal.main_event_loop = self.loop
         SyncToAsync.threadlocal.main_event_loop_pid = os.getpid()
+        take = self._queue.get
+        while True:
+            item = take()
+            if item is None:
+                return
+            if isinstance(item, _Job):
+                try:
+                    result, error = item.context.run(item.function, *item.args), None
+                except BaseException as exc:
+                    result, error = None, exc
+                self._hand_back(item, error, result)
+            else:  # submit(): a concurrent.futures work item
+                item.run()
+
+    def _hand_back(self, job: _Job, error: BaseException | None, result: Any) -> None:
+        self._finished.append((job, error, result))
+        with self._lock:
+            wake, self._wake_pending = not self._wake_pending, True
+        if wake:
+            try:
+                cast(asyncio.AbstractEventLoop, self.loop).call_soon_threadsafe(self._deliver)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+    def _deliver(self) -> None:
+        """On the loop: every finished job's outcome to its future."""
+        with self._lock:
+            self._wake_pending = False
+        finished = self._finished
+        while finished:
+            job, error, result = finished.popleft()
+            job.finished = True
+            future = job.future
+            if future.done():  # its task was cancelled meanwhile
+                continue
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
 
     async def run(self, context: ThreadContext, function: Callable[..., Any], *args: Any) -> Any:
         """``function(*args)`` in a pool thread, in a copy of this task's contextvars.
 
         When the call is cancelled meanwhile, `context` says so to the code (``is_active()``
         False, callbacks run), and the task still waits for the code to return before the
-        cancellation goes on: no call's code outlives its task.
+        cancellation goes on: no call's code outlives its task, and none is dropped unrun.
         """
-        job = self.executor.submit(contextvars.copy_context().run, function, *args)
+        loop = cast(asyncio.AbstractEventLoop, self.loop)
+        job = _Job(loop.create_future(), function, args)
+        self._queue.put(job)
         try:
-            return await _finished(job)
+            return await job.future
         except asyncio.CancelledError:
             context.client_gone()
-            while not job.done():
+            while not job.finished:
+                job.future = loop.create_future()
                 try:
-                    await _finished(job)
+                    await job.future
                 except BaseException:  # the cancellation is what goes on
                     pass
             raise
 
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        if self._closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._queue.put(_WorkItem(future, fn, args, kwargs))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self.close(wait)
+
     def close(self, wait: bool) -> None:
-        """Stop taking work; close the idle stream connections (after the work queued)."""
-        try:
-            self.executor.submit(self.stream_connections.close_all)
-        except RuntimeError:  # shut down already
-            pass
-        self.executor.shutdown(wait=wait, cancel_futures=not wait)
-
-
-def _finished(job: concurrent.futures.Future[Any]) -> asyncio.Future[Any]:
-    """A future of the running loop with `job`'s outcome; cancelling it leaves `job` alone."""
-    loop = asyncio.get_running_loop()
-    future = loop.create_future()
-
-    def copy(_job: concurrent.futures.Future[Any]) -> None:
-        if future.cancelled():
+        """Stop the threads once the work queued is done; close the idle stream connections."""
+        if self._closed:
             return
-        exc = job.exception()
-        if exc is None:
-            future.set_result(job.result())
-        else:
-            future.set_exception(exc)
+        self._closed = True
+        self._queue.put(_WorkItem(None, self.stream_connections.close_all, (), {}))
+        for _thread in self._threads:
+            self._queue.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
 
-    def done(job: concurrent.futures.Future[Any]) -> None:
+
+class _WorkItem:
+    """A ``submit()``'s function, run in a pool thread, its outcome on `future` (if any)."""
+
+    __slots__ = ("args", "function", "future", "kwargs")
+
+    def __init__(
+        self,
+        future: concurrent.futures.Future[Any] | None,
+        function: Callable[..., Any],
+        args: Any,
+        kwargs: Any,
+    ) -> None:
+        self.future = future
+        self.function = function
+        self.args = args
+        self.kwargs = kwargs
+
+    def run(self) -> None:
+        future = self.future
+        if future is not None and not future.set_running_or_notify_cancel():
+            return
         try:
-            loop.call_soon_threadsafe(copy, job)
-        except RuntimeError:  # the loop is closed: nobody waits any more
-            pass
-
-    job.add_done_callback(done)
-    return future
+            result = self.function(*self.args, **self.kwargs)
+        except BaseException as exc:
+            if future is not None:
+                future.set_exception(exc)
+            return
+        if future is not None:
+            future.set_result(result)
 
 
 class AioCall(Call):

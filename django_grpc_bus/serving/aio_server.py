@@ -163,9 +163,9 @@ async def build_aio_server(handler: Any, config: ServerConfig) -> AioBuiltServer
     try:
         interceptors = aio_interceptors()
         if bus_settings.PROTECT_HEALTH_AND_REFLECTION:
-            interceptors.insert(0, AioInfrastructureGuard(threads.executor))
+            interceptors.insert(0, AioInfrastructureGuard(threads))
         server = grpc.aio.server(
-            migration_thread_pool=threads.executor,
+            migration_thread_pool=threads,
             interceptors=interceptors,
             options=server_options(config),
         )
