@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+import time
 from typing import IO, Any
 
 LOGGER_NAME = "django_grpc_bus.access"
 logger = logging.getLogger(LOGGER_NAME)
 INFO = logging.INFO
 # What ``rungrpcserver`` prints: runserver's timestamp, then the line.
-DEFAULT_FORMAT = "[%(asctime)s] %(message)s"
 DEFAULT_DATE_FORMAT = "%d/%b/%Y %H:%M:%S"
+FLUSH_INTERVAL = 0.1  # seconds: how long a printed line may wait in AccessLogHandler's buffer
 
 
 def enabled() -> bool:
@@ -74,8 +76,7 @@ def install_default_handler(stream: IO[str] | None = None) -> logging.Handler | 
     """
     if configured_elsewhere():
         return None
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(logging.Formatter(DEFAULT_FORMAT, DEFAULT_DATE_FORMAT))
+    handler = AccessLogHandler(stream or sys.stderr)
     logger.addHandler(handler)
     logger.setLevel(INFO)
     logger.propagate = False
@@ -87,5 +88,65 @@ def remove_default_handler(handler: Any) -> None:
     if handler is None:
         return
     logger.removeHandler(handler)
+    handler.close()
     logger.setLevel(logging.NOTSET)
     logger.propagate = True
+
+
+def flush() -> None:
+    """Write out what the access log's handlers hold (before a process ends with ``os._exit``)."""
+    for handler in logger.handlers:
+        handler.flush()
+
+
+class AccessLogHandler(logging.Handler):
+    """``rungrpcserver``'s access lines on a stream, ``[07/Dec/2026 17:02:11] <line>``.
+
+    A line per call is printed at a rate where the usual ``StreamHandler`` and ``Formatter``
+    cost as much as a small call itself: a write and a flush per line (a system call, which
+    hands the GIL to another thread) and a timestamp formatted anew each time. So the
+    timestamp is formatted once a second, and lines are collected and written together by a
+    thread of the handler's own every ``FLUSH_INTERVAL`` seconds (and by ``flush()``, which
+    ``logging.shutdown()`` calls at exit).
+    """
+
+    def __init__(self, stream: IO[str], interval: float = FLUSH_INTERVAL) -> None:
+        super().__init__(INFO)
+        self.stream = stream
+        self._lines: list[str] = []  # under self.lock, which Handler.handle() holds in emit()
+        self._second = -1
+        self._stamp = ""
+        self._closed = threading.Event()
+        self._writer = threading.Thread(
+            target=self._write_every, args=(interval,), name="access-log", daemon=True
+        )
+        self._writer.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            second = int(record.created)
+            if second != self._second:
+                self._stamp = time.strftime(DEFAULT_DATE_FORMAT, time.localtime(second))
+                self._second = second
+            self._lines.append(f"[{self._stamp}] {record.getMessage()}\n")
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        with self.lock:
+            lines, self._lines = self._lines, []
+        if lines:
+            try:
+                self.stream.write("".join(lines))
+                self.stream.flush()
+            except (OSError, ValueError):  # the stream is gone (closed at exit, a dead pipe)
+                pass
+
+    def _write_every(self, interval: float) -> None:
+        while not self._closed.wait(interval):
+            self.flush()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.flush()
+        super().close()

@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 
 from django_grpc_bus.conf import bus_settings
+from django_grpc_bus.observability import access_log
 from django_grpc_bus.observability.server import CallObserver
 from django_grpc_bus.serving.aio_calls import CallThreads
 from django_grpc_bus.serving.health_reflection import AioHealthServicer, mark_serving
@@ -242,6 +243,7 @@ async def _serve(
         await asyncio.sleep(STOP_POLL)
     announce(f"Stopping (pid {os.getpid()}): draining calls in flight for up to {grace:g}s.")
     finished = await built.stop_gracefully(grace)
+    access_log.flush()  # the last calls' lines, before any os._exit
     announce("Stopped." if finished else "Stopped; some calls were cancelled at the deadline.")
     if not finished and exit_when_cut_short:
         sys.stdout.flush()

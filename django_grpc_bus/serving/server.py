@@ -25,6 +25,7 @@ from grpc_health.v1 import health
 
 from django_grpc_bus import transport
 from django_grpc_bus.conf import bus_settings
+from django_grpc_bus.observability import access_log
 from django_grpc_bus.observability.metrics import MetricsError
 from django_grpc_bus.observability.server import CallObserver
 from django_grpc_bus.serving.interceptors import InfrastructureGuard
@@ -270,6 +271,7 @@ def serve(
     grace = float(bus_settings.GRACE_PERIOD if grace is None else grace)
     announce(f"Stopping (pid {os.getpid()}): draining calls in flight for up to {grace:g}s.")
     finished = built.stop_gracefully(grace)
+    access_log.flush()  # the last calls' lines, before any os._exit
     announce("Stopped." if finished else "Stopped; some calls were cancelled at the deadline.")
     if not finished and exit_when_cut_short:
         sys.stdout.flush()

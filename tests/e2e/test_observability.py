@@ -441,8 +441,18 @@ def test_the_default_handler_is_added_only_where_logging_does_not_decide(access_
     handler = access_log.install_default_handler(stream)
     assert handler is not None
     access_log.log_call("/a.B/C", "OK", 1.25, "ipv4:127.0.0.1:1")
-    assert stream.getvalue().endswith("] /a.B/C OK 1.2ms ipv4:127.0.0.1:1\n")
-    access_log.remove_default_handler(handler)
+    access_log.log_call("/a.B/D", "NOT_FOUND", 0.5, "ipv4:127.0.0.1:1", "ab" * 16)
+    deadline = time.monotonic() + 5  # written by the handler's thread within FLUSH_INTERVAL
+    while stream.getvalue().count("\n") < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first, second = stream.getvalue().splitlines()
+    assert re.fullmatch(
+        r"\[\d\d/\w{3}/\d{4} [\d:]{8}\] /a\.B/C OK 1\.2ms ipv4:127\.0\.0\.1:1", first
+    )
+    assert second.endswith("] /a.B/D NOT_FOUND 0.5ms ipv4:127.0.0.1:1 trace_id=" + "ab" * 16)
+    access_log.log_call("/a.B/E", "OK", 1, "ipv4:127.0.0.1:1")
+    access_log.remove_default_handler(handler)  # closing writes what is left
+    assert stream.getvalue().endswith("/a.B/E OK 1.0ms ipv4:127.0.0.1:1\n")
 
     # LOGGING routes django_grpc_bus at DEBUG to a handler: that decides, nothing is added.
     parent = logging.getLogger("django_grpc_bus")
@@ -491,7 +501,7 @@ def test_client_interceptors_globally_and_per_servlet(settings, local):
     server = local()
     settings.MESSAGE_BUS = {
         **settings.MESSAGE_BUS,
-        "CLIENT_INTERCEPTORS": ["test_observability.GlobalRecording"],
+        "CLIENT_INTERCEPTORS": [f"{__name__}.GlobalRecording"],
     }
     add_servlets(
         settings,
@@ -530,7 +540,7 @@ def test_servlet_interceptors_are_checked(settings):
     add_servlets(
         settings,
         bad=servlet_entry(1, interceptors=["no.such.Interceptor", object()]),
-        worse=servlet_entry(1, interceptors="test_observability.Recording"),
+        worse=servlet_entry(1, interceptors=f"{__name__}.Recording"),
     )
     settings.MESSAGE_BUS = {**settings.MESSAGE_BUS, "CLIENT_INTERCEPTORS": ["no.such.Thing"]}
     messages = [(m.id, m.msg) for m in check_settings()]
