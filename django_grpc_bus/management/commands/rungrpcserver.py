@@ -96,13 +96,19 @@ class Command(BusCommand):
             raise CommandError("--dev runs one process; leave out --workers.")
         metrics_address = self.metrics_address(metrics_port, host, workers)
         handler = load_handler_hook(required=True)
-        if dev:
-            logging.getLogger("django_grpc_bus").setLevel(logging.INFO)
-            if not logging.getLogger().handlers:
-                logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         if bus_settings.ACCESS_LOG if access_log is None else access_log:
             # As runserver logs each request; unless LOGGING already decides about the logger.
+            # First, so that --dev's handler below does not change the line's format.
             install_default_handler()  # stderr
+        if dev:
+            package_logger = logging.getLogger("django_grpc_bus")
+            package_logger.setLevel(logging.INFO)
+            if not package_logger.hasHandlers():
+                # The package's own messages only: a root handler would print Django's
+                # autoreloader lines a second time.
+                dev_handler = logging.StreamHandler()
+                dev_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+                package_logger.addHandler(dev_handler)
         if not skip_checks:
             # As runserver does: a serializer that would drop fields (E016) must not serve.
             self.check(display_num_errors=dev)
