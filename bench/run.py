@@ -303,11 +303,14 @@ def workers(samples: Samples) -> None:
 
 
 # rungrpcserver with nothing recorded, as the other rows run it; with the access log it prints
-# by default; with tracing (a span per call, batched, dropped) and metrics (--metrics-port).
+# by default; with tracing (a span per call, or per tenth of the calls, batched, dropped) and
+# metrics (--metrics-port).
+METRICS = ("--no-access-log", "--metrics-port", "0")
 OBSERVED = {
     "off": ({}, ("--no-access-log",)),
     "log": ({}, ()),
-    "otel": ({"BENCH_TRACING": "1"}, ("--no-access-log", "--metrics-port", "0")),
+    "otel": ({"BENCH_TRACING": "1"}, METRICS),
+    "sampled": ({"BENCH_TRACING": "0.1"}, METRICS),
 }
 
 
@@ -326,7 +329,7 @@ def observability(samples: Samples) -> None:
             raise BenchError(f"no metrics endpoint:\n{servers['otel'].output[-2000:]}")
         with ThreadPoolExecutor(2) as pool:
             for _ in range(ROUNDS):
-                for name in ("otel", "log"):
+                for name in ("otel", "sampled", "log"):
                     pair = {
                         side: pool.submit(
                             closed_loop, server, "retrieve", 8, server_pid=server.process.pid
@@ -469,6 +472,9 @@ def rows_of(s: Samples) -> list[Row]:
             s["observed.cpu.off.otel"], "≤ 1.1×", lambda r: r <= 1.1, ("traced", "neither")),
         Row("retrieve, c=8, tracing + metrics: calls/s, sharing core 0", "/s",
             s["observed.rate.otel"], s["observed.rate.off.otel"], labels=("traced", "neither")),
+        Row("retrieve, c=8, tracing 10% sampled + metrics: server CPU per call", "µs",
+            s["observed.cpu.sampled"], s["observed.cpu.off.sampled"], "≤ 1.1×",
+            lambda r: r <= 1.1, ("10% traced", "neither")),
         Row("retrieve, c=8, access log to stderr: server CPU per call", "µs",
             s["observed.cpu.log"], s["observed.cpu.off.log"], labels=("logged", "not logged")),
     ]  # fmt: skip

@@ -41,18 +41,23 @@ MESSAGE_BUS = {
     "SERVICE_META": BASE_DIR / "service_meta.yaml",
 }
 
-if os.environ.get("BENCH_TRACING") == "1":
-    # The observability rows (bench/README.md): every call's span built, batched and handed to
-    # an exporter that drops it, so the cost measured is the package's and the SDK's, not an
-    # exporter's encoding and network.
+if os.environ.get("BENCH_TRACING"):
+    # The observability rows (bench/README.md): each sampled call's span built, batched and
+    # handed to an exporter that drops it, so the cost measured is the package's and the SDK's,
+    # not an exporter's encoding and network. BENCH_TRACING is the share of traces sampled
+    # (1: every call, the SDK's default sampler; 0.1: ParentBased(TraceIdRatioBased(0.1))).
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
     class DroppingExporter(SpanExporter):
         def export(self, spans):
             return SpanExportResult.SUCCESS
 
-    _provider = TracerProvider()
+    _ratio = float(os.environ["BENCH_TRACING"])
+    _provider = TracerProvider(
+        **({} if _ratio >= 1 else {"sampler": ParentBased(TraceIdRatioBased(_ratio))})
+    )
     _provider.add_span_processor(BatchSpanProcessor(DroppingExporter()))
     trace.set_tracer_provider(_provider)
