@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 # Extra requirements pinned on top of the package's (e.g. the oldest supported versions).
 PIP_EXTRA ?=
 
-.PHONY: demo test lint style typecheck layers format tools clean bench dist docs
+.PHONY: demo test test-asyncio lint style typecheck layers format tools clean bench dist docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,11 @@ format: $(STAMP)
 
 test: $(STAMP) tools lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The end-to-end tests again with every server on asyncio (rungrpcserver --asyncio,
+# GrpcTestServer(asyncio=True)): DJANGO_GRPC_BUS_TEST_ASYNCIO=1, read by the test project.
+test-asyncio: $(STAMP) tools
+	DJANGO_GRPC_BUS_TEST_ASYNCIO=1 $(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
 
 # sdist and wheel into dist/, checked by twine (build and twine come with the test extra, which
 # tests/unit/test_packaging.py needs too).

@@ -67,19 +67,21 @@ class AioBuiltServer:
     async def start(self) -> None:
         await self.server.start()
 
-    async def stop_gracefully(self, grace: float) -> bool:
+    async def stop_gracefully(self, grace: float, *, exiting: bool = False) -> bool:
         """Drain, then stop. Returns True when every call in flight finished within `grace`.
 
         Health turns NOT_SERVING, new service calls are refused UNAVAILABLE, and those in
         flight get `grace` seconds; health and reflection streams do not hold the stop.
+        `exiting`: the process ends at once if calls were cut short (no waiting for them).
         """
         await self.health.enter_graceful_shutdown()
         loop = asyncio.get_running_loop()
         finished = await loop.run_in_executor(None, self.traffic.drain, grace)
         await self.server.stop(0)
-        # grpc cancels what is left (health Watch streams, calls cut short) from its own
-        # tasks: let them end rather than be cancelled in turn when the loop closes.
-        await _settle(SETTLE_TIMEOUT)
+        if finished or not exiting:
+            # grpc cancels what is left (health Watch streams, calls cut short) from its own
+            # tasks: let them end rather than be cancelled in turn when the loop closes.
+            await _settle(SETTLE_TIMEOUT)
         self.threads.close(wait=False)
         if self.observer is not None:
             self.observer.close()
@@ -242,7 +244,7 @@ async def _serve(
     while not stop_event.is_set():
         await asyncio.sleep(STOP_POLL)
     announce(f"Stopping (pid {os.getpid()}): draining calls in flight for up to {grace:g}s.")
-    finished = await built.stop_gracefully(grace)
+    finished = await built.stop_gracefully(grace, exiting=exit_when_cut_short)
     access_log.flush()  # the last calls' lines, before any os._exit
     announce("Stopped." if finished else "Stopped; some calls were cancelled at the deadline.")
     if not finished and exit_when_cut_short:
