@@ -15,7 +15,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 from grpc_health.v1 import health
 
-from django_grpc_bus.observability.server import CallObserver
+from django_grpc_bus.observability.call_observer import CallObserver
 from django_grpc_bus.services import BaseService
 from django_grpc_bus.serving.aio_calls import CallThreads
 from django_grpc_bus.serving.binding import bind_services

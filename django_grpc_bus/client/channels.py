@@ -3,7 +3,7 @@
 Retrieve and List (idempotent) are retried on UNAVAILABLE through gRPC's own service-config
 retry policy; writes are never retried by the client. Interceptors: ``CLIENT_INTERCEPTORS``,
 the servlet's own, then the client's tracing when OpenTelemetry is configured
-(``observability.client``).
+(``observability.channel_interceptors``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Literal, overload
 import grpc
 
 from django_grpc_bus.client.config import ServletConfig
-from django_grpc_bus.observability.client import channel_interceptors
+from django_grpc_bus.observability.channel_interceptors import channel_interceptors
 from django_grpc_bus.transport import read_pem
 
 IDEMPOTENT_METHODS = ("Retrieve", "List")

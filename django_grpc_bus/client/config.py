@@ -216,7 +216,7 @@ def _interceptor_problems(where: str, interceptors: Any) -> list[ServletProblem]
                 hint=hint,
             )
         ]
-    from django_grpc_bus.observability.client import interceptor_problem
+    from django_grpc_bus.observability.channel_interceptors import interceptor_problem
 
     return [
         ServletProblem(SETTING, "interceptors", f"{where}['interceptors'] item {problem}.", hint)

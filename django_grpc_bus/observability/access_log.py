@@ -133,7 +133,9 @@ class AccessLogHandler(logging.Handler):
             self.handleError(record)
 
     def flush(self) -> None:
-        with self.lock:
+        lock = self.lock
+        assert lock is not None  # Handler.__init__ creates it (createLock)
+        with lock:
             lines, self._lines = self._lines, []
         if lines:
             try:

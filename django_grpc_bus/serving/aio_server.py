@@ -26,7 +26,7 @@ import grpc
 
 from django_grpc_bus.conf import bus_settings
 from django_grpc_bus.observability import access_log
-from django_grpc_bus.observability.server import CallObserver
+from django_grpc_bus.observability.call_observer import CallObserver
 from django_grpc_bus.serving.aio_calls import CallThreads
 from django_grpc_bus.serving.health_reflection import AioHealthServicer, mark_serving
 from django_grpc_bus.serving.interceptors import INFRASTRUCTURE_PREFIXES, refusal_for

@@ -19,7 +19,7 @@ from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
 from django_grpc_bus.identifiers import snake_case
-from django_grpc_bus.observability.server import CallObserver
+from django_grpc_bus.observability.call_observer import CallObserver
 from django_grpc_bus.serving.aio_calls import CallThreads, aio_behavior, is_async
 from django_grpc_bus.serving.calls import BEHAVIORS, Route, unimplemented_behavior
 from django_grpc_bus.serving.requests import lenient_parser

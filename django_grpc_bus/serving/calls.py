@@ -26,7 +26,7 @@ from django.db import close_old_connections, reset_queries, transaction
 
 from django_grpc_bus.errors import abort_with, describe_failure
 from django_grpc_bus.observability import access_log
-from django_grpc_bus.observability.server import CallObserver
+from django_grpc_bus.observability.call_observer import CallObserver
 from django_grpc_bus.serving.requests import CANCEL_NOTICE, incoming, refuse_undecodable
 from django_grpc_bus.serving.traffic import Traffic
 from django_grpc_bus.transactions import write_transaction

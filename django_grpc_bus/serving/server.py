@@ -26,8 +26,8 @@ from grpc_health.v1 import health
 from django_grpc_bus import transport
 from django_grpc_bus.conf import bus_settings
 from django_grpc_bus.observability import access_log
+from django_grpc_bus.observability.call_observer import CallObserver
 from django_grpc_bus.observability.metrics import MetricsError
-from django_grpc_bus.observability.server import CallObserver
 from django_grpc_bus.serving.interceptors import InfrastructureGuard
 from django_grpc_bus.serving.traffic import Traffic
 

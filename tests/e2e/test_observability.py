@@ -27,7 +27,7 @@ from django_grpc_bus.client.aio import aregistry
 from django_grpc_bus.client.registry import registry
 from django_grpc_bus.handlers import BasicHandler
 from django_grpc_bus.observability import access_log
-from django_grpc_bus.observability.server import CallObserver
+from django_grpc_bus.observability.call_observer import CallObserver
 from django_grpc_bus.testing import GrpcTestServer
 
 trace = pytest.importorskip("opentelemetry.trace")
