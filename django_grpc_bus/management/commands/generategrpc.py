@@ -2,7 +2,7 @@ from dataclasses import replace
 from typing import Any
 
 from django_grpc_bus.conf import bus_settings
-from django_grpc_bus.management.base import BusCommand
+from django_grpc_bus.management.bus_command import BusCommand
 from django_grpc_bus.meta import load_selection
 from django_grpc_bus.protogen.compiler import compile_package
 from django_grpc_bus.protogen.files import apply_plan, plan_protos

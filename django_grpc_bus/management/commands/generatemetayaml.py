@@ -4,7 +4,7 @@ from typing import Any
 from django.core.management.base import CommandError, CommandParser
 
 from django_grpc_bus.conf import base_dir
-from django_grpc_bus.management.base import BusCommand
+from django_grpc_bus.management.bus_command import BusCommand
 from django_grpc_bus.meta import default_meta, dump_meta
 
 

@@ -3,7 +3,7 @@ from typing import Any
 
 from django.core.management.base import CommandParser
 
-from django_grpc_bus.management.base import BusCommand
+from django_grpc_bus.management.bus_command import BusCommand
 from django_grpc_bus.scaffold import OnExisting, Report, ScaffoldError, generate_services
 
 ANSWERS = {

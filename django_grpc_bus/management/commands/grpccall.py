@@ -7,7 +7,7 @@ from django_grpc_bus.client.exceptions import CallError, ClientError
 from django_grpc_bus.client.jsonvalues import dumps
 from django_grpc_bus.client.registry import registry
 from django_grpc_bus.client.servlet import Method
-from django_grpc_bus.management.base import BusCommand
+from django_grpc_bus.management.bus_command import BusCommand
 from django_grpc_bus.management.servlets import servlet_for
 
 

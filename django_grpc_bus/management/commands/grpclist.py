@@ -5,7 +5,7 @@ from django.core.management.base import CommandParser
 from django_grpc_bus.client.describe import describe_service
 from django_grpc_bus.client.exceptions import ClientError
 from django_grpc_bus.client.registry import registry
-from django_grpc_bus.management.base import BusCommand
+from django_grpc_bus.management.bus_command import BusCommand
 from django_grpc_bus.management.servlets import servlet_for
 
 

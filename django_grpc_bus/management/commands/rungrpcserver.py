@@ -10,7 +10,7 @@ from django.core.management.base import CommandError, CommandParser
 from django_grpc_bus import transport
 from django_grpc_bus.conf import bus_settings
 from django_grpc_bus.handler_hook import load_handler_hook
-from django_grpc_bus.management.base import BusCommand
+from django_grpc_bus.management.bus_command import BusCommand
 from django_grpc_bus.observability.access_log import install_default_handler
 from django_grpc_bus.serving.aio_server import serve_aio
 from django_grpc_bus.serving.reloader import RELOAD_GRACE, serve_with_reloader
