@@ -114,3 +114,18 @@ def library_errors() -> list[type[Exception]]:
 @pytest.mark.parametrize("error", library_errors(), ids=lambda error: error.__name__)
 def test_library_errors_are_not_command_errors(error):
     assert not issubclass(error, CommandError)
+
+
+def test_no_two_modules_of_the_package_share_a_name():
+    """A newcomer finds a module by its name: one ``server.py``, one ``errors.py``, ..."""
+    import collections
+    from pathlib import Path
+
+    import django_grpc_bus
+
+    root = Path(django_grpc_bus.__file__).parent
+    names = collections.defaultdict(list)
+    for path in root.rglob("*.py"):
+        if path.name != "__init__.py":
+            names[path.stem].append(str(path.relative_to(root)))
+    assert {name: paths for name, paths in names.items() if len(paths) > 1} == {}
