@@ -18,6 +18,19 @@ from django_grpc_bus.serving.server import ServerConfig, ServerError, parse_addr
 from django_grpc_bus.serving.workers import ensure_port_free, serve_workers
 
 
+def prints_info(logger: logging.Logger) -> bool:
+    """Whether an INFO record of `logger` reaches a handler that lets it through."""
+    if not logger.isEnabledFor(logging.INFO):
+        return False
+    probe = logger.makeRecord(logger.name, logging.INFO, __file__, 0, "", (), None)
+    current: logging.Logger | None = logger
+    while current is not None:
+        if any(logging.INFO >= h.level and h.filter(probe) for h in current.handlers):
+            return True
+        current = current.parent if current.propagate else None
+    return False
+
+
 class Command(BusCommand):
     help = (
         "Serve the services registered on MESSAGE_BUS['ROOT_HANDLERS_HOOK'], with health "
@@ -109,6 +122,12 @@ class Command(BusCommand):
                 dev_handler = logging.StreamHandler()
                 dev_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
                 package_logger.addHandler(dev_handler)
+            reloader_logger = logging.getLogger("django.utils.autoreload")
+            if not prints_info(reloader_logger):
+                # Django's own console handler prints "... changed, reloading." only with DEBUG.
+                reloader_handler = logging.StreamHandler()
+                reloader_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+                reloader_logger.addHandler(reloader_handler)
         if not skip_checks:
             # As runserver does: a serializer that would drop fields (E016) must not serve.
             self.check(display_num_errors=dev)
