@@ -55,11 +55,14 @@ def _timeout(connection: BaseDatabaseWrapper) -> float:
 
 
 @contextlib.contextmanager
-def write_transaction(using: str | None = None) -> Iterator[None]:
+def write_transaction(using: str | None = None, wait: float | None = None) -> Iterator[None]:
     """``transaction.atomic(using)`` for a write; on SQLite, one that cannot deadlock.
 
     Inside an atomic block already (a test's transaction, a caller's own), this is a savepoint
-    as ``atomic()`` would make, and nothing more: the outer transaction decides.
+    as ``atomic()`` would make, and nothing more: the outer transaction decides. On SQLite,
+    `wait` is how long to queue behind this process's other writers (a call passes what its
+    deadline leaves); by default, the database's busy timeout. Once in front, ``BEGIN
+    IMMEDIATE`` waits for other processes' writers through SQLite's busy timeout as usual.
     """
     connection = transaction.get_connection(using or DEFAULT_DB_ALIAS)
     if connection.vendor != "sqlite" or connection.in_atomic_block:
@@ -68,7 +71,7 @@ def write_transaction(using: str | None = None) -> Iterator[None]:
         return
     lock = _process_lock(connection.alias)
     waited_from = time.monotonic()
-    if not lock.acquire(timeout=_timeout(connection)):
+    if not lock.acquire(timeout=_timeout(connection) if wait is None else max(wait, 0.0)):
         raise OperationalError(
             f"database is locked: waited {time.monotonic() - waited_from:.1f}s for the other "
             "writers of this process"

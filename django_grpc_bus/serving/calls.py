@@ -193,7 +193,8 @@ def unary_work(route: Route) -> Callable[[Any, grpc.ServicerContext], Any]:
         action = getattr(service, route.action)
         if not route.atomic:
             return action(request, context)
-        with write_transaction():
+        # A queued write waits as long as its client does (SQLite: behind the other writers).
+        with write_transaction(wait=_deadline_wait(context)):
             result = action(request, context)
             connection = transaction.get_connection()
             if connection.vendor == "postgresql":
@@ -276,3 +277,14 @@ BEHAVIORS = {
     (True, False): client_stream_behavior,
     (True, True): bidi_stream_behavior,
 }
+
+
+# How long a write with no deadline queues behind the process's other writers (SQLite).
+NO_DEADLINE_WRITE_WAIT = 300.0
+
+
+def _deadline_wait(context: Any) -> float:
+    """What the call's deadline leaves (capped), for queueing behind other writers."""
+    time_remaining = getattr(context, "time_remaining", None)  # a test double may lack it
+    remaining = time_remaining() if time_remaining is not None else None
+    return NO_DEADLINE_WRITE_WAIT if remaining is None else min(remaining, NO_DEADLINE_WRITE_WAIT)
