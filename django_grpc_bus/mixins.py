@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+import inspect
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
+from asgiref.sync import async_to_sync
 from django.db import models
 from google.protobuf import empty_pb2
 
@@ -29,7 +31,7 @@ class CreateModelMixin(_Service):
         data = self.get_serializer_class().data_from_message(request)
         serializer = self.get_serializer(data=data)
         serializer.is_valid(raise_exception=True)
-        self.perform_create(serializer)
+        call_hook(self.perform_create, serializer)
         return saved_message(serializer)
 
     def perform_create(self, serializer: ProtoSerializerMixin) -> None:
@@ -76,7 +78,7 @@ class UpdateModelMixin(_Service):
         data = serializer_class.data_from_message(request, nulls=serializer_class.plan().nullable)
         serializer = self.get_serializer(instance, data=data)
         serializer.is_valid(raise_exception=True)
-        self.perform_update(serializer)
+        call_hook(self.perform_update, serializer)
         return saved_message(serializer)
 
     def partial_update(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -84,7 +86,7 @@ class UpdateModelMixin(_Service):
         data = update_mask.masked_data(self.get_serializer_class(), request)
         serializer = self.get_serializer(instance, data=data, partial=True)
         serializer.is_valid(raise_exception=True)
-        self.perform_update(serializer)
+        call_hook(self.perform_update, serializer)
         return saved_message(serializer)
 
     def perform_update(self, serializer: ProtoSerializerMixin) -> None:
@@ -95,11 +97,23 @@ class DestroyModelMixin(_Service):
     """Delete the row the request names."""
 
     def destroy(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self.perform_destroy(self.get_object())
+        call_hook(self.perform_destroy, self.get_object())
         return empty_pb2.Empty()
 
     def perform_destroy(self, instance: models.Model) -> None:
         instance.delete()
+
+
+def call_hook(hook: Callable[..., Any], *args: Any) -> Any:
+    """Call a hook (``perform_create``, ...); an ``async def`` one runs on an event loop.
+
+    ``async_to_sync``: on the asyncio server, the server's own loop, and ``sync_to_async`` in
+    the hook comes back to the calling thread, so its queries share the action's connection and
+    transaction; on the threaded server, a loop of asgiref's for the call.
+    """
+    if inspect.iscoroutinefunction(hook):
+        return async_to_sync(hook)(*args)
+    return hook(*args)
 
 
 def saved_message(serializer: ProtoSerializerMixin) -> Any:
