@@ -290,20 +290,32 @@ class CallThreads(concurrent.futures.Executor):
         False, callbacks run), and the task still waits for the code to return before the
         cancellation goes on: no call's code outlives its task, and none is dropped unrun.
         """
-        loop = cast(asyncio.AbstractEventLoop, self.loop)
-        job = _Job(loop.create_future(), function, args)
+        return await self.outcome(context, self.start(function, *args))
+
+    def start(self, function: Callable[..., Any], *args: Any) -> _Job:
+        """Queue ``function(*args)`` for a pool thread; :meth:`outcome` waits for it."""
+        job = _Job(cast(asyncio.AbstractEventLoop, self.loop).create_future(), function, args)
         self._queue.put(job)
+        return job
+
+    async def outcome(self, context: ThreadContext, job: _Job) -> Any:
+        """What `job` returned (or raised), once it has run; see :meth:`run`."""
         try:
             return await job.future
         except asyncio.CancelledError:
             context.client_gone()
-            while not job.finished:
-                job.future = loop.create_future()
-                try:
-                    await job.future
-                except BaseException:  # the cancellation is what goes on
-                    pass
+            await self.finished(job)
             raise
+
+    async def finished(self, job: _Job) -> None:
+        """Wait until `job` has run, whatever it gave, through any cancellation."""
+        loop = cast(asyncio.AbstractEventLoop, self.loop)
+        while not job.finished:
+            job.future = loop.create_future()
+            try:
+                await job.future
+            except BaseException:  # the cancellation, or its outcome: not this wait's affair
+                pass
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         if self._closed:
@@ -419,18 +431,28 @@ def _close(own: OwnConnections, stream: Any) -> None:
 async def _stream_out(
     threads: CallThreads, threaded: ThreadContext, context: Any, stream: Any
 ) -> None:
-    """Write what `stream` yields, each response made in the pool and written on the loop."""
+    """Write what `stream` yields, each response made in the pool and written on the loop.
+
+    The next response is made while one is written (one ahead, no more: a slow client
+    leaves the stream waiting with one response ready, and no thread held).
+    """
     own = OwnConnections(threads.stream_connections)
+    job: _Job | None = threads.start(_advance, own, stream)
     try:
         while True:
-            item = await threads.run(threaded, _advance, own, stream)
+            assert job is not None
+            item = await threads.outcome(threaded, job)
+            job = None
             if item is _DONE:
                 return
+            job = threads.start(_advance, own, stream)
             await context.write(item)
     except Aborted:
         await threaded.send_abort()
     except BaseException:  # cancelled, or the write failed: the client is gone
         threaded.client_gone()
+        if job is not None:
+            await threads.finished(job)  # the response being made: let it be
         if stream.gi_frame is not None:  # suspended at a yield: close it in its thread
             await threads.run(threaded, _close, own, stream)
         raise
