@@ -254,6 +254,37 @@ def against_handwritten(samples: Samples, first_errors: dict[str, str]) -> None:
         hand.stop(timeout=15)
 
 
+def asyncio_side_by_side(samples: Samples) -> None:
+    """Retrieve, create and list-1000 on ``rungrpcserver --asyncio``, the threaded server and
+    the hand-written servicer, the three in turn in every round (each on core 0)."""
+    servers: dict[str, ServerProcess] = {}
+    try:
+        servers["aio"] = bus_server(SMALL_DB, options=("--no-access-log", "--asyncio"))
+        if "; asyncio, sync code in" not in servers["aio"].output:
+            raise BenchError(f"not the asyncio server:\n{servers['aio'].output[-2000:]}")
+        servers["thr"] = bus_server(SMALL_DB)
+        servers["hand"] = handwritten_server(SMALL_DB)
+        load("verify", servers["aio"], "--handwritten", servers["hand"].target, "--rows", LIST_ROWS)
+        for _ in range(ROUNDS):
+            for side, server in servers.items():
+                got = closed_loop(server, "retrieve", 8, server_pid=server.process.pid)
+                samples[f"aio.retrieve.rate.{side}"].append(got["calls_per_s"])
+                samples[f"aio.retrieve.p99.{side}"].append(got["p99_ms"])
+                samples[f"aio.retrieve.cpu.{side}"].append(got["server_cpu_us_per_call"])
+            for side, server in servers.items():
+                got = closed_loop(server, "create", 4, server_pid=server.process.pid)
+                samples[f"aio.create.rate.{side}"].append(got["calls_per_s"])
+                samples[f"aio.create.p99.{side}"].append(got["p99_ms"])
+            for side, server in servers.items():
+                client = "stub" if side == "hand" else "registry"
+                got = load("list", server, "--client", client, "--rows", LIST_ROWS)
+                samples[f"aio.list.ms.{side}"].append(got["ms"])
+        print("  asyncio side by side: done")
+    finally:
+        for server in servers.values():
+            server.stop(timeout=15)
+
+
 def filtered_list(samples: Samples) -> None:
     """1,000 rows of 100,000 below a price, cheapest first (read off the price index): the
     registry's List with filter and order_by against the hand-written ListCheaper, the same
@@ -461,6 +492,24 @@ def rows_of(s: Samples) -> list[Row]:
             s["large_filtered.rss_rise_mb"], target="< 30 MB", meets=lambda v: v < 30),
         Row("list 100,000 of 1,000,000 rows, filtered: whole stream", "s",
             s["large_filtered.whole_s"]),
+        Row("retrieve, c=8: calls/s, --asyncio", "/s", s["aio.retrieve.rate.aio"],
+            s["aio.retrieve.rate.hand"], "≥ 1.0×", lambda r: r >= 1.0, ("--asyncio", "")),
+        Row("retrieve, c=8: calls/s, --asyncio against threaded", "/s",
+            s["aio.retrieve.rate.aio"], s["aio.retrieve.rate.thr"], "≥ 1.0×",
+            lambda r: r >= 1.0, ("--asyncio", "threaded")),
+        Row("retrieve, c=8: p99 latency, --asyncio against threaded", "ms",
+            s["aio.retrieve.p99.aio"], s["aio.retrieve.p99.thr"], labels=("--asyncio", "threaded")),
+        Row("retrieve, c=8: server CPU per call, --asyncio against threaded", "µs",
+            s["aio.retrieve.cpu.aio"], s["aio.retrieve.cpu.thr"], labels=("--asyncio", "threaded")),
+        Row("create, c=4: calls/s, --asyncio against threaded", "/s", s["aio.create.rate.aio"],
+            s["aio.create.rate.thr"], "≥ 1.0×", lambda r: r >= 1.0, ("--asyncio", "threaded")),
+        Row("create, c=4: p99 latency, --asyncio against threaded", "ms",
+            s["aio.create.p99.aio"], s["aio.create.p99.thr"], labels=("--asyncio", "threaded")),
+        Row("list 1,000 rows as dicts: time per call, --asyncio against threaded", "ms",
+            s["aio.list.ms.aio"], s["aio.list.ms.thr"], "≤ 1.0×", lambda r: r <= 1.0,
+            ("--asyncio", "threaded")),
+        Row("list 1,000 rows as dicts: time per call, --asyncio", "ms", s["aio.list.ms.aio"],
+            s["aio.list.ms.hand"], labels=("--asyncio", "")),
         Row("retrieve, c=8, 8 connections, both cores: calls/s", "/s", s["workers.rate.2"],
             s["workers.rate.1"], "≥ 1.3×", lambda r: r >= 1.3, ("--workers 2", "--workers 1")),
         Row("retrieve, c=8, 8 connections: calls/s", "/s", s["workers.rate.2"],
@@ -549,6 +598,7 @@ def main() -> int:
     try:
         prepare()
         against_handwritten(samples, first_errors)
+        asyncio_side_by_side(samples)
         filtered_list(samples)
         workers(samples)
         observability(samples)
