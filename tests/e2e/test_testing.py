@@ -8,6 +8,7 @@ import pytest
 from catalog.models import Author
 from django.test import override_settings
 
+from django_grpc_bus.serving.server import ServerError
 from django_grpc_bus.testing import GrpcTestServer, stub_for
 
 
@@ -60,6 +61,15 @@ def test_interceptors_from_settings_wrap_every_call(compiled, settings, asyncio,
         _reply, call = stub.Create.with_call(Author_pb2.AuthorData(name="Tagged"), timeout=5)
         assert ("x-intercepted", "yes") in tuple(call.trailing_metadata())
     assert "/catalog.Author/Create" in interceptors.calls
+
+
+def test_a_sync_interceptor_is_refused_by_the_asyncio_server(compiled, settings):
+    settings.MESSAGE_BUS = {
+        **settings.MESSAGE_BUS,
+        "INTERCEPTORS": ["interceptors.RecordingInterceptor"],
+    }
+    with pytest.raises(ServerError, match=r"RecordingInterceptor, which is not a grpc\.aio"):
+        GrpcTestServer(asyncio=True).start()
 
 
 def test_a_handler_given_explicitly(compiled):

@@ -520,6 +520,24 @@ def test_e012_interceptor_that_cannot_be_imported(project):
     assert "INTERCEPTORS" in error.msg and "no_such_module_xyz" in error.msg
 
 
+def test_e019_sync_interceptor_with_asyncio(project):
+    project.configure(
+        ASYNCIO=True,
+        INTERCEPTORS=["interceptors.RecordingInterceptor", "interceptors.AioRecordingInterceptor"],
+    )
+
+    error = only("django_grpc_bus.E019")
+    assert "'interceptors.RecordingInterceptor'" in error.msg
+    assert "grpc.aio.ServerInterceptor" in error.msg
+
+
+def test_asyncio_interceptors_pass_and_sync_ones_do_without_asyncio(project):
+    project.configure(ASYNCIO=True, INTERCEPTORS=["interceptors.AioRecordingInterceptor"])
+    assert not messages(CONFIG, "django_grpc_bus.E019")
+    project.configure(ASYNCIO=False, INTERCEPTORS=["interceptors.RecordingInterceptor"])
+    assert not messages(CONFIG, "django_grpc_bus.E019")
+
+
 def test_e013_server_option_that_is_not_a_pair(project):
     project.configure(SERVER_OPTIONS=[("grpc.keepalive_time_ms", 1000), "grpc.bad"])
 
