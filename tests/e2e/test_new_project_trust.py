@@ -38,46 +38,10 @@ from typing import Any
 import grpc
 import pytest
 from support import add_servlets, free_port, servlet_entry
+from tutorial_project import CLEAN_ENV, LIBRARY_MODELS, SETTINGS_TAIL, SHOP_MODELS, manage
 
 from django_grpc_bus.client.registry import registry
 from django_grpc_bus.testing import ServerProcess
-
-# The new project must not see the test project's settings or database.
-CLEAN_ENV = {"DJANGO_SETTINGS_MODULE": None, "DATABASE_URL": None, "PYTHONPATH": None}
-
-# The README's tutorial, verbatim (as tests/e2e/test_walkthrough.py has it).
-LIBRARY_MODELS = """
-from django.db import models
-
-
-class Author(models.Model):
-    name = models.CharField(max_length=100)
-    born = models.DateField(null=True, blank=True)
-
-
-class Book(models.Model):
-    title = models.CharField(max_length=200)
-    author = models.ForeignKey(Author, on_delete=models.CASCADE)
-    price = models.DecimalField(max_digits=8, decimal_places=2)
-    published = models.DateTimeField(null=True)
-"""
-
-SHOP_MODELS = """
-from django.db import models
-
-
-class Customer(models.Model):
-    email = models.EmailField(unique=True)
-    vip = models.BooleanField(default=False)
-"""
-
-SETTINGS_TAIL = """
-INSTALLED_APPS += ["rest_framework", "django_grpc_bus", "library", "shop"]
-MESSAGE_BUS = {
-    "ROOT_HANDLERS_HOOK": "handlers.handler",
-    "SERVICE_META": BASE_DIR / "service_meta.yaml",
-}
-"""
 
 # The fields the user adds to library.Book after scaffolding.
 NEW_BOOK_FIELDS = (
@@ -86,25 +50,6 @@ NEW_BOOK_FIELDS = (
 )
 
 CALL_TIMEOUT = 15  # seconds per client call: generous for 2 shared cores, still bounded
-
-
-def manage(
-    project: Path, *args: str, check: bool = True, timeout: float = 120
-) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,  # subprocess.run kills its own child on expiry
-    )
-    if check:
-        assert result.returncode == 0, (
-            f"manage.py {' '.join(args)}:\n{result.stdout}{result.stderr}"
-        )
-    return result
 
 
 def project_server(project: Path, **options: Any) -> ServerProcess:

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import grpc
 import pytest
@@ -18,45 +17,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from tutorial_project import CLEAN_ENV, LIBRARY_MODELS, SETTINGS_TAIL, SHOP_MODELS, manage
 
 from django_grpc_bus.testing import ServerProcess
-
-# The new project must not see the test project's settings or database.
-CLEAN_ENV = {"DJANGO_SETTINGS_MODULE": None, "DATABASE_URL": None, "PYTHONPATH": None}
-
-LIBRARY_MODELS = """
-from django.db import models
-
-
-class Author(models.Model):
-    name = models.CharField(max_length=100)
-    born = models.DateField(null=True, blank=True)
-
-
-class Book(models.Model):
-    title = models.CharField(max_length=200)
-    author = models.ForeignKey(Author, on_delete=models.CASCADE)
-    price = models.DecimalField(max_digits=8, decimal_places=2)
-    published = models.DateTimeField(null=True)
-"""
-
-SHOP_MODELS = """
-from django.db import models
-
-
-class Customer(models.Model):
-    email = models.EmailField(unique=True)
-    vip = models.BooleanField(default=False)
-"""
-
-SETTINGS_TAIL = """
-INSTALLED_APPS += ["rest_framework", "django_grpc_bus", "library", "shop"]
-MESSAGE_BUS = {
-    "ROOT_HANDLERS_HOOK": "handlers.handler",
-    "SERVICE_META": BASE_DIR / "service_meta.yaml",
-}
-"""
-
 
 # The consumer snippet of the README's tutorial, run as is.
 README_CONSUMER = """
@@ -71,23 +34,6 @@ registry.library.Book.partial_update({"data": {"id": book["id"], "price": "9.99"
 for row in registry.library.Book.list():      # a generator of dicts
     print(row["title"], row["price"])
 """
-
-
-def manage(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if check:
-        assert result.returncode == 0, (
-            f"manage.py {' '.join(args)}:\n{result.stdout}{result.stderr}"
-        )
-    return result
 
 
 @pytest.fixture(scope="module")
