@@ -546,9 +546,10 @@ class CallsCancelled(AssertionError):
 
 
 @pytest.mark.xfail(
-    strict=True,
+    # Not strict: a race, seen in about 4 runs of 10 (none in some runs, e.g. on PostgreSQL).
+    strict=False,
     raises=CallsCancelled,
-    reason="BUG: writers running through SIGTERM: a call arriving as the drain ends gets "
+    reason="BUG (issue 18): writers through SIGTERM: a call arriving as the drain ends gets "
     "CANCELLED (details 'CANCELLED') instead of UNAVAILABLE 'The server is shutting down'; "
     "not retryable, and README 'Shutdown' says new calls get UNAVAILABLE. grpc core "
     "cancels calls it received but never matched to a handler when server.stop() begins "
