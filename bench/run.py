@@ -380,31 +380,35 @@ def observability(samples: Samples) -> None:
 
 def large_list(samples: Samples) -> None:
     """1,000,000 rows: time to the first row, then the whole stream with the server's peak RSS;
-    then the same for the 100,000 of them below a price (a filtered List)."""
-    server = bus_server(LARGE_DB)
-    try:
-        pid = server.process.pid
-        got = load("first-row", server, "--samples", 5)
-        samples["large.first_row_ms"] = got["first_row_ms"]
-        price_lt = databases.price_below(LARGE_FILTERED_SHARE)
-        for key, rows, query in (
-            ("large", LARGE_ROWS, ()),
-            ("large_filtered", round(LARGE_ROWS * LARGE_FILTERED_SHARE), ("--price-lt", price_lt)),
-        ):
-            before = memory_kb(pid, "VmRSS")
-            Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-            got = load("first-row", server, "--samples", 1, "--consume-all", *query)
-            peak = memory_kb(pid, "VmHWM")
-            if got["rows"] != rows:
-                raise BenchError(f"the list of {rows:,} rows ({key}) returned {got['rows']:,}")
-            samples[f"{key}.rss_rise_mb"] = [(peak - before) / 1024]
-            samples[f"{key}.whole_s"] = [got["whole_s"]]
-            print(
-                f"  list of {rows:,} rows{' (filtered)' if query else ''}: {got['whole_s']:.1f}s, "
-                f"RSS {before // 1024} MB -> peak {peak // 1024} MB"
-            )
-    finally:
-        server.stop(timeout=15)
+    then the same for the 100,000 of them below a price (a filtered List). On the threaded
+    server, then on the asyncio one (keys ``aio.large...``)."""
+    for prefix, options in (("", ("--no-access-log",)), ("aio.", ("--no-access-log", "--asyncio"))):
+        server = bus_server(LARGE_DB, options=options)
+        try:
+            pid = server.process.pid
+            got = load("first-row", server, "--samples", 5)
+            samples[f"{prefix}large.first_row_ms"] = got["first_row_ms"]
+            price_lt = databases.price_below(LARGE_FILTERED_SHARE)
+            filtered_rows = round(LARGE_ROWS * LARGE_FILTERED_SHARE)
+            for key, rows, query in (
+                ("large", LARGE_ROWS, ()),
+                ("large_filtered", filtered_rows, ("--price-lt", price_lt)),
+            ):
+                before = memory_kb(pid, "VmRSS")
+                Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+                got = load("first-row", server, "--samples", 1, "--consume-all", *query)
+                peak = memory_kb(pid, "VmHWM")
+                if got["rows"] != rows:
+                    raise BenchError(f"the list of {rows:,} rows ({key}) returned {got['rows']:,}")
+                samples[f"{prefix}{key}.rss_rise_mb"] = [(peak - before) / 1024]
+                samples[f"{prefix}{key}.whole_s"] = [got["whole_s"]]
+                print(
+                    f"  list of {rows:,} rows{' (filtered)' if query else ''}"
+                    f"{' (--asyncio)' if prefix else ''}: {got['whole_s']:.1f}s, "
+                    f"RSS {before // 1024} MB -> peak {peak // 1024} MB"
+                )
+        finally:
+            server.stop(timeout=15)
 
 
 # -- the table ------------------------------------------------------------------------------------
@@ -510,6 +514,12 @@ def rows_of(s: Samples) -> list[Row]:
             ("--asyncio", "threaded")),
         Row("list 1,000 rows as dicts: time per call, --asyncio", "ms", s["aio.list.ms.aio"],
             s["aio.list.ms.hand"], labels=("--asyncio", "")),
+        Row("list 1,000,000 rows, --asyncio: server RSS rise", "MB", s["aio.large.rss_rise_mb"],
+            target="< 30 MB", meets=lambda v: v < 30),
+        Row("list 1,000,000 rows, --asyncio: time to first row", "ms",
+            s["aio.large.first_row_ms"], target="< 50 ms", meets=lambda v: v < 50),
+        Row("list 1,000,000 rows: whole stream, --asyncio against threaded", "s",
+            s["aio.large.whole_s"], s["large.whole_s"], labels=("--asyncio", "threaded")),
         Row("retrieve, c=8, 8 connections, both cores: calls/s", "/s", s["workers.rate.2"],
             s["workers.rate.1"], "≥ 1.3×", lambda r: r >= 1.3, ("--workers 2", "--workers 1")),
         Row("retrieve, c=8, 8 connections: calls/s", "/s", s["workers.rate.2"],
