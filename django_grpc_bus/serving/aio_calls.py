@@ -37,7 +37,7 @@ from typing import Any, NoReturn, cast
 
 import grpc
 from asgiref.sync import SyncToAsync, sync_to_async
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 from django_grpc_bus.serving.calls import (
     Call,
@@ -246,7 +246,8 @@ class CallThreads(concurrent.futures.Executor):
         take = self._queue.get
         while True:
             item = take()
-            if item is None:
+            if item is None:  # closed: this thread's own connections go with it
+                connections.close_all()
                 return
             if isinstance(item, _Job):
                 try:
@@ -327,8 +328,14 @@ class CallThreads(concurrent.futures.Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self.close(wait)
 
+    def join(self, timeout: float) -> None:
+        """Wait up to `timeout` s for the threads to end (after :meth:`close`)."""
+        for thread in self._threads:
+            thread.join(timeout)
+
     def close(self, wait: bool) -> None:
-        """Stop the threads once the work queued is done; close the idle stream connections."""
+        """Stop the threads once the work queued is done; close the idle stream connections
+        and each thread's own."""
         if self._closed:
             return
         self._closed = True

@@ -45,6 +45,7 @@ from django_grpc_bus.serving.traffic import Traffic
 
 STOP_POLL = 0.2  # seconds between looks at the stop event
 SETTLE_TIMEOUT = 2.0  # seconds the server's own tasks get to end once it is stopped
+THREADS_END_TIMEOUT = 5.0  # seconds ServerThread.stop() waits for the pool's threads
 
 
 @dataclass
@@ -290,11 +291,15 @@ class ServerThread:
         return built
 
     def stop(self, grace: float = 0) -> bool:
+        """Drain and stop the server, end its loop; wait a little for its threads to close
+        their connections (so a test database can be dropped right after)."""
         finished = True
-        if self.built is not None:
-            finished = self.run(self.built.stop_gracefully(grace))
-            self.built = None
+        built, self.built = self.built, None
+        if built is not None:
+            finished = self.run(built.stop_gracefully(grace))
         self._end_loop()
+        if built is not None:
+            built.threads.join(THREADS_END_TIMEOUT)
         return finished
 
     def _end_loop(self) -> None:
