@@ -1,0 +1,46 @@
+"""The transactional outbox: one row per committed change of a watched model's row.
+
+:mod:`django_grpc_bus.watch.recording` writes a :class:`WatchEvent` in the same transaction as
+the change (``post_save``/``post_delete``), so a rolled-back change leaves no event and a
+committed one is never lost; :mod:`django_grpc_bus.watch.reading` serves them to ``Watch``.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+
+class WatchEvent(models.Model):
+    """One created, updated or deleted row of a watched model, as it was when it changed."""
+
+    CREATED = 1
+    UPDATED = 2
+    DELETED = 3
+    KINDS = ((CREATED, "created"), (UPDATED, "updated"), (DELETED, "deleted"))
+
+    id = models.BigAutoField(primary_key=True)
+    # The event's id for consumers (de-duplication, NATS Nats-Msg-Id): never reused.
+    uid = models.UUIDField(default=uuid.uuid4, editable=False)
+    # The model's label in lower case, "catalog.book".
+    model = models.CharField(max_length=200)
+    kind = models.PositiveSmallIntegerField(choices=KINDS)
+    object_pk = models.CharField(max_length=255)
+    # The row's field values by attname (JSON), as they were after the change (before a delete).
+    data = models.JSONField()
+    # The names of the fields an update changed, where known; null when unknown.
+    changed = models.JSONField(null=True, blank=True)
+    # PostgreSQL: the writing transaction's id (pg_current_xact_id()), so that a reader never
+    # moves past a transaction that has not committed yet. 0 on other databases.
+    txid = models.BigIntegerField(default=0)
+    time = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["model", "txid", "id"], name="django_grpc_bus_watch_pos"),
+            models.Index(fields=["time"], name="django_grpc_bus_watch_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} {self.get_kind_display()} {self.object_pk} (#{self.id})"
