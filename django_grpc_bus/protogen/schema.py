@@ -84,6 +84,9 @@ class ProtoRpc(Commented):
     response: str
     server_streaming: bool = False
     comment: str = ""
+    client_streaming: bool = False
+    # MethodOptions written in the rpc's body, e.g. "idempotency_level = IDEMPOTENT".
+    options: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
