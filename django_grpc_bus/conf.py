@@ -37,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
     "PROTECT_HEALTH_AND_REFLECTION": False,
+    "WATCH_RECONNECT": {},
 }
 
 # The Python types each key accepts; `None` in a tuple means the key may be left unset.
@@ -63,6 +64,7 @@ EXPECTED_TYPES: dict[str, tuple[type | None, ...]] = {
     "DEFAULT_AUTHENTICATION_CLASSES": (list, tuple),
     "DEFAULT_PERMISSION_CLASSES": (list, tuple),
     "PROTECT_HEALTH_AND_REFLECTION": (bool,),
+    "WATCH_RECONNECT": (dict,),
 }
 
 # Keys whose value is a dotted path, imported on first access.

@@ -28,8 +28,10 @@ import grpc
 from django_grpc_bus.client.base import BaseRegistry, Lookup, MethodCalls, reset_with_settings
 from django_grpc_bus.client.channels import open_channel
 from django_grpc_bus.client.discovery import Catalog
+from django_grpc_bus.client.exceptions import RequestError
 from django_grpc_bus.client.registry import registry
-from django_grpc_bus.client.servlet import RPC, Servlet
+from django_grpc_bus.client.servlet import NO_DEADLINE, RPC, Servlet
+from django_grpc_bus.client.watch import Reconnect, WatchState, afollow
 
 
 class AsyncServlet(Lookup):
@@ -92,6 +94,17 @@ class AsyncMethod(MethodCalls):
         self._service = service
         self._method = method
 
+    def __call__(
+        self,
+        request_dict: Any = None,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+        reconnect: Reconnect | None = None,
+    ) -> AsyncCall:
+        """As the synchronous client's; `reconnect` is for a generated Watch (``async for``)."""
+        return AsyncCall(self, request_dict, timeout, metadata, reconnect=reconnect)
+
     def _send(self, request: Any, timeout: Any, metadata: Any, flatten: bool | None) -> AsyncCall:
         return AsyncCall(self, request, timeout, metadata, flatten)
 
@@ -111,12 +124,14 @@ class AsyncCall:
         timeout: Any,
         metadata: Any,
         flatten: bool | None = None,
+        reconnect: Reconnect | None = None,
     ) -> None:
         self._method = method
         self._request = request
         self._timeout = timeout
         self._metadata = metadata
         self._flatten = flatten  # None: rows of a generated List; False: the messages
+        self._reconnect = reconnect
 
     async def _start(self) -> tuple[RPC, Any]:
         method, multicallable = await self._method.resolve()
@@ -130,6 +145,9 @@ class AsyncCall:
         return self._result().__await__()
 
     async def _result(self) -> Any:
+        method, _ = await self._method.resolve()
+        if method.watches and self._flatten is None:
+            raise RequestError(f"{method.name} never ends: use `async for event in ...watch()`.")
         method, call = await self._start()
         if method.server_streaming:
             return [row async for row in self._rows(method, call, self._flatten)]
@@ -142,6 +160,16 @@ class AsyncCall:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Any]:
+        method, multicallable = await self._method.resolve()
+        if method.watches and self._flatten is None:
+            state = WatchState(method, self._request, self._reconnect)
+            timeout = NO_DEADLINE if self._timeout is None else self._timeout
+            options = method.call_options(timeout, self._metadata)
+            events = afollow(state, lambda: multicallable, options)
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    yield event
+            return
         method, call = await self._start()
         # Closing this generator closes the inner one now, which cancels the call.
         async with contextlib.aclosing(self._rows(method, call, self._flatten)) as rows:

@@ -22,6 +22,7 @@ from django_grpc_bus.client.base import Lookup, MethodCalls
 from django_grpc_bus.client.channels import open_channel
 from django_grpc_bus.client.config import ServletConfig, servlet_names
 from django_grpc_bus.client.discovery import Catalog, ReflectionError, fetch_catalog
+from django_grpc_bus.client.watch import Reconnect, WatchState, follow, is_watch
 from django_grpc_bus.conversion.messages import (
     ConversionError,
     fill_message,
@@ -170,7 +171,7 @@ class Service(Lookup):
         self.full_name = service.full_name
         self._methods: dict[str, Method] = {}
         for method in service.methods:
-            proxy = Method(servlet, service, method)
+            proxy = (WatchMethod if is_watch(method) else Method)(servlet, service, method)
             self._methods[method.name] = proxy
             self._methods[snake_case(method.name)] = proxy
 
@@ -217,6 +218,8 @@ class RPC:
         self.response_class = message_factory.GetMessageClass(method.output_type)
         self.client_streaming = method.client_streaming
         self.server_streaming = method.server_streaming
+        # A generated Watch: calls follow its events across reconnects (client/watch.py).
+        self.watches = is_watch(method)
         results = method.output_type.fields_by_name.get("results")
         # A generated List streams batches in `results`; the client flattens them into rows.
         self.flattens = bool(
@@ -376,6 +379,26 @@ class Method(RPC, MethodCalls):
             raise self.error(exc) from None
         finally:
             call.cancel()  # closed or abandoned early: stop the server's work
+
+
+class WatchMethod(Method):
+    """A generated Watch: a generator of events that calls again on UNAVAILABLE (watch.py)."""
+
+    def __call__(
+        self,
+        request_dict: Any = None,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+        reconnect: Reconnect | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Events from ``since`` (or now) on; `timeout` None is no deadline (a watch is endless).
+
+        `reconnect` overrides ``MESSAGE_BUS['WATCH_RECONNECT']`` for this watch.
+        """
+        state = WatchState(self, request_dict, reconnect)  # a bad request raises now
+        options = self.call_options(NO_DEADLINE if timeout is None else timeout, metadata)
+        return follow(state, self._callable, options)
 
 
 def _as_iterable(request: Any, name: str) -> Iterable[Any]:

@@ -1,0 +1,232 @@
+"""The client's Watch (``registry.s.Book.watch`` / ``aregistry``) against a fake Watch server.
+
+The fake (tests/watchfake.py) serves the contract's messages in this process, so the
+reconnect and resume logic is proven on its own: a server stopped mid-stream and started
+again is called again from the cursor of the last event yielded (no event lost, none repeated),
+a snapshot cut short is asked for again, OUT_OF_RANGE and INVALID_ARGUMENT raise the
+registry's errors, spent attempts raise UNAVAILABLE, and closing the generator cancels the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+import time
+
+import grpc
+import pytest
+from support import add_servlets, free_port, servlet_entry
+from watchfake import FakeWatchServer, compile_proto
+
+from django_grpc_bus.client.aio import aregistry
+from django_grpc_bus.client.exceptions import CallError, ClientError, ServletUnavailable
+from django_grpc_bus.client.registry import registry
+from django_grpc_bus.client.watch import Reconnect, WatchState, reconnect_problem
+
+FAST = Reconnect(initial=0.05, maximum=0.2)
+
+
+@pytest.fixture(scope="module")
+def watch_modules(tmp_path_factory):
+    return compile_proto(tmp_path_factory.mktemp("watchfake"))
+
+
+@pytest.fixture
+def fake(watch_modules, settings):
+    server = FakeWatchServer(*watch_modules, port=free_port()).start()
+    add_servlets(settings, fake=servlet_entry(server.port, timeout=5))
+    try:
+        yield server
+    finally:
+        server.stop()
+        registry.reset()
+
+
+def take(events, count: int) -> list[dict]:
+    return [next(events) for _ in range(count)]
+
+
+def wait_for(condition, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_events_are_dicts_like_every_registry_result(fake):
+    fake.change("CREATED", 1, "Dune")
+    fake.change("UPDATED", 1, "Dune II")
+    fake.change("DELETED", 1)
+    events = registry.fake.BookService.watch({"since": "0"}, reconnect=FAST)
+    created, updated, deleted = take(events, 3)
+    events.close()
+    assert created["type"] == "CREATED" and created["data"] == {"id": 1, "title": "Dune"}
+    assert updated["type"] == "UPDATED" and updated["changed"] == ["title"]
+    assert deleted["type"] == "DELETED" and deleted["data"]["id"] == 1
+    assert [e["cursor"] for e in (created, updated, deleted)] == ["1", "2", "3"]
+    assert [e["id"] for e in (created, updated, deleted)] == ["e1", "e2", "e3"]
+    assert isinstance(created["time"], dt.datetime) and created["time"].tzinfo is not None
+
+
+def test_snapshot_then_changes_with_filter(fake):
+    fake.change("CREATED", 1, "Dune")
+    fake.change("CREATED", 2, "Emma")
+    events = registry.fake.BookService.watch(
+        {"filter": {"title": "Dune"}, "snapshot": True}, reconnect=FAST
+    )
+    row, complete = take(events, 2)
+    assert row["type"] == "CREATED" and row["data"]["title"] == "Dune"
+    assert complete["type"] == "SNAPSHOT_COMPLETE" and complete["cursor"] == "2"
+    fake.change("UPDATED", 2, "Emma 2")
+    fake.change("UPDATED", 1, "Dune")
+    (change,) = take(events, 1)
+    events.close()
+    assert change["cursor"] == "4" and change["data"]["id"] == 1
+
+
+def test_restart_mid_stream_resumes_from_the_last_cursor_yielded(fake):
+    for book in range(1, 4):
+        fake.change("CREATED", book, f"b{book}")
+    events = registry.fake.BookService.watch({"since": "0"}, reconnect=FAST)
+    first = take(events, 3)
+    fake.stop()
+    # Changes while the server is down are kept in its log, as an outbox keeps them.
+    fake.change("UPDATED", 1, "b1 again")
+    fake.change("DELETED", 2)
+
+    def restart_later():
+        time.sleep(0.5)
+        fake.start()
+
+    thread = threading.Thread(target=restart_later)
+    thread.start()
+    later = take(events, 2)  # blocks through the UNAVAILABLE calls until the server is back
+    thread.join()
+    fake.change("CREATED", 9, "after")
+    (last,) = take(events, 1)
+    events.close()
+    cursors = [e["cursor"] for e in (*first, *later, last)]
+    assert cursors == ["1", "2", "3", "4", "5", "6"], "an event lost or repeated"
+    # The first call from "0"; every call after the restart from the last cursor yielded.
+    assert fake.calls[0] == ("0", False)
+    assert len(fake.calls) >= 2 and fake.calls[-1] == ("3", False)
+
+
+def test_snapshot_cut_short_is_asked_for_again(fake, watch_modules):
+    pb2, _ = watch_modules
+    method = registry.fake.BookService.watch
+    state = WatchState(method, {"snapshot": True, "filter": {"title": "x"}}, FAST)
+    state.event(pb2.BookEvent(type="CREATED", data={"id": 1}, cursor="7"))
+    again = state.request()
+    assert again.snapshot and again.since == "" and again.filter.title == "x"
+    state.event(pb2.BookEvent(type="SNAPSHOT_COMPLETE", cursor="7"))
+    state.event(pb2.BookEvent(type="UPDATED", data={"id": 1}, cursor="8"))
+    resumed = state.request()
+    assert not resumed.snapshot and resumed.since == "8" and resumed.filter.title == "x"
+
+
+def test_out_of_range_and_bad_cursor_raise_the_registry_errors(fake):
+    fake.pruned = 5
+    with pytest.raises(CallError) as info:
+        next(registry.fake.BookService.watch({"since": "2"}, reconnect=FAST))
+    assert info.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert "since" in info.value.details()
+    with pytest.raises(CallError) as info:
+        next(registry.fake.BookService.watch({"since": "nope"}, reconnect=FAST))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(fake.calls) == 2, "only UNAVAILABLE is retried"
+
+
+def test_spent_attempts_raise_unavailable(fake):
+    events = registry.fake.BookService.watch(
+        {"since": "0"}, reconnect=Reconnect(initial=0.01, maximum=0.02, attempts=2)
+    )
+    fake.change("CREATED", 1, "a")
+    take(events, 1)
+    fake.stop()
+    started = time.monotonic()
+    with pytest.raises(ServletUnavailable) as info:
+        next(events)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert time.monotonic() - started < 5
+
+
+def test_a_bad_request_fails_before_any_call(fake):
+    with pytest.raises(ClientError, match=r"fakebus\.BookService\.Watch"):
+        registry.fake.BookService.watch({"nope": 1})
+    assert fake.calls == []
+
+
+def test_closing_the_generator_cancels_the_call(fake):
+    fake.change("CREATED", 1, "a")
+    events = registry.fake.BookService.watch({"since": "0"}, reconnect=FAST)
+    take(events, 1)
+    events.close()
+    # The servicer's loop ends once its context is no longer active (the call cancelled).
+    calls = len(fake.calls)
+    fake.change("CREATED", 2, "b")
+    time.sleep(0.3)
+    assert len(fake.calls) == calls
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        ({"initial": -1}, "'initial'"),
+        ({"multiplier": 0.5}, "'multiplier'"),
+        ({"jitter": 2}, "'jitter'"),
+        ({"attempts": "3"}, "'attempts'"),
+        ({"tries": 3}, "'tries'"),
+        ([], "dict"),
+    ],
+)
+def test_bad_reconnect_settings_are_named(value, named, settings):
+    assert named in reconnect_problem(value)
+    settings.MESSAGE_BUS = {**settings.MESSAGE_BUS, "WATCH_RECONNECT": value}
+    with pytest.raises(ClientError, match=r"WATCH_RECONNECT"):
+        Reconnect.from_settings()
+
+
+def test_backoff_grows_to_its_maximum_with_jitter():
+    policy = Reconnect(initial=0.1, maximum=1.0, multiplier=2, jitter=0.5)
+    for failures, ceiling in [(1, 0.1), (2, 0.2), (3, 0.4), (4, 0.8), (5, 1.0), (500, 1.0)]:
+        delays = [policy.delay(failures) for _ in range(50)]
+        assert all(ceiling / 2 <= d <= ceiling + 1e-9 for d in delays)
+    assert not Reconnect().gives_up(10**6)
+    assert Reconnect(attempts=0).gives_up(1)
+
+
+def test_aregistry_watch_resumes_after_a_restart(fake):
+    fake.change("CREATED", 1, "a")
+    fake.change("CREATED", 2, "b")
+
+    async def run() -> list[str]:
+        seen: list[str] = []
+        events = aregistry.fake.BookService.watch({"since": "0"}, reconnect=FAST).__aiter__()
+        try:
+            seen.append((await events.__anext__())["cursor"])
+            seen.append((await events.__anext__())["cursor"])
+            await asyncio.to_thread(fake.stop)
+            fake.change("UPDATED", 1, "a2")
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.4, fake.start)
+            seen.append((await events.__anext__())["cursor"])
+        finally:
+            await events.aclose()
+            await aregistry.aclose()
+        return seen
+
+    assert asyncio.run(run()) == ["1", "2", "3"]
+    assert fake.calls[-1] == ("2", False)
+
+
+def test_awaiting_an_async_watch_is_refused(fake):
+    async def run() -> None:
+        try:
+            await aregistry.fake.BookService.watch({"since": "0"})
+        finally:
+            await aregistry.aclose()
+
+    with pytest.raises(ClientError, match="async for"):
+        asyncio.run(run())
