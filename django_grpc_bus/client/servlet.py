@@ -22,7 +22,7 @@ from django_grpc_bus.client.base import Lookup, MethodCalls
 from django_grpc_bus.client.channels import open_channel
 from django_grpc_bus.client.config import ServletConfig, servlet_names
 from django_grpc_bus.client.discovery import Catalog, ReflectionError, fetch_catalog
-from django_grpc_bus.client.watch import Reconnect, WatchState, follow, is_watch
+from django_grpc_bus.client.watch import Reconnect, Watch, WatchState, is_watch
 from django_grpc_bus.conversion.messages import (
     ConversionError,
     fill_message,
@@ -391,14 +391,14 @@ class WatchMethod(Method):
         timeout: float | None = None,
         metadata: Any = None,
         reconnect: Reconnect | None = None,
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Watch:
         """Events from ``since`` (or now) on; `timeout` None is no deadline (a watch is endless).
 
         `reconnect` overrides ``MESSAGE_BUS['WATCH_RECONNECT']`` for this watch.
         """
         state = WatchState(self, request_dict, reconnect)  # a bad request raises now
         options = self.call_options(NO_DEADLINE if timeout is None else timeout, metadata)
-        return follow(state, self._callable, options)
+        return Watch(state, self._callable, options)
 
 
 def _as_iterable(request: Any, name: str) -> Iterable[Any]:

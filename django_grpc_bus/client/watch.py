@@ -14,8 +14,8 @@ before its ``SNAPSHOT_COMPLETE`` is asked for again from the start. Any other st
 OUT_OF_RANGE cursor past retention, INVALID_ARGUMENT, PERMISSION_DENIED...) raises the
 registry's ``CallError``. Closing the generator (``break``, ``close()``) cancels the call.
 
-``follow`` is the synchronous loop, ``afollow`` the asyncio one; ``WatchState`` (the request to
-send next and the resume cursor) and ``Reconnect`` are what they share.
+``Watch`` is the synchronous iterator, ``afollow`` the asyncio generator; ``WatchState`` (the
+request to send next and the resume cursor) and ``Reconnect`` are what they share.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
@@ -182,30 +182,66 @@ class WatchState:
         return delay
 
 
-def follow(
-    state: WatchState, multicallable: Callable[[], Any], options: dict[str, Any]
-) -> Iterator[dict[str, Any]]:
-    """The events of a Watch, calling again on UNAVAILABLE (see the module's docstring)."""
-    while True:
-        call = multicallable()(state.request(), **options)
-        failure: grpc.RpcError | None = None
-        try:
-            for message in call:
-                yield state.event(message)
-        except grpc.RpcError as exc:
-            failure = exc
-        finally:
-            call.cancel()  # closed or abandoned early: stop the server's work
-        delay = state.retry_delay(failure)
-        if delay is None:
-            return
-        time.sleep(delay)
+class Watch(Iterator[dict[str, Any]]):
+    """What ``registry.s.Book.watch()`` returns: an iterator of events, like a generator.
+
+    ``close()`` (or leaving a ``for`` loop, or the object's end) cancels the call, from the
+    thread that iterates. ``stop()`` may be called from any thread (a signal handler, another
+    consumer): the pending ``next()`` ends with StopIteration, as does a wait between calls.
+    ``cursor`` is the cursor of the last event yielded (the point a new watch would resume from).
+    """
+
+    def __init__(
+        self, state: WatchState, multicallable: Callable[[], Any], options: dict[str, Any]
+    ) -> None:
+        self.state = state
+        self._multicallable = multicallable
+        self._options = options
+        self._stopped = threading.Event()
+        self._call: Any = None
+        self._events = self._follow()
+
+    @property
+    def cursor(self) -> str:
+        return self.state.cursor
+
+    def __next__(self) -> dict[str, Any]:
+        return next(self._events)
+
+    def close(self) -> None:
+        self._events.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+
+    def _follow(self) -> Iterator[dict[str, Any]]:
+        state = self.state
+        while not self._stopped.is_set():
+            call = self._call = self._multicallable()(state.request(), **self._options)
+            if self._stopped.is_set():  # stop() ran before the call was there to cancel
+                call.cancel()
+            failure: grpc.RpcError | None = None
+            try:
+                for message in call:
+                    yield state.event(message)
+            except grpc.RpcError as exc:
+                failure = exc
+            finally:
+                call.cancel()  # closed or abandoned early: stop the server's work
+            if self._stopped.is_set():
+                return
+            delay = state.retry_delay(failure)
+            if delay is None or self._stopped.wait(delay):
+                return
 
 
 async def afollow(
     state: WatchState, multicallable: Callable[[], Any], options: dict[str, Any]
 ) -> AsyncIterator[dict[str, Any]]:
-    """``follow`` for ``grpc.aio``: an async generator; closing it cancels the call."""
+    """``Watch`` for ``grpc.aio``: an async generator; closing it cancels the call."""
     while True:
         call = multicallable()(state.request(), **options)
         failure: grpc.RpcError | None = None

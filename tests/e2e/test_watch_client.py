@@ -230,3 +230,30 @@ def test_awaiting_an_async_watch_is_refused(fake):
 
     with pytest.raises(ClientError, match="async for"):
         asyncio.run(run())
+
+
+def test_stop_from_another_thread_ends_a_waiting_watch(fake):
+    fake.change("CREATED", 1, "a")
+    events = registry.fake.BookService.watch({"since": "0"}, reconnect=FAST)
+    take(events, 1)
+    timer = threading.Timer(0.3, events.stop)
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(StopIteration):
+        next(events)  # nothing more comes: only stop() ends the wait
+    assert 0.2 < time.monotonic() - started < 5
+    assert events.cursor == "1"
+
+
+def test_stop_ends_the_wait_between_calls(fake):
+    events = registry.fake.BookService.watch(
+        {"since": "0"}, reconnect=Reconnect(initial=30, maximum=30, jitter=0)
+    )
+    fake.change("CREATED", 1, "a")
+    take(events, 1)
+    fake.stop()
+    threading.Timer(0.5, events.stop).start()
+    started = time.monotonic()
+    with pytest.raises(StopIteration):
+        next(events)
+    assert time.monotonic() - started < 5, "stop() must not wait out a 30 s backoff"
