@@ -18,8 +18,10 @@ from django.db import models
 from django.utils.module_loading import import_string
 
 from django_grpc_bus.conf import base_dir, bus_settings
+from django_grpc_bus.decorators import service_actions
 from django_grpc_bus.meta import Selection, is_library_path
 from django_grpc_bus.protogen import naming
+from django_grpc_bus.protogen.actions import ActionDeclarationError, ModelActions
 from django_grpc_bus.protogen.placeholders import placeholder_imports
 from django_grpc_bus.protogen.query import ListQuery, QueryDeclarationError, list_query
 
@@ -32,6 +34,7 @@ class Declarations:
 
     queries: dict[type[models.Model], ListQuery] = field(default_factory=dict)
     note: str | None = None
+    actions: dict[type[models.Model], ModelActions] = field(default_factory=dict)
 
 
 def read_declarations(selection: Selection) -> Declarations:
@@ -51,10 +54,12 @@ def read_declarations(selection: Selection) -> Declarations:
         )
     selected = {selected.model for selected in selection}
     queries: dict[type[models.Model], ListQuery] = {}
+    actions: dict[type[models.Model], ModelActions] = {}
     for service_class in services:
         model = generated_service_model(service_class)
         if model is None or model not in selected:
             continue
+        _add_actions(actions, service_class, model)
         query = list_query(service_class, model)
         if query is None:
             continue
@@ -65,7 +70,31 @@ def read_declarations(selection: Selection) -> Declarations:
                 "different filters, ordering or search, but share one proto service. Register "
                 "one of them only, or declare the same on both."
             )
-    return Declarations(queries)
+    return Declarations(queries, actions=actions)
+
+
+def _add_actions(
+    found: dict[type[models.Model], ModelActions], service_class: type, model: type[models.Model]
+) -> None:
+    """Record `service_class`'s ``@grpc_action`` methods; two services of one model may not
+    declare one action differently (they share the model's proto service)."""
+    declared = tuple(service_actions(service_class))
+    if not declared:
+        return
+    path = f"{service_class.__module__}.{service_class.__qualname__}"
+    earlier = found.get(model)
+    if earlier is None:
+        found[model] = ModelActions(path, declared)
+        return
+    merged = {spec.method: spec for spec in earlier.actions}
+    for spec in declared:
+        if merged.setdefault(spec.method, spec) != spec:
+            raise ActionDeclarationError(
+                f"{earlier.service} and {path} both declare the action {spec.method} of "
+                f"{model._meta.label} differently, but share one proto service. Declare it on "
+                "one of them only."
+            )
+    found[model] = ModelActions(earlier.service, tuple(merged.values()))
 
 
 def registered_services(hook: Any) -> list[type]:

@@ -15,7 +15,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django_grpc_bus.conf import base_dir, bus_settings, inside_base_dir
 from django_grpc_bus.meta import Selection
 from django_grpc_bus.protogen import naming
+from django_grpc_bus.protogen.actions import add_actions, selected_messages
 from django_grpc_bus.protogen.declarations import read_declarations
+from django_grpc_bus.protogen.declared_fields import read_data_fields
 from django_grpc_bus.protogen.existing import read_numbering
 from django_grpc_bus.protogen.proto_text import render_proto
 from django_grpc_bus.protogen.schema import build_file
@@ -100,9 +102,22 @@ def plan_protos(selection: Selection) -> ProtoPlan:
     root = bus_settings.PRODUCER_ROOT
     relpaths = {naming.proto_relpath(selected.model): selected for selected in selection}
     previous = read_numbering(root, relpaths)
+    data_fields = read_data_fields(selection)
+    others = selected_messages(selected.model for selected in selection)
     files = {
         relpath: render_proto(
-            build_file(selected, previous.get(relpath), queries.get(selected.model))
+            add_actions(
+                build_file(
+                    selected,
+                    previous.get(relpath),
+                    queries.get(selected.model),
+                    data_fields.get(selected.model, ()),
+                ),
+                selected.model,
+                declarations.actions.get(selected.model),
+                previous.get(relpath),
+                others,
+            )
         )
         for relpath, selected in relpaths.items()
     }
