@@ -34,14 +34,19 @@ def read_numbering(root: Path, relpaths: Iterable[str]) -> dict[str, dict[str, N
 
 
 def _numbering(proto: descriptor_pb2.FileDescriptorProto) -> dict[str, Numbering]:
-    result = {}
-    for message in proto.message_type:
+    """Each message's numbering by name; a nested message's under its dotted name
+    (``BookData.AuthorDetail``), as the messages generated for nested serializers are."""
+    result: dict[str, Numbering] = {}
+    pending = [(message, message.name) for message in proto.message_type]
+    while pending:
+        message, name = pending.pop()
         reserved: set[int] = set()
         for span in message.reserved_range:  # `end` is exclusive in descriptors
             reserved.update(range(span.start, span.end))
-        result[message.name] = Numbering(
+        result[name] = Numbering(
             numbers={field.name: field.number for field in message.field},
             reserved_numbers=frozenset(reserved),
             reserved_names=frozenset(message.reserved_name),
         )
+        pending += [(nested, f"{name}.{nested.name}") for nested in message.nested_type]
     return result

@@ -8,8 +8,9 @@ number and name become ``reserved`` so they are never reused.
 from __future__ import annotations
 
 import textwrap
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from django.db import models
 from django.db.models.fields import NOT_PROVIDED, AutoFieldMixin
@@ -19,6 +20,9 @@ from django_grpc_bus.conversion import fieldtypes
 from django_grpc_bus.meta import ModelSelection, primary_key_fields
 from django_grpc_bus.protogen import naming
 from django_grpc_bus.protogen.query import ListQuery
+
+if TYPE_CHECKING:
+    from django_grpc_bus.protogen.declared_fields import DeclaredField
 
 EMPTY_IMPORT = "google/protobuf/empty.proto"
 FIELD_MASK_IMPORT = "google/protobuf/field_mask.proto"
@@ -67,10 +71,32 @@ class ProtoMessage(Commented):
     comment: str = ""
     reserved_numbers: tuple[int, ...] = ()
     reserved_names: tuple[str, ...] = ()
+    # Messages declared inside this one (for nested serializers), written before its fields.
+    nested: tuple[ProtoMessage, ...] = ()
 
     @property
     def reserved_numbers_text(self) -> str:
         return ", ".join(str(n) for n in self.reserved_numbers)
+
+    @property
+    def nested_lines(self) -> list[str]:
+        """The text of the nested messages, one line each, indented as inside this message."""
+        return [line for message in self.nested for line in message.lines()]
+
+    def lines(self) -> list[str]:
+        """This message as ``.proto`` lines (as the template writes top-level ones)."""
+        lines = [f"// {line}" for line in self.comment_lines]
+        lines.append(f"message {self.name} {{")
+        if self.reserved_numbers:
+            lines.append(f"  reserved {self.reserved_numbers_text};")
+        if self.reserved_names:
+            lines.append(f"  reserved {self.reserved_names_text};")
+        lines += [f"  {line}" for line in self.nested_lines]
+        for f in self.fields:
+            lines += [f"  // {line}" for line in f.comment_lines]
+            lines.append(f"  {f.label}{f.type} {f.name} = {f.number};")
+        lines.append("}")
+        return lines
 
     @property
     def reserved_names_text(self) -> str:
@@ -195,11 +221,14 @@ def build_file(
     selected: ModelSelection,
     previous: dict[str, Numbering] | None = None,
     query: ListQuery | None = None,
+    declared: Sequence[DeclaredField] = (),
 ) -> ProtoFile:
     """The complete description of `selected`'s ``.proto`` file.
 
     `query` is what the model's service declares for filtering, ordering and searching its
     rows (SPEC §8); each declared part adds its field to the List request, none adds nothing.
+    `declared` are the fields the service's serializer declares (SPEC §9): fields of the data
+    message, in place of a model field of the same name.
     """
     previous = previous or {}
     model = selected.model
@@ -220,8 +249,10 @@ def build_file(
         for p, f in zip(plans, selected.fields, strict=True)
         if (f in pk_fields or f.unique) and not p.repeated and not p.type.startswith(".")
     ]
+    data_message = _data_message(data, label, plans, declared, previous)
+    imports |= _declared_imports(declared)
     messages = (
-        number_fields(data, plans, previous, f"One {label} row: the fields exposed for it."),
+        data_message,
         number_fields(
             lookup,
             lookup_plans,
@@ -292,6 +323,55 @@ def build_file(
         service=name,
         rpcs=rpcs,
     )
+
+
+def _data_message(
+    data: str,
+    label: str,
+    plans: list[_FieldPlan],
+    declared: Sequence[DeclaredField],
+    previous: dict[str, Numbering],
+) -> ProtoMessage:
+    """``<Model>Data``: the model's fields, the serializer's declared fields, their messages."""
+    names = {d.name for d in declared}
+    plans = [plan for plan in plans if plan.name not in names] + [
+        _FieldPlan(d.name, d.type, d.optional, d.repeated, d.comment, set(d.imports))
+        for d in declared
+    ]
+    message = number_fields(data, plans, previous, f"One {label} row: the fields exposed for it.")
+    return replace(message, nested=_nested_messages(data, declared, previous))
+
+
+def _nested_messages(
+    scope: str, declared: Sequence[DeclaredField], previous: dict[str, Numbering]
+) -> tuple[ProtoMessage, ...]:
+    """The messages of the nested serializers among `declared`, numbered as any message (under
+    their dotted names, ``BookData.AuthorDetail``)."""
+    result: dict[str, ProtoMessage] = {}
+    for d in declared:
+        if d.nested is None:
+            continue
+        key = f"{scope}.{d.nested.name}"
+        if d.nested.name in result:
+            raise ValueError(f"Two declared fields of {scope} make the message {key}")
+        plans = [
+            _FieldPlan(f.name, f.type, f.optional, f.repeated, f.comment, set(f.imports))
+            for f in d.nested.fields
+        ]
+        message = number_fields(key, plans, previous, d.nested.comment)
+        result[d.nested.name] = replace(
+            message, name=d.nested.name, nested=_nested_messages(key, d.nested.fields, previous)
+        )
+    return tuple(result.values())
+
+
+def _declared_imports(declared: Sequence[DeclaredField]) -> set[str]:
+    found: set[str] = set()
+    for d in declared:
+        found |= d.imports
+        if d.nested is not None:
+            found |= _declared_imports(d.nested.fields)
+    return found
 
 
 def _list_request(
