@@ -44,3 +44,23 @@ class WatchEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model} {self.get_kind_display()} {self.object_pk} (#{self.id})"
+
+
+class SubscriptionCursor(models.Model):
+    """Where a durable consumer (``consumer.subscribe``) is: the last event it handled.
+
+    Written in the same transaction as the handler's own writes (``runconsumers``), so a
+    consumer that dies mid-handler is given that event again and its effects happen once.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    # The subscription's name (the handler's dotted path unless subscribe(name=...) says).
+    name = models.CharField(max_length=255, unique=True)
+    # The cursor of the last event handled: the subscription resumes after it. Empty: none yet.
+    cursor = models.TextField(blank=True, default="")
+    # The id of the last event handled, to skip the same event delivered again.
+    event_id = models.CharField(max_length=255, blank=True, default="")
+    updated = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.cursor or '(start)'}"
