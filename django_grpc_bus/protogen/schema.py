@@ -103,6 +103,10 @@ class ProtoMessage(Commented):
         return ", ".join(f'"{n}"' for n in self.reserved_names)
 
 
+# The reads' MethodOptions: clients may retry them (client/service_config.py).
+READ_ONLY = "idempotency_level = NO_SIDE_EFFECTS"
+
+
 @dataclass(frozen=True)
 class ProtoRpc(Commented):
     name: str
@@ -296,15 +300,17 @@ def build_file(
             f"{name}ListResponse",
             True,
             "Stream every row, in batches.",
+            options=(READ_ONLY,),
         ),
         ProtoRpc(
             "Count",
             f"{name}ListRequest",
             f"{name}CountResponse",
             comment="Count the rows List would stream for this request, without streaming them.",
+            options=(READ_ONLY,),
         ),
         ProtoRpc("Create", data, data, comment="Create a row; returns it as stored."),
-        ProtoRpc("Retrieve", lookup, data, comment="Read one row."),
+        ProtoRpc("Retrieve", lookup, data, comment="Read one row.", options=(READ_ONLY,)),
         ProtoRpc("Update", data, data, comment="Replace every field of one row."),
         ProtoRpc(
             "PartialUpdate",
