@@ -101,6 +101,12 @@ def grpc_action(
         if not isinstance(value, bool):
             raise TypeError(f"grpc_action({flag}=...) takes True or False, not {value!r}.")
 
+    if atomic and response_stream:
+        raise TypeError(
+            "grpc_action(atomic=True) applies to unary and client-streaming actions: a "
+            "transaction cannot stay open while responses are streamed."
+        )
+
     def decorate(method: F) -> F:
         name = getattr(method, "__name__", repr(method))
         spec = ActionSpec(

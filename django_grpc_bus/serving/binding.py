@@ -18,6 +18,7 @@ from django.core.exceptions import ImproperlyConfigured
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
+from django_grpc_bus.decorators import action_spec, service_actions
 from django_grpc_bus.identifiers import snake_case
 from django_grpc_bus.observability.call_observer import CallObserver
 from django_grpc_bus.serving.aio_calls import CallThreads, aio_behavior, is_async
@@ -119,21 +120,23 @@ def method_handlers(
     the handlers are grpc.aio's: sync code runs in `threads`, ``async def`` methods on the loop.
     """
     handlers = {}
+    _refuse_stale_actions(service_class, descriptor)
     for method in descriptor.methods:
         action = snake_case(method.name)
         response_class = message_factory.GetMessageClass(method.output_type)
+        implementation = getattr(service_class, action, None)
+        spec = action_spec(implementation)  # a @grpc_action may ask for a transaction itself
         route = Route(
             service_class=service_class,
             action=action,
             method=f"/{descriptor.full_name}/{method.name}",
             response_class=response_class,
-            atomic=action in service_class.atomic_actions,
+            atomic=action in service_class.atomic_actions or (spec is not None and spec.atomic),
             traffic=traffic,
             dev=dev,
             observer=observer,
         )
         kind = (method.client_streaming, method.server_streaming)
-        implementation = getattr(service_class, action, None)
         _refuse_async_misuse(service_class, action, implementation, route.atomic, threads)
         if threads is not None:
             behavior = aio_behavior(route, kind, implementation, threads)
@@ -147,6 +150,28 @@ def method_handlers(
             response_serializer=response_class.SerializeToString,
         )
     return handlers
+
+
+def _refuse_stale_actions(service_class: type, descriptor: ServiceDescriptor) -> None:
+    """Every ``@grpc_action`` is an RPC of the proto, of the kind it declares: else the
+    compiled proto predates the declarations."""
+    methods = {snake_case(method.name): method for method in descriptor.methods}
+    for spec in service_actions(service_class):
+        method = methods.get(spec.method)
+        name = f"{service_class.__qualname__}.{spec.method}"
+        if method is None:
+            problem = f"{descriptor.full_name} has no RPC for it"
+        elif (method.client_streaming, method.server_streaming) != (
+            spec.request_stream,
+            spec.response_stream,
+        ):
+            problem = f"{descriptor.full_name}.{method.name} is not {spec.kind} in the proto"
+        else:
+            continue
+        raise ImproperlyConfigured(
+            f"{name} is a @grpc_action, but {problem}. Run `manage.py generateproto` and "
+            "`manage.py generategrpc` after changing actions."
+        )
 
 
 def _refuse_async_misuse(

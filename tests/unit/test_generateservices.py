@@ -94,6 +94,15 @@ class BookService(ModelService):
     queryset = models.Book.objects.all()
     serializer_class = serializers.BookSerializer
 
+    # An RPC of your own beside the CRUD ones (an action: the docs' Actions page).
+    # Uncomment, import `from django_grpc_bus.decorators import grpc_action`, then
+    # run `manage.py generateproto` and `manage.py generategrpc`.
+    #
+    # @grpc_action(request=[("id", "int64")], response="BookData")
+    # def reread(self, request, context):
+    #     instance = self.get_queryset().get(pk=request.id)
+    #     return self.get_serializer_class().to_message(instance)
+
 
 class LabelService(ModelService):
     queryset = models.Label.objects.all()
