@@ -1,40 +1,35 @@
-"""Channels to a servlet: TLS, keepalive, round-robin over several hosts, and retries.
+"""Channels to a servlet: its target, TLS, keepalive, and gRPC's service config.
 
-Retrieve and List (idempotent) are retried on UNAVAILABLE through gRPC's own service-config
-retry policy; writes are never retried by the client. Interceptors: ``CLIENT_INTERCEPTORS``,
+The service config (``service_config.py``) balances a target of several backends round-robin
+with health checking, and retries reads and idempotent methods on UNAVAILABLE; writes are never
+retried by the client. Interceptors: ``CLIENT_INTERCEPTORS``,
 the servlet's own, then the client's tracing when OpenTelemetry is configured
 (``observability.channel_interceptors``).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
 from typing import Any, Literal, overload
 
 import grpc
 
 from django_grpc_bus.client.config import ServletConfig
+from django_grpc_bus.client.service_config import Services, service_config_json
 from django_grpc_bus.observability.channel_interceptors import channel_interceptors
 from django_grpc_bus.transport import read_pem
 
-IDEMPOTENT_METHODS = ("Retrieve", "List")
 KEEPALIVE = (
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 0),
     ("grpc.http2.max_pings_without_data", 0),
 )
-RETRY_POLICY = {
-    "maxAttempts": 4,
-    "initialBackoff": "0.1s",
-    "maxBackoff": "2s",
-    "backoffMultiplier": 2,
-    "retryableStatusCodes": ["UNAVAILABLE"],
-}
 
 
 def target_of(config: ServletConfig) -> str:
+    """The gRPC target URI of the servlet: its ``target``, or one built from host(s)."""
+    if config.target is not None:
+        return config.target
     if len(config.targets) == 1:
         host, port = config.targets[0]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -44,24 +39,14 @@ def target_of(config: ServletConfig) -> str:
     return f"{scheme}:{hosts}"
 
 
-def service_config(config: ServletConfig, services: Iterable[str]) -> str:
-    names = [{"service": s, "method": m} for s in sorted(services) for m in IDEMPOTENT_METHODS]
-    document: dict[str, Any] = {"methodConfig": []}
-    if names:
-        document["methodConfig"].append({"name": names, "retryPolicy": RETRY_POLICY})
-    if len(config.targets) > 1:
-        document["loadBalancingConfig"] = [{"round_robin": {}}]
-    return json.dumps(document)
-
-
-def channel_options(config: ServletConfig, services: Iterable[str] = ()) -> list[tuple[str, Any]]:
+def channel_options(config: ServletConfig, services: Services = ()) -> list[tuple[str, Any]]:
     return [
         *KEEPALIVE,
         # A channel of its own connections: after refresh() a new channel must not inherit
         # a failed connection to a server that has just restarted.
         ("grpc.use_local_subchannel_pool", 1),
         ("grpc.enable_retries", 1),
-        ("grpc.service_config", service_config(config, services)),
+        ("grpc.service_config", service_config_json(config, services)),
         *config.options,
     ]
 
@@ -93,14 +78,14 @@ def span_attributes(config: ServletConfig) -> dict[str, Any]:
 
 @overload
 def open_channel(
-    config: ServletConfig, services: Iterable[str] = (), aio: Literal[False] = False
+    config: ServletConfig, services: Services = (), aio: Literal[False] = False
 ) -> grpc.Channel: ...
 @overload
 def open_channel(
-    config: ServletConfig, services: Iterable[str] = (), *, aio: Literal[True]
+    config: ServletConfig, services: Services = (), *, aio: Literal[True]
 ) -> grpc.aio.Channel: ...
 def open_channel(
-    config: ServletConfig, services: Iterable[str] = (), aio: bool = False
+    config: ServletConfig, services: Services = (), aio: bool = False
 ) -> grpc.Channel | grpc.aio.Channel:
     """A new channel (``grpc.aio`` when `aio`) for `config`, with its interceptors."""
     target = target_of(config)

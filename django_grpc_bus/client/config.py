@@ -7,25 +7,39 @@ entry with a serious one, so the client never uses what the checks call an error
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from django_grpc_bus.client import targets
 from django_grpc_bus.client.exceptions import ServletMisconfigured
 from django_grpc_bus.conf import bus_settings
 from django_grpc_bus.identifiers import is_python_name
 from django_grpc_bus.transport import AddressError, parse_address, pem_file_problem
 
 SERVLET_KEYS = frozenset(
-    {"host", "port", "hosts", "timeout", "tls", "metadata", "options", "interceptors"}
+    {
+        "host",
+        "port",
+        "hosts",
+        "target",
+        "timeout",
+        "tls",
+        "metadata",
+        "options",
+        "interceptors",
+        "service_config",
+    }
 )
 SERVLET_TLS_KEYS = frozenset({"CA", "CERTIFICATE", "PRIVATE_KEY"})
 EXAMPLE = "Write {'host': '127.0.0.1', 'port': 50051}."
 
 # What a problem is about; `name` and `unknown key` are warnings, the others errors.
 NAME = "name"  # the servlet's name cannot be written registry.<name>
-ENTRY = "entry"  # not a dict; 'host' or 'port' missing; 'host' not a host
-ADDRESS = "address"  # 'port' or 'hosts' not valid
-SETTING = "setting"  # 'timeout', 'metadata', 'tls', 'options' or 'interceptors' not valid
+ENTRY = "entry"  # not a dict; 'host' or 'port' missing; 'host' not a host; 'target' and 'host'
+ADDRESS = "address"  # 'port', 'hosts' or 'target' not valid
+SETTING = "setting"  # 'timeout', 'metadata', 'tls', 'options', 'interceptors', 'service_config'
+
 UNKNOWN_KEY = "unknown key"  # a key that is no servlet setting (ignored)
 WARNINGS = frozenset({NAME, UNKNOWN_KEY})
 
@@ -69,7 +83,10 @@ def servlet_problems(name: Any, entry: Any) -> list[ServletProblem]:
         )
         return problems
     missing = [key for key in ("host", "port") if key not in entry]
-    if "hosts" in entry:
+    if "target" in entry:
+        missing = []
+        problems += _target_problems(where, entry)
+    elif "hosts" in entry:
         missing = []
         problems += _hosts_problems(where, entry["hosts"])
     problems += _setting_problems(where, entry)
@@ -142,8 +159,64 @@ def _hosts_problems(where: str, hosts: Any) -> list[ServletProblem]:
     ]
 
 
+def _target_problems(where: str, entry: dict[str, Any]) -> list[ServletProblem]:
+    problems: list[ServletProblem] = []
+    others = [key for key in ("host", "port", "hosts") if key in entry]
+    if others:
+        problems.append(
+            ServletProblem(
+                ENTRY,
+                "target",
+                f"{where} has 'target' and {' and '.join(repr(k) for k in others)}: give a "
+                "gRPC target, or 'host' and 'port', or 'hosts', not both.",
+                hint=f"Keep 'target' and remove {', '.join(repr(k) for k in others)}.",
+            )
+        )
+    problem = targets.target_problem(entry["target"])
+    if problem:
+        problems.append(
+            ServletProblem(
+                ADDRESS,
+                "target",
+                f"{where}['target'] is not a gRPC target URI: {problem}.",
+                hint=targets.EXAMPLE,
+            )
+        )
+    return problems
+
+
+def _service_config_problem(where: str, value: Any) -> ServletProblem | None:
+    if value is None:
+        return None
+    hint = (
+        "Write gRPC's service config as a dict, e.g. 'service_config': "
+        "{'loadBalancingConfig': [{'pick_first': {}}]}."
+    )
+    if not isinstance(value, dict):
+        return ServletProblem(
+            SETTING,
+            "service_config",
+            f"{where}['service_config'] must be a dict (gRPC's service config), "
+            f"not {type(value).__name__}.",
+            hint,
+        )
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        return ServletProblem(
+            SETTING,
+            "service_config",
+            f"{where}['service_config'] cannot be written as JSON: {exc}.",
+            hint,
+        )
+    return None
+
+
 def _setting_problems(where: str, entry: dict[str, Any]) -> list[ServletProblem]:
     problems: list[ServletProblem] = []
+    service_config_problem = _service_config_problem(where, entry.get("service_config"))
+    if service_config_problem:
+        problems.append(service_config_problem)
     timeout = entry.get("timeout")
     if timeout is not None and (
         isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
@@ -235,15 +308,19 @@ class ServletConfig:
     and client interceptors (as written: objects, classes or dotted paths)."""
 
     name: str
-    targets: tuple[tuple[str, int], ...]
+    targets: tuple[tuple[str, int], ...]  # host/port or hosts; () when `target` is given
     timeout: float | None = None
     tls: dict[str, Any] | None = None
     metadata: tuple[tuple[str, str], ...] = ()
     options: tuple[tuple[str, Any], ...] = field(default=())
     interceptors: tuple[Any, ...] = ()
+    target: str | None = None  # a gRPC target URI ('target'), resolved by gRPC
+    service_config: dict[str, Any] | None = None  # overrides the defaults (service_config.py)
 
     @property
     def address(self) -> str:
+        if self.target is not None:
+            return self.target
         return ", ".join(f"{host}:{port}" for host, port in self.targets)
 
     @classmethod
@@ -254,10 +331,13 @@ class ServletConfig:
             raise ServletMisconfigured(
                 f"{errors[0].message} Run `manage.py check` for every problem."
             )
-        hosts = entry.get("hosts") or [(entry["host"], entry["port"])]
+        target = entry.get("target")
+        hosts = [] if target is not None else entry.get("hosts") or [(entry["host"], entry["port"])]
         metadata = entry.get("metadata") or {}
         return cls(
             name=name,
+            target=target,
+            service_config=entry.get("service_config"),
             targets=tuple(_target(item) for item in hosts),
             timeout=entry.get("timeout", bus_settings.SERVICE_TIMEOUT),
             tls=entry.get("tls"),
