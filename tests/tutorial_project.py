@@ -1,4 +1,4 @@
-"""The tutorial's new project (docs/tutorial.md, README): its models, settings and manage.py.
+"""The tutorial's new project (docs/tutorial.md): its models, settings, consumer and manage.py.
 
 Shared by the tests that build a project with `django-admin startproject` as a new user does.
 """
@@ -45,6 +45,20 @@ MESSAGE_BUS = {
     "ROOT_HANDLERS_HOOK": "handlers.handler",
     "SERVICE_META": BASE_DIR / "service_meta.yaml",
 }
+"""
+
+# The tutorial's consumer snippet, run as is by tests/e2e/test_walkthrough.py.
+CONSUMER_SNIPPET = """
+from django_grpc_bus.client.registry import registry
+
+author = registry.library.Author.create({"name": "Ursula K. Le Guin"})
+book = registry.library.Book.create(
+    {"title": "The Dispossessed", "author": author["id"], "price": "12.50"}
+)
+registry.library.Book.partial_update({"data": {"id": book["id"], "price": "9.99"},
+                                      "update_mask": ["price"]})
+for row in registry.library.Book.list():      # a generator of dicts
+    print(row["title"], row["price"])
 """
 
 

@@ -43,7 +43,7 @@ pytestmark = [
     pytest.mark.skipif(
         ON_POSTGRES,
         reason="each open List holds a database connection of its own: more streams than "
-        "PostgreSQL's max_connections (README, Asyncio serving)",
+        "PostgreSQL's max_connections (docs/asyncio.md)",
     ),
 ]
 

@@ -1,7 +1,7 @@
 """What a NEW user can trust, end to end, in a fresh `django-admin startproject` (issue "Trust").
 
 Django's default settings (SQLite, no DATABASES OPTIONS), with nothing added but INSTALLED_APPS
-and MESSAGE_BUS as the README's tutorial shows; every command runs through manage.py, every
+and MESSAGE_BUS as docs/tutorial.md shows; every command runs through manage.py, every
 server is a real `rungrpcserver` process (stopped by PID), every client the registry.
 
 1. A model field added after scaffolding is stored and returned once regenerated: the
@@ -87,7 +87,7 @@ def run_threads(count: int, work: Callable[[int], None], timeout: float = 60) ->
 def status_of(call: Callable[[], Any]) -> tuple[grpc.StatusCode, Any]:
     try:
         return grpc.StatusCode.OK, call()
-    except grpc.RpcError as exc:  # README: a CallError is one
+    except grpc.RpcError as exc:  # docs/client.md: a CallError is one
         return exc.code(), exc.details()
 
 
@@ -452,7 +452,7 @@ def test_two_worker_processes_write_without_errors(project, settings):
 
 SHUTTING_DOWN = "The server is shutting down"
 # A call the client starts this close to the signal may reach the server after its drain began:
-# it is refused (UNAVAILABLE "shutting down", nothing written), as README "Shutdown" says.
+# it is refused (UNAVAILABLE "shutting down", nothing written), as "Shutdown" says (docs).
 SIGNAL_RACE = 0.1  # seconds
 
 
@@ -486,7 +486,7 @@ def writers_through_sigterm(
             try:
                 shop.Customer.create({"email": email}, timeout=CALL_TIMEOUT)
                 code, details = grpc.StatusCode.OK, ""
-            except grpc.RpcError as exc:  # README: a CallError is one
+            except grpc.RpcError as exc:  # docs/client.md: a CallError is one
                 code, details = exc.code(), exc.details()
             with guard:
                 outcomes.append(Outcome(started, code, details, email))
@@ -537,7 +537,7 @@ def test_writers_through_sigterm_lose_nothing(project):
     acknowledged = {o.email for o in outcomes if o.code is grpc.StatusCode.OK}
     stored = {email for email, _ in customers(project, "sigterm-%").values()}
     assert acknowledged <= stored, sorted(acknowledged - stored)[:5]
-    # README (Shutdown): a client that saw a failure finds nothing of it in the database.
+    # docs, Shutdown: a client that saw a failure finds nothing of it in the database.
     assert stored <= acknowledged, sorted(stored - acknowledged)[:5]
 
 
@@ -551,12 +551,12 @@ class CallsCancelled(AssertionError):
     raises=CallsCancelled,
     reason="BUG (issue 18): writers through SIGTERM: a call arriving as the drain ends gets "
     "CANCELLED (details 'CANCELLED') instead of UNAVAILABLE 'The server is shutting down'; "
-    "not retryable, and README 'Shutdown' says new calls get UNAVAILABLE. grpc core "
+    "not retryable, and docs/operations.md 'Shutdown' says new calls get UNAVAILABLE. grpc core "
     "cancels calls it received but never matched to a handler when server.stop() begins "
     "(grpc/grpc#41785, fix proposed in grpc/grpc#41786)",
 )
 def test_no_call_is_cancelled_by_sigterm(project):
-    """README "Shutdown": new calls get UNAVAILABLE (retryable elsewhere), calls in flight
+    """docs, "Shutdown": new calls get UNAVAILABLE (retryable elsewhere), calls in flight
     finish; SPEC §13: none CANCELLED. 30 writers, up to 3 SIGTERMs: no call ends CANCELLED."""
     cancelled: list[Outcome] = []
     for round_ in range(3):

@@ -251,6 +251,6 @@ def test_soak(fresh_database):
     assert growth < MAX_RSS_GROWTH, f"RSS grew {growth:.1%}: {[s[1] for s in samples]}"
     if ON_POSTGRES:
         # A connection per server thread; on the asyncio server also one per stream open at
-        # once, up to MAX_WORKERS kept between streams (README, Asyncio serving).
+        # once, up to MAX_WORKERS kept between streams (docs/asyncio.md).
         streams = max(MAX_WORKERS, tally.most_listing) if bus_settings.ASYNCIO else 0
         assert peak_connections <= MAX_WORKERS + streams + 1, [s[2] for s in samples]

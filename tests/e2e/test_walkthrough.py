@@ -17,23 +17,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from tutorial_project import CLEAN_ENV, LIBRARY_MODELS, SETTINGS_TAIL, SHOP_MODELS, manage
+from tutorial_project import (
+    CLEAN_ENV,
+    CONSUMER_SNIPPET,
+    LIBRARY_MODELS,
+    SETTINGS_TAIL,
+    SHOP_MODELS,
+    manage,
+)
 
 from django_grpc_bus.testing import ServerProcess
-
-# The consumer snippet of the README's tutorial, run as is.
-README_CONSUMER = """
-from django_grpc_bus.client.registry import registry
-
-author = registry.library.Author.create({"name": "Ursula K. Le Guin"})
-book = registry.library.Book.create(
-    {"title": "The Dispossessed", "author": author["id"], "price": "12.50"}
-)
-registry.library.Book.partial_update({"data": {"id": book["id"], "price": "9.99"},
-                                      "update_mask": ["price"]})
-for row in registry.library.Book.list():      # a generator of dicts
-    print(row["title"], row["price"])
-"""
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +118,7 @@ def test_seed_steps_then_serve_and_call_through_reflection(new_project):
                 create_customer(customer_request(email="a@example.com"), timeout=5)
             assert duplicate.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
-        # The README's consumer: a second project, SERVLETS, and the registry snippet verbatim.
+        # The tutorial's consumer: a second project, SERVLETS, and the registry snippet verbatim.
         consumer = project.parent / f"{project.name}-consumer"
         consumer.mkdir()
         subprocess.run(
@@ -141,7 +134,7 @@ def test_seed_steps_then_serve_and_call_through_reflection(new_project):
             + 'MESSAGE_BUS = {"SERVLETS": {"library": {"host": "127.0.0.1", "port": '
             + f"{server.port}}}}}}}\n"
         )
-        printed = manage(consumer, "shell", "-c", README_CONSUMER).stdout
+        printed = manage(consumer, "shell", "-c", CONSUMER_SNIPPET).stdout
         assert "The Dispossessed 12.50" in printed
         assert "The Dispossessed 9.99" in printed
         assert server.stop() == 0
