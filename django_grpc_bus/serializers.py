@@ -21,6 +21,7 @@ from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from rest_framework import serializers
 
+from django_grpc_bus import validation_plan
 from django_grpc_bus.conversion import fieldtypes, messages, scalars, wellknown
 
 if TYPE_CHECKING:
@@ -453,6 +454,45 @@ class ModelProtoSerializer(ProtoSerializerMixin, serializers.ModelSerializer):
         models.FileField: FileNameField,
         models.ImageField: FileNameField,
     }
+
+    def to_internal_value(self, data: Any) -> Any:
+        """DRF's, through the class's validation plan where it applies (``validation_plan``)."""
+        if type(data) is dict and self._planned():
+            return validation_plan.plan_for(type(self)).to_internal_value(self, data)
+        return super().to_internal_value(data)
+
+    def run_validators(self, value: Any) -> None:
+        if self._planned() and not validation_plan.plan_for(type(self)).checks_whole:
+            return  # no validators, no read-only defaults: DRF's would build every field
+        super().run_validators(value)
+
+    def create(self, validated_data: Any) -> Any:
+        """DRF's ``ModelSerializer.create``; where the plan knows no field can be a nested or
+        to-many write, without its per-call checks for those (which build every field)."""
+        if not (self._planned() and validation_plan.plan_for(type(self)).plain_create):
+            return super().create(validated_data)
+        manager = self.Meta.model._default_manager
+        try:
+            return manager.create(**validated_data)
+        except TypeError as exc:  # DRF's message, as its create() gives it
+            raise TypeError(
+                f"Got a `TypeError` when calling `{self.Meta.model.__name__}.{manager.name}"
+                f".create()`. This may be because you have a writable field on the serializer "
+                f"class that is not a valid argument to `{self.Meta.model.__name__}."
+                f"{manager.name}.create()`. You may need to make the field read-only, or "
+                f"override the {type(self).__name__}.create() method to handle this "
+                f"correctly.\nOriginal exception was:\n {exc}"
+            ) from exc
+
+    def _planned(self) -> bool:
+        """Whether this call may use the plan: fields built once per class, not partial."""
+        cls = type(self)
+        return (
+            cls.cache_fields
+            and not self.partial
+            and cls.get_fields is ProtoSerializerMixin.get_fields
+            and cls.get_validators is ProtoSerializerMixin.get_validators
+        )
 
     def get_field_names(
         self, declared_fields: Mapping[str, serializers.Field], info: FieldInfo
