@@ -1,7 +1,7 @@
 """A small in-process Watch server built from the Watch contract's messages (SPEC §11).
 
 It stands in for a producer so the client's reconnect and resume logic can be proven on its
-own: ``FakeWatchServer`` serves ``fakebus.BookService/Watch`` with reflection on a fixed
+own: ``FakeWatchServer`` serves ``fakebus.Book/Watch`` with reflection on a fixed
 port, can be stopped and started again on that port (the event log survives), and records the
 ``since`` and ``snapshot`` of every call it receives. Cursors are the log positions as strings.
 """
@@ -59,8 +59,13 @@ message BookEvent {
   string id = 6;
 }
 
-service BookService {
+service Book {
   rpc Watch(BookWatchRequest) returns (stream BookEvent);
+}
+
+// A model served without Watch.
+service Author {
+  rpc Retrieve(BookData) returns (BookData);
 }
 """
 
@@ -130,9 +135,9 @@ class FakeWatchServer:
     def start(self) -> FakeWatchServer:
         self.stopping.clear()
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-        self.pb2_grpc.add_BookServiceServicer_to_server(Servicer(self), server)
+        self.pb2_grpc.add_BookServicer_to_server(Servicer(self), server)
         reflection.enable_server_reflection(
-            ("fakebus.BookService", reflection.SERVICE_NAME), server
+            ("fakebus.Book", "fakebus.Author", reflection.SERVICE_NAME), server
         )
         assert server.add_insecure_port(f"127.0.0.1:{self.port}") == self.port
         server.start()
