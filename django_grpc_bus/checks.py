@@ -75,6 +75,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             )
     if "SERVLETS" not in invalid:
         errors += _check_servlets(user.get("SERVLETS", {}))
+    if "WATCH_RECONNECT" in user and "WATCH_RECONNECT" not in invalid:
+        errors += _check_watch_reconnect(user["WATCH_RECONNECT"])
     if not invalid & PATH_SETTINGS:
         errors += _check_paths()
     errors += _check_server_settings(user, invalid)
@@ -196,6 +198,23 @@ def _pem_file_errors(where: str, paths: dict[str, Any], check_id: str) -> list[C
         if problem:
             errors.append(Error(f"{where}[{key!r}] {problem}", id=check_id))
     return errors
+
+
+def _check_watch_reconnect(value: Any) -> list[CheckMessage]:
+    """The client's watch backoff (client.watch.Reconnect)."""
+    from django_grpc_bus.client.watch import reconnect_problem
+
+    problem = reconnect_problem(value)
+    if problem is None:
+        return []
+    return [
+        Error(
+            f"{SETTING}['WATCH_RECONNECT'] {problem}",
+            hint="Write e.g. {'initial': 0.1, 'maximum': 10.0, 'multiplier': 2.0, "
+            "'jitter': 0.5, 'attempts': None}.",
+            id="django_grpc_bus.E035",
+        )
+    ]
 
 
 def _check_servlets(servlets: dict[str, Any]) -> list[CheckMessage]:

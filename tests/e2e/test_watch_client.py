@@ -58,7 +58,7 @@ def test_events_are_dicts_like_every_registry_result(fake):
     fake.change("CREATED", 1, "Dune")
     fake.change("UPDATED", 1, "Dune II")
     fake.change("DELETED", 1)
-    events = registry.fake.BookService.watch({"since": "0"}, reconnect=FAST)
+    events = registry.fake.Book.watch({"since": "0"}, reconnect=FAST)
     created, updated, deleted = take(events, 3)
     events.close()
     assert created["type"] == "CREATED" and created["data"] == {"id": 1, "title": "Dune"}
@@ -72,7 +72,7 @@ def test_events_are_dicts_like_every_registry_result(fake):
 def test_snapshot_then_changes_with_filter(fake):
     fake.change("CREATED", 1, "Dune")
     fake.change("CREATED", 2, "Emma")
-    events = registry.fake.BookService.watch(
+    events = registry.fake.Book.watch(
         {"filter": {"title": "Dune"}, "snapshot": True}, reconnect=FAST
     )
     row, complete = take(events, 2)
@@ -88,7 +88,7 @@ def test_snapshot_then_changes_with_filter(fake):
 def test_restart_mid_stream_resumes_from_the_last_cursor_yielded(fake):
     for book in range(1, 4):
         fake.change("CREATED", book, f"b{book}")
-    events = registry.fake.BookService.watch({"since": "0"}, reconnect=FAST)
+    events = registry.fake.Book.watch({"since": "0"}, reconnect=FAST)
     first = take(events, 3)
     fake.stop()
     # Changes while the server is down are kept in its log, as an outbox keeps them.
@@ -115,7 +115,7 @@ def test_restart_mid_stream_resumes_from_the_last_cursor_yielded(fake):
 
 def test_snapshot_cut_short_is_asked_for_again(fake, watch_modules):
     pb2, _ = watch_modules
-    method = registry.fake.BookService.watch
+    method = registry.fake.Book.watch
     state = WatchState(method, {"snapshot": True, "filter": {"title": "x"}}, FAST)
     state.event(pb2.BookEvent(type="CREATED", data={"id": 1}, cursor="7"))
     again = state.request()
@@ -129,17 +129,17 @@ def test_snapshot_cut_short_is_asked_for_again(fake, watch_modules):
 def test_out_of_range_and_bad_cursor_raise_the_registry_errors(fake):
     fake.pruned = 5
     with pytest.raises(CallError) as info:
-        next(registry.fake.BookService.watch({"since": "2"}, reconnect=FAST))
+        next(registry.fake.Book.watch({"since": "2"}, reconnect=FAST))
     assert info.value.code() == grpc.StatusCode.OUT_OF_RANGE
     assert "since" in info.value.details()
     with pytest.raises(CallError) as info:
-        next(registry.fake.BookService.watch({"since": "nope"}, reconnect=FAST))
+        next(registry.fake.Book.watch({"since": "nope"}, reconnect=FAST))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert len(fake.calls) == 2, "only UNAVAILABLE is retried"
 
 
 def test_spent_attempts_raise_unavailable(fake):
-    events = registry.fake.BookService.watch(
+    events = registry.fake.Book.watch(
         {"since": "0"}, reconnect=Reconnect(initial=0.01, maximum=0.02, attempts=2)
     )
     fake.change("CREATED", 1, "a")
@@ -153,14 +153,14 @@ def test_spent_attempts_raise_unavailable(fake):
 
 
 def test_a_bad_request_fails_before_any_call(fake):
-    with pytest.raises(ClientError, match=r"fakebus\.BookService\.Watch"):
-        registry.fake.BookService.watch({"nope": 1})
+    with pytest.raises(ClientError, match=r"fakebus\.Book\.Watch"):
+        registry.fake.Book.watch({"nope": 1})
     assert fake.calls == []
 
 
 def test_closing_the_generator_cancels_the_call(fake):
     fake.change("CREATED", 1, "a")
-    events = registry.fake.BookService.watch({"since": "0"}, reconnect=FAST)
+    events = registry.fake.Book.watch({"since": "0"}, reconnect=FAST)
     take(events, 1)
     events.close()
     # The servicer's loop ends once its context is no longer active (the call cancelled).
@@ -203,7 +203,7 @@ def test_aregistry_watch_resumes_after_a_restart(fake):
 
     async def run() -> list[str]:
         seen: list[str] = []
-        events = aregistry.fake.BookService.watch({"since": "0"}, reconnect=FAST).__aiter__()
+        events = aregistry.fake.Book.watch({"since": "0"}, reconnect=FAST).__aiter__()
         try:
             seen.append((await events.__anext__())["cursor"])
             seen.append((await events.__anext__())["cursor"])
@@ -224,7 +224,7 @@ def test_aregistry_watch_resumes_after_a_restart(fake):
 def test_awaiting_an_async_watch_is_refused(fake):
     async def run() -> None:
         try:
-            await aregistry.fake.BookService.watch({"since": "0"})
+            await aregistry.fake.Book.watch({"since": "0"})
         finally:
             await aregistry.aclose()
 
@@ -234,7 +234,7 @@ def test_awaiting_an_async_watch_is_refused(fake):
 
 def test_stop_from_another_thread_ends_a_waiting_watch(fake):
     fake.change("CREATED", 1, "a")
-    events = registry.fake.BookService.watch({"since": "0"}, reconnect=FAST)
+    events = registry.fake.Book.watch({"since": "0"}, reconnect=FAST)
     take(events, 1)
     timer = threading.Timer(0.3, events.stop)
     timer.start()
@@ -246,7 +246,7 @@ def test_stop_from_another_thread_ends_a_waiting_watch(fake):
 
 
 def test_stop_ends_the_wait_between_calls(fake):
-    events = registry.fake.BookService.watch(
+    events = registry.fake.Book.watch(
         {"since": "0"}, reconnect=Reconnect(initial=30, maximum=30, jitter=0)
     )
     fake.change("CREATED", 1, "a")
@@ -257,3 +257,13 @@ def test_stop_ends_the_wait_between_calls(fake):
     with pytest.raises(StopIteration):
         next(events)
     assert time.monotonic() - started < 5, "stop() must not wait out a 30 s backoff"
+
+
+def test_manage_py_check_names_a_bad_watch_reconnect(settings):
+    from django_grpc_bus.checks import check_settings
+
+    settings.MESSAGE_BUS = {**settings.MESSAGE_BUS, "WATCH_RECONNECT": {"maximum": -1}}
+    (error,) = [e for e in check_settings() if e.id == "django_grpc_bus.E035"]
+    assert "MESSAGE_BUS['WATCH_RECONNECT'] 'maximum' must be a number of at least 0" in error.msg
+    settings.MESSAGE_BUS = {**settings.MESSAGE_BUS, "WATCH_RECONNECT": {"attempts": 3}}
+    assert not [e for e in check_settings() if e.id == "django_grpc_bus.E035"]
