@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import io
+import json
 import threading
 import time
 
@@ -267,3 +269,24 @@ def test_manage_py_check_names_a_bad_watch_reconnect(settings):
     assert "MESSAGE_BUS['WATCH_RECONNECT'] 'maximum' must be a number of at least 0" in error.msg
     settings.MESSAGE_BUS = {**settings.MESSAGE_BUS, "WATCH_RECONNECT": {"attempts": 3}}
     assert not [e for e in check_settings() if e.id == "django_grpc_bus.E035"]
+
+
+def test_grpclist_shows_watch_and_grpccall_prints_events_up_to_max(fake):
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    fake.change("CREATED", 1, "Dune")
+    fake.change("UPDATED", 1, "Dune II")
+    fake.change("DELETED", 1)
+    out = io.StringIO()
+    call_command("grpclist", "fake", "fakebus.Book", stdout=out)
+    assert "watch" in out.getvalue().lower() and "since" in out.getvalue()
+    out = io.StringIO()
+    call_command(
+        "grpccall", "fake", "fakebus.Book.watch", '{"since": "1"}', "--max", "2", stdout=out
+    )
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(e["type"], e["cursor"]) for e in lines] == [("UPDATED", "2"), ("DELETED", "3")]
+    assert lines[0]["changed"] == ["title"] and lines[0]["time"].endswith("+00:00")
+    with pytest.raises(CommandError, match="--max must be at least 1"):
+        call_command("grpccall", "fake", "fakebus.Book.watch", "--max", "0")

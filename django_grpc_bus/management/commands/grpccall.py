@@ -44,6 +44,13 @@ class Command(BusCommand):
             help="a List: N rows, then the next_page_token on stderr (sets page_size)",
         )
         parser.add_argument(
+            "--max",
+            type=int,
+            metavar="N",
+            dest="max_messages",
+            help="a stream: stop after N messages (a Watch streams until stopped)",
+        )
+        parser.add_argument(
             "--page-token",
             metavar="TOKEN",
             help="a List: the page after the one that gave TOKEN (sets page_token)",
@@ -68,6 +75,9 @@ class Command(BusCommand):
         except json.JSONDecodeError as exc:
             raise CommandError(f"The request is not JSON: {exc}") from None
         payload = with_page(payload, options["page_size"], options["page_token"])
+        max_messages = options["max_messages"]
+        if max_messages is not None and max_messages < 1:
+            raise CommandError("--max must be at least 1.")
         pairs = []
         for item in metadata:
             key, sep, value = item.partition("=")
@@ -89,8 +99,15 @@ class Command(BusCommand):
                 # Not in the error style: it is the page's result, for the next call.
                 self.stderr.write(dumps({"next_page_token": token}), style_func=str)
             elif rpc.server_streaming:
-                for row in rpc(payload, **call_options):
-                    self.stdout.write(dumps(row, indent))
+                rows = rpc(payload, **call_options)
+                try:
+                    for count, row in enumerate(rows, 1):
+                        self.stdout.write(dumps(row, indent))
+                        self.stdout.flush()  # a Watch's events as they come
+                        if count == max_messages:
+                            break
+                finally:
+                    rows.close()  # cancels the call
             else:
                 result = rpc(payload, **call_options)
                 if rpc.unwraps:  # the registry gives a Count's number; print the message
