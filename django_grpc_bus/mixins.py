@@ -12,7 +12,7 @@ from asgiref.sync import async_to_sync
 from django.db import models
 from google.protobuf import empty_pb2
 
-from django_grpc_bus import pagination, update_mask
+from django_grpc_bus import pagination, row_reads, update_mask
 
 if TYPE_CHECKING:
     from django_grpc_bus.generics import GenericService
@@ -62,6 +62,9 @@ class RetrieveModelMixin(_Service):
     """Read the row the request names."""
 
     def retrieve(self, request: Any, context: grpc.ServicerContext) -> Any:
+        message = row_reads.retrieve_message(self)  # None: not a plain-columns service
+        if message is not None:
+            return message
         return self.get_serializer_class().to_message(self.get_object())
 
 

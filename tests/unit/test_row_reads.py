@@ -1,0 +1,188 @@
+"""Retrieve read from row values (django_grpc_bus.row_reads) gives the message get_object gives."""
+
+from __future__ import annotations
+
+import importlib
+import uuid
+
+import grpc
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from rest_framework import permissions
+from rest_framework import serializers as drf_serializers
+
+from django_grpc_bus import row_reads
+from django_grpc_bus.errors import GrpcError
+from django_grpc_bus.generics import RetrieveService
+from django_grpc_bus.serializers import ModelProtoSerializer
+
+from .fakes import FakeContext
+from .test_serializers import make_everything
+
+
+@pytest.fixture
+def classes(compiled):
+    """A column-only serializer and an open Retrieve service of catalog.Everything and Token."""
+    from catalog import models
+
+    everything_pb2 = importlib.import_module("generated_grpc.grpc.Everything_pb2")
+    token_pb2 = importlib.import_module("generated_grpc.grpc.Token_pb2")
+
+    class Columns(ModelProtoSerializer):
+        class Meta:
+            model = models.Everything
+            proto_class = everything_pb2.EverythingData
+            exclude = ["tags"]  # many-to-many: not a column
+
+    class Everything(RetrieveService):
+        queryset = models.Everything.objects.all()
+        serializer_class = Columns
+        authentication_classes: list[type] = []
+        permission_classes: list[type] = []
+
+    class TokenSerializer(ModelProtoSerializer):
+        class Meta:
+            model = models.Token
+            proto_class = token_pb2.TokenData
+
+    class Tokens(RetrieveService):
+        queryset = models.Token.objects.all()
+        serializer_class = TokenSerializer
+        authentication_classes: list[type] = []
+        permission_classes: list[type] = []
+
+    return type(
+        "Classes",
+        (),
+        {
+            "Columns": Columns,
+            "Everything": Everything,
+            "Tokens": Tokens,
+            "models": models,
+            "everything_pb2": everything_pb2,
+            "token_pb2": token_pb2,
+        },
+    )
+
+
+def service(service_class, request):
+    return service_class(
+        request=request, context=FakeContext(), action="retrieve", response_class=None
+    )
+
+
+def both_ways(service_class, request):
+    """(message read from the row, message of get_object()) for one request."""
+    from_row = row_reads.retrieve_message(service(service_class, request))
+    usual = service(service_class, request)
+    return from_row, usual.get_serializer_class().to_message(usual.get_object())
+
+
+@pytest.mark.django_db
+def test_the_row_gives_the_message_get_object_gives(classes):
+    row = make_everything()
+    variants = [
+        {},
+        {"f_null_int": None, "f_null_char": None, "f_null_decimal": None, "f_char": "é\U0001f600"},
+        {"f_decimal": "-0.0000000001", "f_float": -0.0, "f_null_datetime": None},
+    ]
+    everything = classes.models.Everything.objects
+    request = classes.everything_pb2.EverythingLookupRequest(id=row.pk)
+    for changes in variants:
+        everything.filter(pk=row.pk).update(**changes)
+        from_row, usual = both_ways(classes.Everything, request)
+        assert from_row is not None
+        assert from_row == usual
+        assert from_row.SerializeToString(deterministic=True) == usual.SerializeToString(
+            deterministic=True
+        )
+
+
+@pytest.mark.django_db
+def test_a_uuid_key_given_as_text_finds_its_row(classes):
+    token = classes.models.Token.objects.create(label="t")
+    request = classes.token_pb2.TokenLookupRequest(key=str(token.key))
+    from_row, usual = both_ways(classes.Tokens, request)
+    assert from_row is not None and from_row == usual
+    assert from_row.key == str(token.key)
+
+
+@pytest.mark.django_db
+def test_one_query_as_get_object_makes(classes):
+    row = make_everything()
+    request = classes.everything_pb2.EverythingLookupRequest(id=row.pk)
+    row_reads.retrieve_message(service(classes.Everything, request))  # compiled on first use
+    with CaptureQueriesContext(connection) as queries:
+        assert row_reads.retrieve_message(service(classes.Everything, request)) is not None
+    assert len(queries) == 1
+
+
+@pytest.mark.django_db
+def test_a_missing_row_is_not_found_with_get_objects_message(classes):
+    request = classes.token_pb2.TokenLookupRequest(key=str(uuid.UUID(int=7)))
+    with pytest.raises(GrpcError) as from_row:
+        row_reads.retrieve_message(service(classes.Tokens, request))
+    with pytest.raises(GrpcError) as usual:
+        service(classes.Tokens, request).get_object()
+    assert from_row.value.code == usual.value.code == grpc.StatusCode.NOT_FOUND
+    assert str(from_row.value) == str(usual.value)
+
+
+@pytest.mark.django_db
+def test_a_value_that_is_no_key_goes_the_usual_way(classes):
+    request = classes.token_pb2.TokenLookupRequest(key="not a uuid")
+    assert row_reads.retrieve_message(service(classes.Tokens, request)) is None
+
+
+@pytest.mark.django_db
+def test_a_lookup_through_a_relation_goes_the_usual_way(classes):
+    row = make_everything()
+    request = classes.everything_pb2.EverythingLookupRequest(token=str(row.token_id))
+    assert row_reads.retrieve_message(service(classes.Everything, request)) is None
+
+
+def test_the_users_hooks_declared_fields_and_filters_switch_it_off(classes):
+    base = classes.Everything
+    assert row_reads.row_readable(base, base.serializer_class)
+
+    class OwnQueryset(base):
+        def get_queryset(self):
+            return super().get_queryset()
+
+    class OwnObject(base):
+        def get_object(self, message=None):
+            return super().get_object(message)
+
+    class Filtered(base):
+        queryset = classes.models.Everything.objects.filter(f_bool=True)
+
+    class Declared(classes.Columns):
+        f_char = drf_serializers.CharField()
+
+    class DeclaredService(base):
+        serializer_class = Declared
+
+    class Represented(classes.Columns):
+        def to_representation(self, instance):
+            return super().to_representation(instance)
+
+    class RepresentedService(base):
+        serializer_class = Represented
+
+    for service_class in (OwnQueryset, OwnObject, Filtered, DeclaredService, RepresentedService):
+        assert not row_reads.row_readable(service_class, service_class.serializer_class)
+
+
+@pytest.mark.django_db
+def test_object_permissions_need_the_instance(classes):
+    class Checked(permissions.BasePermission):
+        def has_object_permission(self, request, view, obj):
+            return True
+
+    class Guarded(classes.Everything):
+        permission_classes = [Checked]
+
+    row = make_everything()
+    request = classes.everything_pb2.EverythingLookupRequest(id=row.pk)
+    assert row_reads.retrieve_message(service(Guarded, request)) is None
