@@ -24,7 +24,7 @@ import asyncio
 import logging
 import random
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -140,7 +140,7 @@ class WatchState:
 
     def request(self) -> Any:
         """The original request, resuming from the last cursor once no snapshot is pending."""
-        message = self.rpc.request_class()
+        message: Any = self.rpc.request_class()
         message.CopyFrom(self.original)
         if not self.in_snapshot:
             message.since = self.cursor
@@ -199,7 +199,7 @@ class Watch(Iterator[dict[str, Any]]):
         self._options = options
         self._stopped = threading.Event()
         self._call: Any = None
-        self._events = self._follow()
+        self._events: Generator[dict[str, Any], None, None] = self._follow()
 
     @property
     def cursor(self) -> str:
@@ -217,7 +217,7 @@ class Watch(Iterator[dict[str, Any]]):
         if call is not None:
             call.cancel()
 
-    def _follow(self) -> Iterator[dict[str, Any]]:
+    def _follow(self) -> Generator[dict[str, Any], None, None]:
         state = self.state
         while not self._stopped.is_set():
             call = self._call = self._multicallable()(state.request(), **self._options)
@@ -240,7 +240,7 @@ class Watch(Iterator[dict[str, Any]]):
 
 async def afollow(
     state: WatchState, multicallable: Callable[[], Any], options: dict[str, Any]
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     """``Watch`` for ``grpc.aio``: an async generator; closing it cancels the call."""
     while True:
         call = multicallable()(state.request(), **options)
