@@ -12,7 +12,7 @@ from asgiref.sync import async_to_sync
 from django.db import models
 from google.protobuf import empty_pb2
 
-from django_grpc_bus import pagination, row_reads, update_mask
+from django_grpc_bus import pagination, row_reads, update_mask, validation_plan
 
 if TYPE_CHECKING:
     from django_grpc_bus.generics import GenericService
@@ -27,12 +27,25 @@ else:
 class CreateModelMixin(_Service):
     """Create a row from the request message."""
 
+    _validated: ProtoSerializerMixin | None = None
+
     def create(self, request: Any, context: grpc.ServicerContext) -> Any:
+        serializer = self._validated or self.validated_serializer(request)
+        call_hook(self.perform_create, serializer)
+        return saved_message(serializer)
+
+    def validated_serializer(self, request: Any) -> ProtoSerializerMixin:
         data = self.get_serializer_class().data_from_message(request)
         serializer = self.get_serializer(data=data)
         serializer.is_valid(raise_exception=True)
-        call_hook(self.perform_create, serializer)
-        return saved_message(serializer)
+        return serializer
+
+    def before_transaction(self) -> None:
+        """Validate a Create before its transaction (on SQLite, before queueing for the write
+        lock) where the validation reads nothing from the database (``reads_database``)."""
+        if self.action == "create" and type(self).create is CreateModelMixin.create:
+            if not validation_plan.reads_database(self.get_serializer_class()):
+                self._validated = self.validated_serializer(self.request)
 
     def perform_create(self, serializer: ProtoSerializerMixin) -> None:
         serializer.save()

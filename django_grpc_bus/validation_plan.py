@@ -228,3 +228,28 @@ def plan_for(serializer_class: type[serializers.Serializer[Any]]) -> ValidationP
                 plan = ValidationPlan(serializer_class())
                 serializer_class._validation_plan = plan  # type: ignore[attr-defined]
     return plan
+
+
+def reads_database(serializer_class: type[serializers.Serializer[Any]]) -> bool:
+    """Whether validating `serializer_class` may read the database, or might: a relation's
+    existence, a unique check, a validator of the serializer's own, a ``validate`` or
+    ``validate_<field>`` of the user's (which may query). Such validation runs inside the write
+    transaction, so that what it read still holds when the row is written."""
+    cached = serializer_class.__dict__.get("_reads_database")
+    if cached is not None:
+        return cached
+    serializer = serializer_class()
+    writable = [field for field in serializer.fields.values() if not field.read_only]
+    reads = (
+        bool(serializer.get_validators())
+        or serializer_class.validate is not serializers.Serializer.validate
+        or any(hasattr(serializer_class, f"validate_{field.field_name}") for field in writable)
+        or any(
+            isinstance(field, (relations.RelatedField, relations.ManyRelatedField))
+            or type(field) not in CONVERTED_BY_DRF | PLAIN_TEXT
+            or any(getattr(v, "requires_context", False) for v in field.validators)
+            for field in writable
+        )
+    )
+    serializer_class._reads_database = reads  # type: ignore[attr-defined]
+    return reads

@@ -193,6 +193,9 @@ def unary_work(route: Route) -> Callable[[Any, grpc.ServicerContext], Any]:
         action = getattr(service, route.action)
         if not route.atomic:
             return action(request, context)
+        prepare = getattr(service, "before_transaction", None)
+        if prepare is not None:
+            prepare()  # work that needs no transaction (Create's validation), done before it
         # A queued write waits as long as its client does (SQLite: behind the other writers).
         with write_transaction(wait=_deadline_wait(context)):
             result = action(request, context)
