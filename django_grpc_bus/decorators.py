@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -168,6 +168,19 @@ def validate_request(service: Any, request: Any, **kwargs: Any) -> serializers.B
     serializer = serializer_class(data=request_data(serializer_class, request), **kwargs)
     serializer.is_valid(raise_exception=True)
     return serializer
+
+
+def validate_stream(service: Any, requests: Iterable[Any], **kwargs: Any) -> Iterator[Any]:
+    """:func:`validate_request` for each message of a client stream, as they arrive.
+
+    A message that fails raises DRF's ``ValidationError`` with its index in every field path
+    (``[3].title``). In an ``atomic=True`` action nothing the earlier messages wrote stays.
+    """
+    for index, request in enumerate(requests):
+        try:
+            yield validate_request(service, request, **kwargs)
+        except serializers.ValidationError as exc:
+            raise serializers.ValidationError({f"[{index}]": exc.detail}) from None
 
 
 def request_data(serializer_class: type[serializers.BaseSerializer], message: Any) -> dict:

@@ -135,9 +135,12 @@ class AsyncCall:
 
     async def _start(self) -> tuple[RPC, Any]:
         method, multicallable = await self._method.resolve()
-        message = method.request_messages(self._request)
-        if method.client_streaming:
-            message = iter(list(message))  # built (and checked) before the call starts
+        if method.client_streaming and hasattr(self._request, "__aiter__"):
+            message = _built(method, self._request)  # sent as the async iterable yields
+        else:
+            message = method.request_messages(self._request)
+            if method.client_streaming:
+                message = iter(list(message))  # built (and checked) before the call starts
         call = multicallable(message, **method.call_options(self._timeout, self._metadata))
         return method, call
 
@@ -216,3 +219,9 @@ class AsyncRegistry(BaseRegistry[AsyncServlet]):
 
 aregistry = AsyncRegistry()
 reset_with_settings(aregistry)
+
+
+async def _built(method: RPC, requests: Any) -> AsyncIterator[Any]:
+    """An async iterable of request dicts (or messages) as the messages of a client stream."""
+    async for request in requests:
+        yield method.build_request(request)

@@ -54,10 +54,11 @@ def describe_request(
 def describe_service(service: descriptor.ServiceDescriptor, fields: bool = True) -> list[str]:
     lines = [service.full_name]
     for method in service.methods:
+        sent = "stream " if method.client_streaming else ""
         stream = "stream " if method.server_streaming else ""
         lines.append(
-            f"  {snake_case(method.name)} ({method.name}): {method.input_type.full_name} -> "
-            f"{stream}{method.output_type.full_name}"
+            f"  {snake_case(method.name)} ({method.name}): {sent}{method.input_type.full_name} "
+            f"-> {stream}{method.output_type.full_name}"
         )
         if fields:
             lines.append("    request:")
