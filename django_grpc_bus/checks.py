@@ -80,7 +80,24 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     if not invalid & PATH_SETTINGS:
         errors += _check_paths()
     errors += _check_server_settings(user, invalid)
+    if "WATCH_RETENTION" in user and "WATCH_RETENTION" not in invalid:
+        errors += _check_watch_retention(user["WATCH_RETENTION"])
     return errors
+
+
+def _check_watch_retention(value: Any) -> list[CheckMessage]:
+    from django_grpc_bus.watch.settings import retention_problem
+
+    problem = retention_problem(value)
+    if problem is None:
+        return []
+    return [
+        Error(
+            f"{SETTING}['WATCH_RETENTION'] {problem}.",
+            hint="Write datetime.timedelta(days=7), or a number of seconds above 0.",
+            id="django_grpc_bus.E030",
+        )
+    ]
 
 
 # key -> smallest allowed value (None allowed where the default is None)

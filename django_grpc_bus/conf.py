@@ -7,6 +7,7 @@ changes ``MESSAGE_BUS`` or ``BASE_DIR`` with ``override_settings``.
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import Any, overload
 
@@ -38,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
     "PROTECT_HEALTH_AND_REFLECTION": False,
     "WATCH_RECONNECT": {},
+    "WATCH_RETENTION": datetime.timedelta(days=7),
 }
 
 # The Python types each key accepts; `None` in a tuple means the key may be left unset.
@@ -65,6 +67,7 @@ EXPECTED_TYPES: dict[str, tuple[type | None, ...]] = {
     "DEFAULT_PERMISSION_CLASSES": (list, tuple),
     "PROTECT_HEALTH_AND_REFLECTION": (bool,),
     "WATCH_RECONNECT": (dict,),
+    "WATCH_RETENTION": (datetime.timedelta, int, float),
 }
 
 # Keys whose value is a dotted path, imported on first access.

@@ -20,6 +20,7 @@ from django_grpc_bus.errors import GrpcError
 from django_grpc_bus.identifiers import snake_case  # noqa: F401  (still importable from here)
 from django_grpc_bus.meta import primary_key_fields
 from django_grpc_bus.services import BaseService
+from django_grpc_bus.watch.streams import WatchModelMixin
 
 if TYPE_CHECKING:
     from django_grpc_bus.serializers import ProtoSerializerMixin
@@ -237,7 +238,11 @@ class RetrieveService(mixins.RetrieveModelMixin, GenericService):
 
 
 class ReadOnlyModelService(
-    mixins.RetrieveModelMixin, mixins.ListModelMixin, mixins.CountModelMixin, GenericService
+    mixins.RetrieveModelMixin,
+    mixins.ListModelMixin,
+    mixins.CountModelMixin,
+    WatchModelMixin,
+    GenericService,
 ):
     """List, Count and Retrieve; the write RPCs answer UNIMPLEMENTED."""
 
@@ -249,6 +254,7 @@ class ModelService(
     mixins.DestroyModelMixin,
     mixins.ListModelMixin,
     mixins.CountModelMixin,
+    WatchModelMixin,
     GenericService,
 ):
     """Every RPC of a generated model service: List, Count, Create, Retrieve, Update,

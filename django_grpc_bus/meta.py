@@ -25,7 +25,8 @@ from django_grpc_bus.conf import bus_settings
 Fail = Callable[[str, str], "ServiceMetaError"]
 
 APP_KEYS = frozenset({"name", "models"})
-MODEL_KEYS = frozenset({"name", "fields", "exclude"})
+MODEL_KEYS = frozenset({"name", "fields", "exclude", "watch"})
+TOP_KEYS = frozenset({"apps", "watch"})
 
 
 class ServiceMetaError(ImproperlyConfigured):
@@ -41,6 +42,8 @@ class ModelSelection:
 
     model: type[models.Model]
     fields: tuple[models.Field, ...]
+    # `watch: true` (on the model, or at the top level): its service gets Watch (SPEC §11).
+    watch: bool = False
 
     def __post_init__(self) -> None:
         # Names become file names, proto symbols and Python identifiers.
@@ -209,9 +212,10 @@ def resolve_meta(document: Any, source: str = "service_meta.yaml") -> Selection:
 
     if not isinstance(document, dict) or "apps" not in document:
         raise fail("top level", "expected a mapping with an `apps:` list")
-    extra = set(document) - {"apps"}
+    extra = set(document) - TOP_KEYS
     if extra:
-        raise fail("top level", f"unknown key(s) {_names(extra)}; only `apps` is allowed")
+        raise fail("top level", f"unknown key(s) {_names(extra)}; allowed: {_names(TOP_KEYS)}")
+    watch = _watch_flag(document, False, fail, "top level")
     entries = document["apps"]
     if not isinstance(entries, list) or not entries:
         raise fail("apps", "expected a non-empty list of apps")
@@ -238,17 +242,24 @@ def resolve_meta(document: Any, source: str = "service_meta.yaml") -> Selection:
                 "no installed app has this label. "
                 f"Project apps: {_names(c.label for c in project_app_configs())}",
             ) from None
-        selected.extend(_resolve_models(app_config, entry.get("models"), fail, where))
+        selected.extend(_resolve_models(app_config, entry.get("models"), fail, where, watch))
     selected.sort(key=lambda s: (s.app_label, s.name))
     return Selection(tuple(selected))
 
 
+def _watch_flag(entry: dict[str, Any], default: bool, fail: Fail, where: str) -> bool:
+    value = entry.get("watch", default)
+    if not isinstance(value, bool):
+        raise fail(f"{where}.watch", f"expected true or false, got {value!r}")
+    return value
+
+
 def _resolve_models(
-    app_config: AppConfig, model_entries: Any, fail: Fail, app_where: str
+    app_config: AppConfig, model_entries: Any, fail: Fail, app_where: str, watch: bool = False
 ) -> list[ModelSelection]:
     if model_entries is None:
         models_ = exposable_models(app_config)
-        return [ModelSelection(model, tuple(selectable_fields(model))) for model in models_]
+        return [ModelSelection(model, tuple(selectable_fields(model)), watch) for model in models_]
     if not isinstance(model_entries, list) or not model_entries:
         raise fail(f"{app_where}.models", "expected a non-empty list of models")
     by_name = {model.__name__.lower(): model for model in app_config.get_models()}
@@ -267,7 +278,8 @@ def _resolve_models(
             raise fail(where, f"app {app_config.label!r} has no such model. Models: {available}")
         if any(s.model is model for s in result):
             raise fail(where, "this model is listed twice")
-        result.append(ModelSelection(model, _resolve_fields(model, entry, fail, where)))
+        fields = _resolve_fields(model, entry, fail, where)
+        result.append(ModelSelection(model, fields, _watch_flag(entry, watch, fail, where)))
     return result
 
 

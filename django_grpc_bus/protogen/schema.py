@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 EMPTY_IMPORT = "google/protobuf/empty.proto"
 FIELD_MASK_IMPORT = "google/protobuf/field_mask.proto"
+TIMESTAMP_IMPORT = fieldtypes.TIMESTAMP_IMPORT
 
 
 COMMENT_WIDTH = 92
@@ -320,6 +321,10 @@ def build_file(
         ),
         ProtoRpc("Destroy", lookup, ".google.protobuf.Empty", comment="Delete one row."),
     )
+    if selected.watch:
+        watch_messages, watch_rpc = _watch_parts(name, label, query)
+        messages, rpcs = (*messages, *watch_messages), (*rpcs, watch_rpc)
+        imports |= {FIELD_MASK_IMPORT, TIMESTAMP_IMPORT}
     return ProtoFile(
         relpath=naming.proto_relpath(model),
         package=naming.proto_package(model),
@@ -452,3 +457,78 @@ def _filter_message(
 
 def template_context(proto: ProtoFile) -> dict[str, Any]:
     return {"file": proto, "header": naming.GENERATED_HEADER}
+
+
+# -- Watch (SPEC §11) ------------------------------------------------------------------------------
+
+# <Model>Event.Type: fixed values, part of the wire contract.
+WATCH_EVENT_TYPES = (
+    ("TYPE_UNSPECIFIED", 0),
+    ("CREATED", 1),
+    ("UPDATED", 2),
+    ("DELETED", 3),
+    ("SNAPSHOT_COMPLETE", 4),
+)
+
+
+@dataclass(frozen=True)
+class EventMessage(ProtoMessage):
+    """``<Model>Event``: a message with the nested ``enum Type`` of its event types."""
+
+    @property
+    def enum_lines(self) -> list[str]:
+        values = [f"  {value_name} = {number};" for value_name, number in WATCH_EVENT_TYPES]
+        return ["enum Type {", *values, "}"]
+
+
+def _watch_parts(
+    name: str, label: str, query: ListQuery | None
+) -> tuple[tuple[ProtoMessage, ...], ProtoRpc]:
+    """``<Model>WatchRequest``, ``<Model>Event`` and the ``Watch`` RPC (fixed field numbers)."""
+    request_fields = []
+    if query is not None and query.filters:
+        request_fields.append(
+            ProtoField(
+                "filter",
+                1,
+                f"{name}Filter",
+                comment="only rows that match every filter set in it, as List's filter",
+            )
+        )
+    request_fields += [
+        ProtoField("since", 2, "string", comment="cursor of an earlier event; empty: from now"),
+        ProtoField(
+            "snapshot",
+            3,
+            "bool",
+            comment="first every matching row (as CREATED), then SNAPSHOT_COMPLETE, then changes",
+        ),
+    ]
+    request = ProtoMessage(
+        f"{name}WatchRequest", tuple(request_fields), comment=f"Which {label} changes to stream."
+    )
+    event = EventMessage(
+        f"{name}Event",
+        (
+            ProtoField("type", 1, "Type"),
+            ProtoField("data", 2, f"{name}Data", comment="the row; for DELETED, as it was"),
+            ProtoField(
+                "changed",
+                3,
+                ".google.protobuf.FieldMask",
+                comment="the fields an UPDATED changed, where known",
+            ),
+            ProtoField("cursor", 4, "string", comment="opaque; resume with since=cursor"),
+            ProtoField("time", 5, ".google.protobuf.Timestamp", comment="when it was recorded"),
+            ProtoField("id", 6, "string", comment="the event's id: a redelivery has the same"),
+        ),
+        comment=f"One committed change of a {label} row, in commit order.",
+    )
+    rpc = ProtoRpc(
+        "Watch",
+        f"{name}WatchRequest",
+        f"{name}Event",
+        True,
+        "Stream the changes of rows, from a cursor or from now (SPEC §11).",
+    )
+    return (request, event), rpc

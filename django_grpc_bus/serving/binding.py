@@ -9,6 +9,7 @@ generated ``_pb2_grpc`` code is needed.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -28,6 +29,9 @@ from django_grpc_bus.serving.traffic import Traffic
 
 if TYPE_CHECKING:
     from django_grpc_bus.services import BaseService
+
+# Actions served on the asyncio server by their ``async def`` twin, when the class has one.
+ASYNC_TWINS = {"watch": "awatch"}
 
 # (client streaming, server streaming) -> how grpc registers a method of that kind.
 _HANDLER_KINDS = {
@@ -137,6 +141,11 @@ def method_handlers(
             observer=observer,
         )
         kind = (method.client_streaming, method.server_streaming)
+        twin = getattr(service_class, ASYNC_TWINS.get(action, ""), None)
+        if threads is not None and is_async(twin) and not is_async(implementation):
+            # A method with an async twin (Watch's awatch) waits on the loop, holding no thread.
+            route = dataclasses.replace(route, action=ASYNC_TWINS[action])
+            implementation = twin
         _refuse_async_misuse(service_class, action, implementation, route.atomic, threads)
         if threads is not None:
             behavior = aio_behavior(route, kind, implementation, threads)

@@ -43,6 +43,8 @@ DATABASES["default"]["CONN_HEALTH_CHECKS"] = os.environ.get("TEST_CONN_HEALTH_CH
 
 MESSAGE_BUS = {
     "ROOT_HANDLERS_HOOK": "handlers.handler",
+    # Every model of the test apps, as without the file, and catalog.Book watched.
+    "SERVICE_META": "service_meta.yaml",
     **json.loads(os.environ.get("TEST_MESSAGE_BUS", "{}")),
 }
 # DJANGO_GRPC_BUS_TEST_ASYNCIO=1 runs the suite's servers (processes and in-process) on the

@@ -1,0 +1,154 @@
+"""Wake a process's watchers when events of their model commit: one listener per process.
+
+On PostgreSQL one thread holds a connection that LISTENs on the recording's NOTIFY channel
+(NOTIFY is sent by the inserting statement and delivered at commit); elsewhere one thread polls
+the outbox's highest id every ``POLL_INTERVAL`` while anyone watches. Either way a write in this
+process wakes its watchers at commit, and each wake-up reaches every waiter of the model: a
+``threading.Event`` (threaded server) or an ``asyncio.Event`` set on its loop (asyncio server).
+The same thread prunes events past ``WATCH_RETENTION`` every ``PRUNE_EVERY`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+from django.db import close_old_connections, connections
+
+from django_grpc_bus.models import WatchEvent
+from django_grpc_bus.watch.recording import CHANNEL, prune_events
+
+logger = logging.getLogger("django_grpc_bus.watch")
+
+POLL_INTERVAL = 0.2  # seconds, SQLite and other databases without LISTEN
+PRUNE_EVERY = 300.0  # seconds
+LISTEN_TIMEOUT = 5.0  # seconds: how often the PostgreSQL listener looks up from waiting
+
+
+class Waiter:
+    """One watcher's wake-up: set when its model has news (or its call ends)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.loop = loop
+        self.event: Any = asyncio.Event() if loop is not None else threading.Event()
+
+    def set(self) -> None:
+        if self.loop is None:
+            self.event.set()
+        else:
+            try:
+                self.loop.call_soon_threadsafe(self.event.set)
+            except RuntimeError:  # its loop is closed
+                pass
+
+
+class Notifier:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: dict[str, set[Waiter]] = defaultdict(set)
+        self._versions: dict[str, int] = defaultdict(int)
+        self._thread: threading.Thread | None = None
+        self._alias: str | None = None
+        self._someone = threading.Event()  # anyone watching (the poller sleeps otherwise)
+
+    def version(self, label: str) -> int:
+        return self._versions[label]
+
+    def add(self, label: str, alias: str, waiter: Waiter) -> None:
+        with self._lock:
+            self._waiters[label].add(waiter)
+            self._someone.set()
+            if self._thread is None or not self._thread.is_alive():
+                self._alias = alias
+                self._thread = threading.Thread(
+                    target=self._run, name="grpc-bus-watch-notifier", daemon=True
+                )
+                self._thread.start()
+
+    def remove(self, label: str, waiter: Waiter) -> None:
+        with self._lock:
+            self._waiters[label].discard(waiter)
+            if not any(self._waiters.values()):
+                self._someone.clear()
+
+    def watcher_count(self) -> int:
+        with self._lock:
+            return sum(len(w) for w in self._waiters.values())
+
+    def wake(self, label: str) -> None:
+        with self._lock:
+            self._versions[label] += 1
+            waiters = list(self._waiters.get(label, ()))
+        for waiter in waiters:
+            waiter.set()
+
+    def wake_all(self) -> None:
+        with self._lock:
+            labels = list(self._waiters)
+        for label in labels:
+            self.wake(label)
+
+    # -- the process's one listener thread ---------------------------------------------------
+
+    def _run(self) -> None:
+        alias = self._alias or "default"
+        last_prune = 0.0
+        while True:
+            try:
+                if connections[alias].vendor == "postgresql":
+                    self._listen(alias)
+                else:
+                    last_prune = self._poll(alias, last_prune)
+            except Exception:
+                logger.exception("Watch notifier failed; starting again in 1 s")
+                close_old_connections()
+                time.sleep(1.0)
+                self.wake_all()  # anything may have been missed meanwhile
+
+    def _prune_due(self, last: float) -> float:
+        if time.monotonic() - last < PRUNE_EVERY:
+            return last
+        try:
+            prune_events()
+        except Exception:
+            logger.exception("Pruning watch events failed")
+        return time.monotonic()
+
+    def _listen(self, alias: str) -> None:
+        import psycopg
+
+        params = connections[alias].get_connection_params()
+        params.pop("cursor_factory", None)
+        params.pop("context", None)
+        with psycopg.connect(**params, autocommit=True) as listener:
+            listener.execute(f"LISTEN {CHANNEL}")
+            self.wake_all()  # events may have come while no one listened
+            last_prune = 0.0
+            while True:
+                for note in listener.notifies(timeout=LISTEN_TIMEOUT):
+                    self.wake(note.payload)
+                last_prune = self._prune_due(last_prune)
+                connections[alias].close_if_unusable_or_obsolete()
+
+    def _poll(self, alias: str, last_prune: float) -> float:
+        connection = connections[alias]
+        table = connection.ops.quote_name(WatchEvent._meta.db_table)
+        first, seen = True, None
+        while True:
+            self._someone.wait(timeout=PRUNE_EVERY)
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT MAX(id) FROM {table}")  # the primary key's end: cheap
+                latest = cursor.fetchone()[0]
+            if not first and latest != seen:
+                self.wake_all()
+            first, seen = False, latest
+            last_prune = self._prune_due(last_prune)
+            connection.close_if_unusable_or_obsolete()
+            time.sleep(POLL_INTERVAL)
+
+
+notifier = Notifier()

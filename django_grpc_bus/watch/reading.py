@@ -1,0 +1,173 @@
+"""Read the outbox: the events of one model after a position, in commit order.
+
+On PostgreSQL a read first takes the oldest transaction still running (``xmin`` of the current
+snapshot), then reads only events of transactions below it: those have all ended, so any of
+them that committed is visible, and no event can later appear below a position handed out (see
+:mod:`.cursor`). Events of one transaction stay together, in the order they were written.
+Elsewhere the database lets one transaction write at a time (SQLite), so ids are in commit
+order and a read is ``id > last``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connections, router
+
+from django_grpc_bus.models import WatchEvent
+from django_grpc_bus.watch.cursor import Position
+
+BATCH = 500
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One outbox row as read."""
+
+    id: int
+    uid: str
+    kind: int
+    object_pk: str
+    data: Any
+    changed: list[str] | None
+    txid: int
+    time: Any
+    cursor: Position  # the position right after this event
+
+
+@dataclass(frozen=True)
+class Read:
+    rows: tuple[Row, ...]
+    position: Position  # after the last row (or where the reader was, if none)
+    held_back: bool  # committed events wait behind an older transaction still running
+
+
+def database_alias() -> str:
+    return router.db_for_read(WatchEvent)
+
+
+def is_postgresql(alias: str) -> bool:
+    return connections[alias].vendor == "postgresql"
+
+
+def _xmin(cursor: Any) -> int:
+    cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+    return int(cursor.fetchone()[0])
+
+
+def current_position(alias: str) -> Position:
+    """The position after every event committed so far ("from now")."""
+    with connections[alias].cursor() as cursor:
+        if is_postgresql(alias):
+            w = _xmin(cursor)
+            return Position(w, w, 0, now_ms())
+        table = connections[alias].ops.quote_name(WatchEvent._meta.db_table)
+        cursor.execute(f"SELECT MAX(id) FROM {table}")
+        return Position(0, 1, cursor.fetchone()[0] or 0, now_ms())
+
+
+def _decode_json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def read_after(alias: str, label: str, position: Position, limit: int = BATCH) -> Read:
+    """Up to `limit` events of model `label` after `position`, in order."""
+    connection = connections[alias]
+    table = connection.ops.quote_name(WatchEvent._meta.db_table)
+    select = f"SELECT id, uid, kind, object_pk, data, changed, txid, time FROM {table} "
+    made = now_ms()
+    with connection.cursor() as cursor:
+        if connection.vendor != "postgresql":
+            cursor.execute(
+                select + "WHERE model = %s AND id > %s ORDER BY id LIMIT %s",
+                [label, position.last, limit],
+            )
+            rows = [_row(r, Position(0, 1, r[0], made), connection) for r in cursor.fetchall()]
+            after = rows[-1].cursor if rows else position
+            return Read(tuple(rows), after, False)
+        w = _xmin(cursor)  # before the read: every transaction below it has ended
+        lo, hi = position.lo, position.hi
+        cursor.execute(
+            select + "WHERE model = %s AND ((txid >= %s AND txid < %s AND id > %s) "
+            "OR (txid >= %s AND txid < %s)) ORDER BY txid >= %s, id LIMIT %s",
+            [label, lo, hi, position.last, hi, w, hi, limit],
+        )
+        found = cursor.fetchall()
+        rows = [
+            _row(r, Position(lo, hi, r[0], made) if r[6] < hi else Position(hi, w, r[0], made))
+            for r in found
+        ]
+        if len(rows) < limit:
+            # Everything below w is delivered: the last event's position can say so.
+            after = Position(w, w, 0, made)
+            if rows:
+                last = rows[-1]
+                rows[-1] = dataclasses.replace(last, cursor=after)
+            cursor.execute(
+                f"SELECT EXISTS (SELECT 1 FROM {table} WHERE model = %s AND txid >= %s)",
+                [label, w],
+            )
+            held_back = bool(cursor.fetchone()[0])
+        else:
+            after, held_back = rows[-1].cursor, False
+        return Read(tuple(rows), after, held_back)
+
+
+def _row(record: tuple, cursor: Position, connection: Any = None) -> Row:
+    id_, uid, kind, object_pk, data, changed, txid, when = record
+    if isinstance(when, str):  # SQLite's text
+        when = connection.ops.convert_datetimefield_value(when, None, connection)
+    data, changed = _decode_json(data), _decode_json(changed)
+    uid = str(uuid.UUID(str(uid)))  # SQLite keeps it as 32 hex digits
+    return Row(id_, uid, kind, object_pk, data, changed, txid, when, cursor)
+
+
+class SharedReads:
+    """One read per (model, position, wake-up count) in a process, however many ask for it.
+
+    Watchers that are caught up sit at the same position, so after a wake-up they all ask the
+    same question: the first asks the database, the others wait for its answer.
+    """
+
+    # An answer is shared for this long at most (a held-back read must be asked again).
+    FRESH = 0.05
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reads: dict[tuple[Any, ...], tuple[float, Future[Read]]] = {}
+
+    def read(self, alias: str, label: str, position: Position, version: int) -> Read:
+        key = (alias, label, position.key(), version)
+        now = time.monotonic()
+        with self._lock:
+            found = self._reads.get(key)
+            if found is not None and (not found[1].done() or now - found[0] < self.FRESH):
+                mine = False
+                future = found[1]
+            else:
+                for old in [k for k, (t, f) in self._reads.items() if f.done() and now - t > 1]:
+                    del self._reads[old]
+                mine, future = True, Future()
+                self._reads[key] = (now, future)
+        if mine:
+            try:
+                future.set_result(read_after(alias, label, position))
+            except BaseException as exc:
+                future.set_exception(exc)
+                with self._lock:
+                    self._reads.pop(key, None)
+        return future.result()
+
+
+shared_reads = SharedReads()

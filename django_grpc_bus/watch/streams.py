@@ -1,0 +1,314 @@
+"""The ``Watch`` RPC of a model service: snapshot, then the outbox's events, then wait.
+
+:class:`WatchStream` is one call's state (its model, filter and position) and does the database
+work; :func:`watch` drives it on the threaded server (a thread per open stream) and
+:func:`awatch` on the asyncio server (no thread while waiting: reads run in a small pool).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future
+from typing import Any
+
+import grpc
+from django.db import close_old_connections, connections, transaction
+
+from django_grpc_bus.errors import GrpcError
+from django_grpc_bus.models import WatchEvent
+from django_grpc_bus.watch import cursor as cursors
+from django_grpc_bus.watch.notifier import Waiter, notifier
+from django_grpc_bus.watch.reading import (
+    Position,
+    Row,
+    current_position,
+    database_alias,
+    is_postgresql,
+    now_ms,
+    shared_reads,
+)
+from django_grpc_bus.watch.recording import label_of, watched_models
+from django_grpc_bus.watch.settings import retention
+
+SNAPSHOT_COMPLETE = 4
+HELD_BACK_RETRY = 0.1  # seconds: events wait behind a transaction still running (PostgreSQL)
+IDLE_RECHECK = 30.0  # seconds: a wake-up lost anyway (a listener reconnecting) costs this much
+
+
+class WatchStream:
+    """One Watch call: what it watches, from where, and what it has not sent yet."""
+
+    def __init__(self, service: Any, request: Any) -> None:
+        self.service = service
+        self.request = request
+        self.model = service.get_model()
+        self.label = label_of(self.model)
+        self.alias = database_alias()
+        self.event_class = service.response_class
+        self.serializer_class = service.get_serializer_class()
+        self.position: Position | None = None
+        # After a snapshot (PostgreSQL): (xmin, xmax, running) of the snapshot, whose
+        # transactions' events the rows already showed.
+        self.seen_in_snapshot: tuple[int, int, frozenset[int]] | None = None
+        self.queryset: Any = None
+        self.filtered = False
+
+    # -- the first answer ------------------------------------------------------------------
+
+    def start(self) -> list[Any]:
+        """Check the request; the snapshot's events (or none); the position to read from."""
+        if self.model not in watched_models():
+            raise GrpcError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{self.model._meta.label} is not watched: set `watch: true` on it in "
+                "service_meta.yaml (the producer records its changes only then).",
+            )
+        self.queryset = self.service.filter_queryset(self.service.get_queryset())
+        message = self.request.filter if _has(self.request, "filter") else None
+        self.filtered = message is not None and bool(message.ListFields())
+        since, snapshot = self.request.since, self.request.snapshot
+        if since and snapshot:
+            raise GrpcError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "Set either since (resume) or snapshot (start over), not both.",
+                [("snapshot", "cannot be set with since")],
+            )
+        if since:
+            self.position = _resumed(since)
+            return []
+        if snapshot:
+            return self._snapshot()
+        self.position = current_position(self.alias)
+        return []
+
+    def _snapshot(self) -> list[Any]:
+        with transaction.atomic(using=self.alias), connections[self.alias].cursor() as cursor:
+            if is_postgresql(self.alias):
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                cursor.execute("SELECT pg_current_snapshot()::text")
+                xmin, xmax, running = cursor.fetchone()[0].split(":")
+                xip = frozenset(int(x) for x in running.split(",") if x)
+                self.seen_in_snapshot = (int(xmin), int(xmax), xip)
+                self.position = Position(int(xmin), int(xmin), 0, now_ms())
+            else:
+                self.position = current_position(self.alias)
+            rows = self.serializer_class.to_messages(self.queryset.iterator(chunk_size=500))
+        mark = self.position.encode()
+        events = [self.event_class(type=WatchEvent.CREATED, data=row, cursor=mark) for row in rows]
+        events.append(self.event_class(type=SNAPSHOT_COMPLETE, cursor=mark))
+        return events
+
+    # -- then the changes --------------------------------------------------------------------
+
+    def poll(self, version: int) -> tuple[list[Any], bool]:
+        """The events after the position (advancing it), and whether some are held back."""
+        assert self.position is not None
+        read = shared_reads.read(self.alias, self.label, self.position, version)
+        self.position = read.position
+        rows = [row for row in read.rows if not self._shown_in_snapshot(row)]
+        if self.filtered and rows:
+            rows = self._matching(rows)
+        return [self._event(row) for row in rows], read.held_back
+
+    def _shown_in_snapshot(self, row: Row) -> bool:
+        if self.seen_in_snapshot is None:
+            return False
+        xmin, xmax, running = self.seen_in_snapshot
+        return row.txid < xmin or (row.txid < xmax and row.txid not in running)
+
+    def _matching(self, rows: list[Row]) -> list[Row]:
+        """The rows the filter lets through, checked against the rows as they are now.
+
+        A deleted row cannot be checked any more: its DELETED event is always sent.
+        """
+        pks = [self._pk(row) for row in rows if row.kind != WatchEvent.DELETED]
+        found = {str(pk) for pk in self.queryset.filter(pk__in=pks).values_list("pk", flat=True)}
+        return [row for row in rows if row.kind == WatchEvent.DELETED or row.object_pk in found]
+
+    def _pk(self, row: Row) -> Any:
+        return self.model._meta.pk.to_python(row.object_pk)
+
+    def _event(self, row: Row) -> Any:
+        event = self.event_class(type=row.kind, cursor=row.cursor.encode(), id=row.uid)
+        event.data.CopyFrom(self._data(row))
+        if row.changed is not None:
+            event.changed.paths.extend(row.changed)
+        event.time.FromDatetime(row.time.astimezone(dt.timezone.utc))
+        return event
+
+    def _data(self, row: Row) -> Any:
+        key = (self.serializer_class, row.id)
+        with _messages_lock:
+            found = _messages.get(key)
+        if found is None:
+            found = self.serializer_class.to_message(_instance(self.model, row, self.alias))
+            with _messages_lock:
+                _messages[key] = found
+                while len(_messages) > MESSAGE_CACHE:
+                    _messages.popitem(last=False)
+        return found
+
+
+# Events' data messages, shared by the watchers of a process (many send the same event).
+MESSAGE_CACHE = 4096
+_messages: OrderedDict[tuple[Any, int], Any] = OrderedDict()
+_messages_lock = threading.Lock()
+
+
+def _instance(model: Any, row: Row, alias: str) -> Any:
+    """The row as recorded, as a model instance (not read from the database)."""
+    values = {}
+    for field in model._meta.concrete_fields:
+        if field.attname in row.data:
+            value = row.data[field.attname]
+            values[field.attname] = None if value is None else field.to_python(value)
+    instance = model(**values)
+    instance._state.adding = False
+    instance._state.db = alias
+    return instance
+
+
+def _has(message: Any, name: str) -> bool:
+    return name in message.DESCRIPTOR.fields_by_name
+
+
+def _resumed(since: str) -> Position:
+    try:
+        position = cursors.decode(since)
+    except cursors.BadCursor as exc:
+        raise GrpcError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"since is {exc}: pass the cursor of an event this server sent, or leave it empty.",
+            [("since", str(exc))],
+        ) from None
+    kept = retention()
+    if position.made_ms < now_ms() - kept.total_seconds() * 1000:
+        raise GrpcError(
+            grpc.StatusCode.OUT_OF_RANGE,
+            f"since is older than WATCH_RETENTION ({kept}): events after it may be gone. "
+            "Watch again with snapshot: true.",
+            [("since", "older than WATCH_RETENTION")],
+        )
+    return position
+
+
+# -- the threaded server: a thread per stream ---------------------------------------------------
+
+
+def watch(service: Any, request: Any, context: Any) -> Iterator[Any]:
+    """Serve one Watch call on the calling thread until the client leaves."""
+    stream = WatchStream(service, request)
+    yield from stream.start()
+    waiter = Waiter()
+    notifier.add(stream.label, stream.alias, waiter)
+    context.add_callback(waiter.set)
+    try:
+        while context.is_active():
+            version = notifier.version(stream.label)
+            waiter.event.clear()
+            events, held_back = stream.poll(version)
+            yield from events
+            if not events:
+                close_old_connections()  # no connection held while waiting
+                waiter.event.wait(HELD_BACK_RETRY if held_back else IDLE_RECHECK)
+    finally:
+        notifier.remove(stream.label, waiter)
+
+
+# -- the asyncio server: no thread while waiting ------------------------------------------------
+
+
+async def awatch(service: Any, request: Any, context: Any) -> AsyncIterator[Any]:
+    """Serve one Watch call on the loop; its database work runs in the watch pool."""
+    loop = asyncio.get_running_loop()
+    stream = WatchStream(service, request)
+    for event in await _pool.run(stream.start):
+        yield event
+    waiter = Waiter(loop)
+    notifier.add(stream.label, stream.alias, waiter)
+    try:
+        while True:
+            version = notifier.version(stream.label)
+            waiter.event.clear()
+            events, held_back = await _pool.run(stream.poll, version)
+            for event in events:
+                yield event
+            if not events:
+                try:
+                    await asyncio.wait_for(
+                        waiter.event.wait(), HELD_BACK_RETRY if held_back else IDLE_RECHECK
+                    )
+                except TimeoutError:
+                    pass
+    finally:
+        notifier.remove(stream.label, waiter)
+
+
+class WatchPool:
+    """A few threads for the asyncio server's watch reads; an idle one closes its connections.
+
+    (So that no connection outlives the reads, and a test database can be dropped.)
+    """
+
+    SIZE = 4
+    IDLE = 1.0  # seconds
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple]] = (
+            queue.SimpleQueue()
+        )
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    async def run(self, function: Callable[..., Any], *args: Any) -> Any:
+        self._ensure_threads()
+        future: Future[Any] = Future()
+        self._jobs.put((future, function, args))
+        return await asyncio.wrap_future(future)
+
+    def _ensure_threads(self) -> None:
+        if len(self._threads) >= self.SIZE:
+            return
+        with self._lock:
+            while len(self._threads) < self.SIZE:
+                thread = threading.Thread(target=self._work, name="grpc-bus-watch", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    def _work(self) -> None:
+        opened = False
+        while True:
+            try:
+                future, function, args = self._jobs.get(timeout=self.IDLE)
+            except queue.Empty:
+                if opened:
+                    connections.close_all()
+                    opened = False
+                continue
+            if not future.set_running_or_notify_cancel():
+                continue
+            opened = True
+            try:
+                future.set_result(function(*args))
+            except BaseException as exc:
+                connections.close_all()  # a broken connection is not kept
+                future.set_exception(exc)
+
+
+_pool = WatchPool()
+
+
+class WatchModelMixin:
+    """Serve ``Watch`` (generated for a model with ``watch: true``): its committed changes."""
+
+    def watch(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        return watch(self, request, context)
+
+    async def awatch(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        async for event in awatch(self, request, context):
+            yield event
