@@ -96,8 +96,14 @@ def stream_page(
 def _rows(queryset: QuerySet, plan: Any) -> tuple[Iterable[Any], Any]:
     """The rows to send and how to fill a message from one (tuples of plain columns if it can)."""
     # _prefetch_related_lookups: a private QuerySet attribute django-stubs leaves out.
-    if plan.prefetch and not queryset._prefetch_related_lookups:  # type: ignore[attr-defined]
-        queryset = queryset.prefetch_related(*plan.prefetch)
+    own = queryset._prefetch_related_lookups  # type: ignore[attr-defined]
+    done = {getattr(lookup, "prefetch_to", lookup) for lookup in own}
+    missing = [lookup for lookup in plan.prefetch if lookup not in done]
+    if missing:  # the plan's, after the service's own (a Prefetch of the same path wins)
+        queryset = queryset.prefetch_related(*missing)
+    if getattr(plan, "select_related", ()) and queryset.query.select_related is not True:
+        # Nested and dotted-source fields' to-one relations (SerializerPlan.select_related)
+        queryset = queryset.select_related(*plan.select_related)
     fill = plan.fill
     if (
         plan.columns is not None  # plain columns only: tuples, no model instances

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, cast
 
 from django.core.exceptions import FieldDoesNotExist
 from django.db import models
+from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from rest_framework import serializers
@@ -69,6 +70,7 @@ class SerializerPlan:
         "nullable",
         "prefetch",
         "row_writers",
+        "select_related",
         "serializer_class",
         "writable",
         "zero_means_absent",
@@ -109,7 +111,11 @@ class SerializerPlan:
                 continue
             getter = None
             writer = proto_writers[name]
-            if model is not None and name not in declared and field.source == name:
+            nested = nested_parts(field, descriptor.fields_by_name[name])
+            if nested is not None:
+                getter, writer = nested
+                columns = None  # a nested message is no column
+            elif model is not None and name not in declared and field.source == name:
                 getter = _model_getter(model, name)
                 if getter is not None:
                     model_field = model._meta.get_field(name)
@@ -124,7 +130,9 @@ class SerializerPlan:
             if getter is None or name in prefetch:
                 columns = None  # a value that is not a column: rows need instances
             self.getters.append((name, getter or _drf_getter(field), writer))
-        self.prefetch = tuple(prefetch)
+        select, more = relation_paths(model, fields)
+        self.select_related = select
+        self.prefetch = (*prefetch, *more)
         if overrides_representation(type(serializer)):
             columns = None
             self.getters = [("", _representation_getter(serializer), _fill_from_dict)]
@@ -147,6 +155,97 @@ class SerializerPlan:
 
     def build(self, instance: Any) -> Any:
         return self.fill(self.message_class(), instance)
+
+
+def nested_parts(field: serializers.Field, proto_field: Any) -> tuple[Getter, Any] | None:
+    """(getter, writer) of a nested serializer's field (``many=True`` too): the related
+    object(s) are read as DRF reads them (``source``) and written into the nested message(s)
+    by the nested serializer's own plan, with no dict in between. None for other fields."""
+    many = isinstance(field, serializers.ListSerializer)
+    child = field.child if many else field
+    if not isinstance(child, serializers.BaseSerializer) or proto_field.message_type is None:
+        return None
+    plan = SerializerPlan(child, message_factory.GetMessageClass(proto_field.message_type))
+    fill, name = plan.fill, proto_field.name
+
+    def get(instance: Any) -> Any:
+        try:
+            return field.get_attribute(instance)
+        except serializers.SkipField:
+            return None
+
+    if many:
+
+        def write_many(message: Any, related: Any) -> None:
+            target = getattr(message, name)
+            items = related.all() if isinstance(related, models.Manager) else related
+            for item in items:
+                fill(target.add(), item)
+
+        return get, write_many
+
+    def write_one(message: Any, related: Any) -> None:
+        target = getattr(message, name)
+        target.SetInParent()
+        fill(target, related)
+
+    return get, write_one
+
+
+def relation_paths(
+    model: type[models.Model] | None, fields: Mapping[str, serializers.Field]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(select_related, prefetch_related) lookups for what `fields` read through relations.
+
+    A field whose ``source`` goes through to-one relations (``author.name``, a nested
+    ``AuthorSerializer(source="author")``) adds a ``select_related``; one through a to-many
+    relation (a nested ``many=True``, a reverse foreign key) a ``prefetch_related``; a nested
+    serializer's own paths follow, prefixed. A List applies them to each batch of rows, so a
+    nested field costs no query per row. What a SerializerMethodField reads is not known:
+    select or prefetch it in the service's ``get_queryset``.
+    """
+    select: list[str] = []
+    prefetch: list[str] = []
+    if model is None:
+        return (), ()
+    for field in fields.values():
+        if field.write_only or isinstance(field, serializers.SerializerMethodField):
+            continue
+        attrs = list(getattr(field, "source_attrs", []) or [])
+        nested = field.child if isinstance(field, serializers.ListSerializer) else field
+        if not isinstance(nested, serializers.BaseSerializer):
+            attrs = attrs[:-1]  # the last is the value's own column
+        path, to_many, current = [], False, model
+        for attr in attrs:
+            relation = _relation(current, attr)
+            if relation is None:
+                break
+            path.append(attr)
+            to_many = to_many or bool(relation.many_to_many or relation.one_to_many)
+            current = relation.related_model
+        else:
+            if not path:
+                continue
+            lookup = "__".join(path)
+            (prefetch if to_many else select).append(lookup)
+            if isinstance(nested, serializers.BaseSerializer):
+                inner_select, inner_prefetch = relation_paths(current, nested.fields)
+                inner = [f"{lookup}__{p}" for p in inner_select]
+                (prefetch if to_many else select).extend(inner)
+                prefetch.extend(f"{lookup}__{p}" for p in inner_prefetch)
+    return tuple(dict.fromkeys(select)), tuple(dict.fromkeys(prefetch))
+
+
+def _relation(model: type[models.Model], attr: str) -> Any:
+    """The relation `model` reaches through its attribute `attr` (a reverse one by its accessor,
+    ``book_set``), or None."""
+    for relation in model._meta.get_fields():
+        if not relation.is_relation or relation.related_model is None:
+            continue
+        accessor = relation.get_accessor_name() if relation.auto_created else relation.name
+        if accessor == attr and (relation.concrete or relation.auto_created):
+            return relation
+    return None
 
 
 def absent_key(field: serializers.Field, proto_field: Any) -> int | str | None:
