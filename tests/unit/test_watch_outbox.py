@@ -1,0 +1,236 @@
+"""Watch, producer side, without a server: service_meta.yaml's `watch`, the generated messages,
+the cursor, WATCH_RETENTION's check, and the outbox the ORM's signals write (SPEC §11)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from catalog.models import Author, Book, Tag
+from django.db import connection, transaction
+from django.test import override_settings
+from django.utils import timezone
+from support import requires_postgres
+
+from django_grpc_bus.checks import check_settings
+from django_grpc_bus.meta import ModelSelection, ServiceMetaError, load_selection, selectable_fields
+from django_grpc_bus.models import WatchEvent
+from django_grpc_bus.protogen.schema import build_file
+from django_grpc_bus.watch import prune_events, record_changes
+from django_grpc_bus.watch.cursor import BadCursor, Position, decode
+from django_grpc_bus.watch.reading import current_position, read_after
+
+# -- service_meta.yaml ----------------------------------------------------------------------------
+
+
+def test_watch_per_model_and_at_the_top_level(project):
+    project.write_meta(
+        {"apps": [{"name": "catalog", "models": ["Author", {"name": "Book", "watch": True}]}]}
+    )
+    assert {s.name: s.watch for s in load_selection()} == {"Author": False, "Book": True}
+    project.write_meta(
+        {"watch": True, "apps": [{"name": "catalog", "models": [{"name": "Tag", "watch": False}]}]}
+    )
+    assert {s.name: s.watch for s in load_selection()} == {"Tag": False}
+    project.write_meta({"watch": True, "apps": ["shop"]})
+    assert all(s.watch for s in load_selection()) and len(load_selection()) == 2
+
+
+@pytest.mark.parametrize(
+    ("document", "where"),
+    [
+        ({"watch": "yes", "apps": ["shop"]}, "top level.watch"),
+        ({"apps": [{"name": "shop", "models": [{"name": "Book", "watch": 1}]}]}, "(Book).watch"),
+    ],
+)
+def test_watch_must_be_a_boolean(project, document, where):
+    project.write_meta(document)
+    with pytest.raises(ServiceMetaError, match="expected true or false") as excinfo:
+        load_selection()
+    assert where in str(excinfo.value)
+
+
+# -- the generated messages ---------------------------------------------------------------------
+
+
+def _watched_book(watch: bool = True) -> ModelSelection:
+    return ModelSelection(Book, tuple(selectable_fields(Book)), watch)
+
+
+def test_watch_rpc_and_messages_have_the_contracts_numbers():
+    proto = build_file(_watched_book(), query=None)
+    by_name = {m.name: m for m in proto.messages}
+    assert [(f.name, f.number) for f in by_name["BookWatchRequest"].fields] == [
+        ("since", 2),
+        ("snapshot", 3),
+    ]
+    assert [(f.name, f.number) for f in by_name["BookEvent"].fields] == [
+        ("type", 1),
+        ("data", 2),
+        ("changed", 3),
+        ("cursor", 4),
+        ("time", 5),
+        ("id", 6),
+    ]
+    assert "CREATED = 1;" in " ".join(by_name["BookEvent"].enum_lines)
+    watch = [r for r in proto.rpcs if r.name == "Watch"]
+    assert watch and watch[0].server_streaming and watch[0].response == "BookEvent"
+    assert "google/protobuf/timestamp.proto" in proto.imports
+
+
+def test_no_watch_without_the_flag():
+    proto = build_file(_watched_book(watch=False))
+    assert "Watch" not in {r.name for r in proto.rpcs}
+    assert "BookEvent" not in {m.name for m in proto.messages}
+
+
+# -- the cursor ---------------------------------------------------------------------------------
+
+
+def test_cursor_round_trip_and_covers():
+    position = Position(10, 12, 7, 1_700_000_000_000)
+    assert decode(position.encode()) == position
+    assert position.covers(9, 999) and position.covers(11, 7) and not position.covers(11, 8)
+    assert not position.covers(12, 1)
+
+
+@pytest.mark.parametrize("text", ["", "x", "0", "dzEuMS4y", Position(5, 1, 0, 0).encode()])
+def test_malformed_cursors_are_refused(text):
+    with pytest.raises(BadCursor):
+        decode(text)
+
+
+# -- WATCH_RETENTION ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0, -5, dt.timedelta(0), "7 days", True, None])
+def test_watch_retention_check(value):
+    with override_settings(MESSAGE_BUS={"WATCH_RETENTION": value}):
+        errors = [e for e in check_settings() if "WATCH_RETENTION" in e.msg]
+    assert len(errors) == 1 and errors[0].id in ("django_grpc_bus.E003", "django_grpc_bus.E030")
+
+
+@pytest.mark.parametrize("value", [60, 0.5, dt.timedelta(hours=1)])
+def test_watch_retention_accepts_durations(value):
+    with override_settings(MESSAGE_BUS={"WATCH_RETENTION": value}):
+        assert [e for e in check_settings() if "WATCH_RETENTION" in e.msg] == []
+
+
+# -- recording ----------------------------------------------------------------------------------
+
+
+def events() -> list[tuple[str, int, str, list[str] | None]]:
+    return [(e.model, e.kind, e.object_pk, e.changed) for e in WatchEvent.objects.order_by("id")]
+
+
+@pytest.fixture
+def author(db):
+    return Author.objects.create(name="Herbert")
+
+
+def test_create_update_delete_are_recorded(author):
+    book = Book.objects.create(title="Dune", author=author, isbn="1")
+    book.title = "Dune II"
+    book.save()
+    book.save()  # nothing changed: no event
+    Book.objects.get(pk=book.pk).save(update_fields=["isbn"])
+    pk = str(book.pk)
+    book.delete()
+    assert events() == [
+        ("catalog.book", WatchEvent.CREATED, pk, None),
+        ("catalog.book", WatchEvent.UPDATED, pk, ["title"]),
+        ("catalog.book", WatchEvent.UPDATED, pk, ["isbn"]),
+        ("catalog.book", WatchEvent.DELETED, pk, None),
+    ]
+    last = WatchEvent.objects.order_by("id").last()
+    assert last.data == {
+        "id": book.id or int(pk),
+        "title": "Dune II",
+        "author_id": author.pk,
+        "isbn": "1",
+    }
+
+
+def test_unwatched_models_record_nothing(author):
+    Tag.objects.create(name="x")
+    assert events() == []  # Author (the fixture) and Tag are not watched
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rolled_back_change_records_nothing():
+    author = Author.objects.create(name="A")
+    with pytest.raises(RuntimeError), transaction.atomic():
+        Book.objects.create(title="Gone", author=author, isbn="g")
+        raise RuntimeError
+    Book.objects.create(title="Kept", author=author, isbn="k")
+    assert [e[1] for e in events()] == [WatchEvent.CREATED]
+    assert WatchEvent.objects.get().data["title"] == "Kept"
+
+
+def test_record_changes_for_bulk_paths(author):
+    made = Book.objects.bulk_create([Book(title=t, author=author, isbn=t) for t in "ab"])
+    assert events() == []  # bulk_create sends no signals
+    assert record_changes(made, "created") == 2
+    pks = [b.pk for b in made]
+    Book.objects.filter(pk__in=pks).update(title="same")
+    assert record_changes(Book.objects.filter(pk__in=pks), "updated", changed=["title"]) == 2
+    assert record_changes([author], "updated") == 0  # not watched
+    assert [(e[1], e[3]) for e in events()] == [
+        (1, None),
+        (1, None),
+        (2, ["title"]),
+        (2, ["title"]),
+    ]
+    with pytest.raises(ValueError, match="kind must be one of"):
+        record_changes(made, "changed")
+
+
+def test_prune_events_deletes_only_older_than_retention(author):
+    for isbn in "xyz":
+        Book.objects.create(title="t", author=author, isbn=isbn)
+    WatchEvent.objects.order_by("id").filter(
+        id__in=WatchEvent.objects.order_by("id").values("id")[:2]
+    ).update(time=timezone.now() - dt.timedelta(days=8))
+    assert prune_events(batch=1) == 2
+    assert WatchEvent.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)  # PostgreSQL: our own open transaction holds reads
+def test_read_positions():
+    author = Author.objects.create(name="A")
+    start = current_position("default")
+    Book.objects.create(title="a", author=author, isbn="a")
+    Book.objects.create(title="b", author=author, isbn="b")
+    read = read_after("default", "catalog.book", start)
+    assert [r.data["title"] for r in read.rows] == ["a", "b"]
+    again = read_after("default", "catalog.book", read.rows[0].cursor)
+    assert [r.data["title"] for r in again.rows] == ["b"]
+    assert read_after("default", "catalog.book", read.position).rows == ()
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_late_commit_is_never_skipped():
+    """Transaction A writes its event first (lower id) and commits after B: a reader must not
+    move past A's event while A runs, though B's (higher id) is visible."""
+    from support import pg_connect
+
+    author = Author.objects.create(name="A")
+    start = current_position("default")
+    db = connection.settings_dict
+    url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+    with pg_connect(url) as other:
+        other.autocommit = False
+        with other.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO django_grpc_bus_watchevent "
+                "(uid, model, kind, object_pk, data, time, txid) VALUES (gen_random_uuid(), "
+                "'catalog.book', 1, '999', '{\"title\": \"late\"}', now(), "
+                "pg_current_xact_id()::text::bigint)"
+            )
+        Book.objects.create(title="early", author=author, isbn="e")  # commits now
+        held = read_after("default", "catalog.book", start)
+        assert held.rows == () and held.held_back
+        other.commit()
+    read = read_after("default", "catalog.book", held.position)
+    assert [r.data["title"] for r in read.rows] == ["late", "early"]  # both, in id order
