@@ -31,6 +31,13 @@ def test_demo_runs_end_to_end_and_stops_its_servers():
         "  'The Dispossessed': 9.99 (12 in stock)\n"
         "  2 of 4 books (inventory.Book.count)\n",
         "price now 7.99; title unchanged: 'The Lathe of Heaven'",
+        # one action of each kind
+        "restock: 'The Dispossessed' now 17 in stock",
+        "low_stock: 'Kindred' (0 in stock)\n  low_stock: 'The Left Hand of Darkness' (4 in stock)",
+        "reprice: INVALID_ARGUMENT ([1].price: Ensure this value is greater than or equal to 0.); "
+        "#1 still costs 9.99",
+        "check_isbn: 9780441478125 found=True 'The Left Hand of Darkness'",
+        "check_isbn: 0000000000000 found=False ''",
         "Ada <ada@example.com> (VIP), joined 2024-01-15",
         "published: This field is required.",
         "NOT_FOUND: No catalog.Book with id=999. (from inventory, catalog.Book.Retrieve)",

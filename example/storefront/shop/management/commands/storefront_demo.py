@@ -54,6 +54,22 @@ class Command(BaseCommand):
         inventory.Book.destroy({"id": created["id"]})
         say(f"  deleted #{created['id']}")
 
+        say(self.style.MIGRATE_HEADING("Actions, one of each kind (inventory.Book.<action>)"))
+        restocked = inventory.Book.restock({"id": 1, "count": 5})  # unary
+        say(f"  restock: {restocked['title']!r} now {restocked['in_stock']} in stock")
+        for row in inventory.Book.low_stock({"below": 5}):  # server-streaming
+            say(f"  low_stock: {row['title']!r} ({row['in_stock']} in stock)")
+        prices = [{"id": 1, "price": "11.00"}, {"id": 2, "price": "-1"}]
+        try:  # client-streaming, atomic: the second row is invalid, so neither changes
+            inventory.Book.reprice(iter(prices))
+        except CallError as exc:
+            violations = "; ".join(f"{field}: {problem}" for field, problem in exc.violations)
+            price = inventory.Book.retrieve({"id": 1})["price"]
+            say(f"  reprice: {exc.code().name} ({violations}); #1 still costs {price}")
+        isbns = ({"isbn": isbn} for isbn in ("9780441478125", "0000000000000"))
+        for answer in inventory.Book.check_isbn(isbns):  # bidi-streaming
+            say(f"  check_isbn: {answer['isbn']} found={answer['found']} {answer['title']!r}")
+
         say(self.style.MIGRATE_HEADING("Customers (accounts.Customer.list)"))
         for customer in accounts.Customer.list():
             vip = " (VIP)" if customer["vip"] else ""
