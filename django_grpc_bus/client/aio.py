@@ -30,7 +30,7 @@ from django_grpc_bus.client.channels import open_channel
 from django_grpc_bus.client.discovery import Catalog
 from django_grpc_bus.client.exceptions import RequestError
 from django_grpc_bus.client.registry import registry
-from django_grpc_bus.client.servlet import NO_DEADLINE, RPC, Servlet
+from django_grpc_bus.client.servlet import MAX_IDLE_RESUMES, NO_DEADLINE, RPC, Servlet
 from django_grpc_bus.client.watch import Reconnect, WatchState, afollow
 
 
@@ -141,7 +141,10 @@ class AsyncCall:
             message = method.request_messages(self._request)
             if method.client_streaming:
                 message = iter(list(message))  # built (and checked) before the call starts
-        call = multicallable(message, **method.call_options(self._timeout, self._metadata))
+        options = method.call_options(self._timeout, self._metadata)
+        call = multicallable(message, **options)
+        if method.resumes and self._flatten is None:
+            call = _ResumableCall(method, multicallable, message, options, call)
         return method, call
 
     def __await__(self) -> Generator[Any, None, Any]:
@@ -191,6 +194,48 @@ class AsyncCall:
             raise method.error(exc) from None
         finally:
             call.cancel()
+
+
+class _ResumableCall:
+    """A List's call that goes on after a cut (UNAVAILABLE) where it was cut, by page token.
+
+    Iterating it gives the List's messages, holding only rows not yielded before (a page asked
+    for again drops its rows up to where the cut was); ``cancel()`` cancels the current call.
+    """
+
+    def __init__(
+        self, method: RPC, multicallable: Any, message: Any, options: dict[str, Any], call: Any
+    ) -> None:
+        self._method = method
+        self._multicallable = multicallable
+        self._message = message
+        self._options = options
+        self._call = call
+
+    def cancel(self) -> bool:
+        return bool(self._call.cancel())
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        token, rows, skip, idle_cuts = "", 0, 0, 0
+        while True:
+            try:
+                async for response in self._call:
+                    idle_cuts = 0
+                    if skip:
+                        dropped = min(skip, len(response.results))
+                        del response.results[:dropped]
+                        skip -= dropped
+                    rows += len(response.results)
+                    yield response
+                    token = response.next_page_token
+                return
+            except grpc.RpcError as exc:
+                resumed = self._method.resume_request(exc, self._message, token, rows)
+                idle_cuts += 1
+                if resumed is None or idle_cuts > MAX_IDLE_RESUMES:
+                    raise
+                self._message, skip = resumed
+                self._call = self._multicallable(self._message, **self._options)
 
 
 class AsyncRegistry(BaseRegistry[AsyncServlet]):
