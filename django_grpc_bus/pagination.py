@@ -3,7 +3,9 @@
 Each response message carries up to ``LIST_BATCH_SIZE`` rows (fewer when one more would take it
 past ``MAX_MESSAGE_SIZE``), so the first batch leaves before the last row is read and memory
 stays flat; a cancelled call stops reading. ``page_size`` > 0 returns one page and a
-``next_page_token``, an opaque offset the client passes back as ``page_token``. Rows come in the
+``next_page_token``, an opaque offset the client passes back as ``page_token``. A whole stream
+(``page_size`` 0) gives each batch but the last the token of the rows after it, so a client
+whose stream was cut resumes there (with the same request and that ``page_token``). Rows come in the
 queryset's order, then by primary key, so pages neither skip nor repeat rows.
 
 A token is bound to the rest of the request (``filter``, ``order_by``, ``search``): it carries a
@@ -54,7 +56,7 @@ def requested_page(request: Any) -> Page:
     if not 0 <= page_size <= MAX_OFFSET:
         raise GrpcError(INVALID, "page_size cannot be negative.", [("page_size", "Must be >= 0.")])
     token = getattr(request, "page_token", "")
-    query = query_digest(request) if page_size or token else ""  # only tokens need it
+    query = query_digest(request)  # every token carries it (a whole stream's batches too)
     return Page(page_size, decode_page_token(token, query) if token else 0, query)
 
 
@@ -148,7 +150,7 @@ def _batches(
         if batch_bytes + row_bytes > byte_budget and len(results) > 1:
             # One more row would take the message past the limit: send the batch without it.
             del results[-1]
-            yield response
+            yield _resumable(response, offset + sent, page)
             response = response_class()
             results = response.results
             fill(results.add(), row)
@@ -156,12 +158,20 @@ def _batches(
         batch_bytes += row_bytes
         sent += 1
         if len(results) == batch_size:
-            yield response
+            yield _resumable(response, offset + sent, page)
             response = response_class()
             results = response.results
             batch_bytes = 0
     if len(results) or response.next_page_token or not sent:
         yield response
+
+
+def _resumable(response: Any, next_offset: int, page: Page) -> Any:
+    """A whole stream's batch, with the token of the rows after it (where a cut stream resumes);
+    a page's batches other than the last carry none, so next_page_token stays the next page's."""
+    if not page.size:
+        response.next_page_token = encode_page_token(next_offset, page.query)
+    return response
 
 
 def encode_page_token(offset: int, query: str = "") -> str:

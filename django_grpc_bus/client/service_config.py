@@ -13,7 +13,9 @@ servlet's channel:
   (writes) are never retried. A server stream is retried only until its first message arrives;
   a List cut later is resumed by the registry itself (``servlet.py``, ``aio.py``).
 
-``SERVLETS[name]['service_config']`` overrides these per servlet, key by key (top level).
+``SERVLETS[name]['service_config']`` overrides these per servlet, key by key (top level); a key
+set to None removes the default (``{"healthCheckConfig": None}`` for a server whose health
+service needs credentials, ``PROTECT_HEALTH_AND_REFLECTION``: gRPC's health checks send none).
 """
 
 from __future__ import annotations
@@ -91,8 +93,10 @@ def default_service_config(config: ServletConfig, services: Services = ()) -> di
 
 
 def service_config(config: ServletConfig, services: Services = ()) -> dict[str, Any]:
-    """The service config of `config`'s channel: the defaults, then its ``service_config``."""
-    return {**default_service_config(config, services), **(config.service_config or {})}
+    """The service config of `config`'s channel: the defaults, then its ``service_config``
+    (a key set to None there removes the default, e.g. ``{"healthCheckConfig": None}``)."""
+    merged = {**default_service_config(config, services), **(config.service_config or {})}
+    return {key: value for key, value in merged.items() if value is not None}
 
 
 def service_config_json(config: ServletConfig, services: Services = ()) -> str:

@@ -32,6 +32,7 @@ from django_grpc_bus.conversion.messages import (
 from django_grpc_bus.identifiers import snake_case
 
 NO_DEADLINE = math.inf  # timeout=NO_DEADLINE: a call with no deadline at all
+MAX_IDLE_RESUMES = 3  # a List cut this many times in a row with no new batch: give up
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 # How a TLS server's port ends a plaintext connection: it hangs up during the handshake.
 HANG_UPS = ("Socket closed", "Connection reset", "Broken pipe")
@@ -228,6 +229,12 @@ class RPC:
             and repeated(results)
             and results.message_type is not None
         )
+        # A generated List's rows are resumed after a cut (UNAVAILABLE), by page token.
+        self.resumes = bool(
+            self.flattens
+            and not self.client_streaming
+            and "page_token" in method.input_type.fields_by_name
+        )
         # A generated List or Count request's `filter` takes Django's spelling too.
         self.filter_message = filters.filter_message(method.input_type)
         self.row_fields = filters.row_fields(service, method.input_type)
@@ -295,6 +302,24 @@ class RPC:
         if self.flattens if flatten is None else flatten:
             return [message_to_dict(row) for row in response.results]
         return [self.convert(response)]
+
+    def resume_request(
+        self, exc: grpc.RpcError, request: Any, token: str, rows: int
+    ) -> tuple[Any, int] | None:
+        """How to go on with a List cut by `exc` after `rows` rows (the last batch's token
+        `token`): the request to send again and how many of its rows were already yielded;
+        None when it cannot be resumed (not a List's rows, not UNAVAILABLE, no token yet)."""
+        if not self.resumes or exc.code() != grpc.StatusCode.UNAVAILABLE:
+            return None
+        if getattr(request, "page_size", 0):
+            # A page's batches carry no token: ask for the page again, skip what was yielded.
+            return request, rows
+        if not token:
+            return None  # cut before its first batch ended: gRPC's retry policy's part
+        resumed = self.request_class()
+        resumed.CopyFrom(request)
+        resumed.page_token = token
+        return resumed, 0
 
     # -- calling -----------------------------------------------------------------------------
 
@@ -365,18 +390,40 @@ class Method(RPC, MethodCalls):
         options = self.call_options(timeout, metadata)
         multicallable = self._callable()
         if self.server_streaming or flatten is False:
-            return self._stream(multicallable(message, **options), flatten)
+            return self._stream(multicallable, message, options, flatten)
         try:
             return self.convert(multicallable(message, **options))
         except grpc.RpcError as exc:
             raise self.error(exc) from None
 
-    def _stream(self, call: Any, flatten: bool | None = None) -> Iterator[Any]:
+    def _stream(
+        self, multicallable: Any, message: Any, options: dict[str, Any], flatten: bool | None
+    ) -> Iterator[Any]:
+        """The stream's rows (or messages); a List cut by UNAVAILABLE goes on where it was cut."""
+        resumes = self.resumes and flatten is None
+        call = multicallable(message, **options)
+        token, rows, skip, idle_cuts = "", 0, 0, 0
         try:
-            for response in call:
-                yield from self.results(response, flatten)
-        except grpc.RpcError as exc:
-            raise self.error(exc) from None
+            while True:
+                try:
+                    for response in call:
+                        idle_cuts = 0
+                        for row in self.results(response, flatten):
+                            if skip:
+                                skip -= 1
+                                continue
+                            rows += 1
+                            yield row
+                        if resumes:
+                            token = response.next_page_token
+                    return
+                except grpc.RpcError as exc:
+                    resumed = self.resume_request(exc, message, token, rows) if resumes else None
+                    idle_cuts += 1
+                    if resumed is None or idle_cuts > MAX_IDLE_RESUMES:
+                        raise self.error(exc) from None
+                    message, skip = resumed
+                    call = multicallable(message, **options)
         finally:
             call.cancel()  # closed or abandoned early: stop the server's work
 

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from django_grpc_bus.serving.aio_calls import CallThreads
 from django_grpc_bus.serving.health_reflection import AioHealthServicer, mark_serving
 from django_grpc_bus.serving.interceptors import INFRASTRUCTURE_PREFIXES, refusal_for
 from django_grpc_bus.serving.server import (
+    QUIET_PERIOD,
+    QUIET_WAIT,
     ServerConfig,
     ServerError,
     add_port,
@@ -75,9 +78,15 @@ class AioBuiltServer:
         flight get `grace` seconds; health and reflection streams do not hold the stop.
         `exiting`: the process ends at once if calls were cut short (no waiting for them).
         """
+        deadline = time.monotonic() + grace
         await self.health.enter_graceful_shutdown()
         loop = asyncio.get_running_loop()
         finished = await loop.run_in_executor(None, self.traffic.drain, grace)
+        # Then until calls stop arriving (see BuiltServer.stop_gracefully).
+        remaining = max(deadline - time.monotonic(), 0.0)
+        await loop.run_in_executor(
+            None, self.traffic.wait_quiet, QUIET_PERIOD, min(QUIET_WAIT, remaining)
+        )
         await self.server.stop(0)
         if finished or not exiting:
             # grpc cancels what is left (health Watch streams, calls cut short) from its own

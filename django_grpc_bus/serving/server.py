@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -34,6 +35,10 @@ from django_grpc_bus.serving.traffic import Traffic
 logger = logging.getLogger("django_grpc_bus.server")
 
 DEFAULT_ADDRESS = "[::]:50051"
+# Draining: once the calls in flight are done, the server stops when no call has arrived for
+# QUIET_PERIOD s (clients that health-check have stopped picking it), or after QUIET_WAIT s.
+QUIET_PERIOD = 0.25
+QUIET_WAIT = 2.0
 
 
 class ServerError(Exception):
@@ -120,12 +125,18 @@ class BuiltServer:
     def stop_gracefully(self, grace: float) -> bool:
         """Drain, then stop. Returns True when every call in flight finished within `grace`.
 
-        Health and reflection streams (a load balancer's Watch) do not hold the shutdown:
-        once the services' own calls are done, or the grace period is over, everything left
-        is ended.
+        Health turns NOT_SERVING (clients that health-check stop picking this server) and new
+        calls are refused UNAVAILABLE; once those in flight are done, the server waits (within
+        `grace`) for calls to stop arriving, so that gRPC's stop has none it received but had not
+        handed over to cancel. Health and reflection streams (a load balancer's Watch) do not
+        hold the shutdown: once the services' own calls are done, or the grace period is over,
+        everything left is ended.
         """
+        deadline = time.monotonic() + grace
         self.health.enter_graceful_shutdown()
         finished = self.traffic.drain(grace)
+        remaining = max(deadline - time.monotonic(), 0.0)
+        self.traffic.wait_quiet(QUIET_PERIOD, min(QUIET_WAIT, remaining))
         self.server.stop(0).wait(5)
         if self.observer is not None:
             self.observer.close()

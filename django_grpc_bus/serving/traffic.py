@@ -7,6 +7,7 @@ Each built server has its own :class:`Traffic`; its call handlers reach it throu
 from __future__ import annotations
 
 import threading
+import time
 
 import grpc
 
@@ -19,10 +20,12 @@ class Traffic:
         self.active = 0
         self.draining = False
         self.limit = limit  # MAX_CONCURRENT_RPCS; None: no limit
+        self.last_call = time.monotonic()  # when a call last arrived (refused ones too)
 
     def enter(self, context: grpc.ServicerContext) -> None:
         """Count a call in; refused UNAVAILABLE while draining, RESOURCE_EXHAUSTED at the limit."""
         with self._lock:
+            self.last_call = time.monotonic()
             if self.draining:
                 context.abort(
                     grpc.StatusCode.UNAVAILABLE,
@@ -48,3 +51,20 @@ class Traffic:
         with self._lock:
             self.draining = True
             return self._lock.wait_for(lambda: not self.active, timeout)
+
+    def wait_quiet(self, quiet: float, timeout: float) -> bool:
+        """Wait up to `timeout` s until no call is in flight and none has arrived for `quiet` s.
+
+        gRPC cancels the calls it has received but not yet handed to the server when the server
+        stops (grpc/grpc#41785): stopping once clients have stopped sending (they stop picking a
+        server whose health is NOT_SERVING) leaves none to cancel. True if it went quiet.
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                now = time.monotonic()
+                if not self.active and now - self.last_call >= quiet:
+                    return True
+                if now >= deadline:
+                    return False
+                self._lock.wait(min(deadline - now, max(quiet - (now - self.last_call), 0.01)))

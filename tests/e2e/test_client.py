@@ -784,7 +784,13 @@ def test_list_is_a_generator_of_rows_flattened_from_batches(books):
 def test_batches_keep_the_messages_and_their_page_tokens(books):
     batches = list(registry.one.Book.list.batches())
     assert [len(batch["results"]) for batch in batches] == [3, 3, 3, 1]  # LIST_BATCH_SIZE 3
-    assert all(batch["next_page_token"] == "" for batch in batches)
+    # A whole stream's batches but the last carry the token of the rows after them: where a
+    # stream cut there resumes (SPEC §13).
+    assert [bool(batch["next_page_token"]) for batch in batches] == [True, True, True, False]
+    resumed = list(registry.one.Book.list.batches({"page_token": batches[1]["next_page_token"]}))
+    assert [row for batch in resumed for row in batch["results"]] == batches[2]["results"] + (
+        batches[3]["results"]
+    )
 
     seen: list[dict[str, Any]] = []
     token, pages = "", 0
