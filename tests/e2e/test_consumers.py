@@ -6,11 +6,15 @@ PostgreSQL database when DATABASE_URL points there); the producer is the fake Wa
 tests/watchfake.py in this process. Proven: a snapshot then changes, each handled once and the
 cursor kept; a consumer SIGKILLed mid-handler handles that event once more with no double
 effect; a failing handler is retried (logged at ERROR) without losing or doubling the event;
-SIGTERM lets the current event finish and commit; bad subscriptions are named.
+SIGTERM lets the current event finish and commit; bad subscriptions are named. The last tests
+use a real producer instead (rungrpcserver of the test project, catalog.Book watched): a
+watch resumed across a producer restart with a plain ORM save made meanwhile in another
+process, a consumer killed mid-handler, and grpclist/grpccall on its Watch.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,8 +24,25 @@ import uuid
 from pathlib import Path
 
 import pytest
-from support import DATABASE_URL, ON_POSTGRES, TESTS_DIR, db_query, free_port, pg_connect
+from support import (
+    DATABASE_URL,
+    ON_POSTGRES,
+    TESTS_DIR,
+    add_servlets,
+    bus_env,
+    db_query,
+    free_port,
+    pg_connect,
+    run_django,
+    running_server,
+    servlet_entry,
+    start_server,
+    stop_server,
+)
 from watchfake import FakeWatchServer, compile_proto
+
+from django_grpc_bus.client.registry import registry
+from django_grpc_bus.client.watch import Reconnect
 
 
 @pytest.fixture(scope="module")
@@ -283,3 +304,113 @@ def test_an_unreachable_servlet_is_waited_for(fake, storefront_db):
     assert process.returncode == 0, err
     assert "its servlet cannot be reached yet; it keeps trying" in first
     assert seen(storefront_db) == [("snapshot-1", 1, "CREATED")]
+
+
+# -- against a real producer: rungrpcserver of the test project, catalog.Book watched -----------
+
+PRODUCER = {"GRACE_PERIOD": 1}
+
+
+def producer_server(url: str, port: int):
+    return start_server(
+        url, "--no-access-log", env=bus_env(**PRODUCER), address=f"127.0.0.1:{port}"
+    )
+
+
+def orm_in_another_process(url: str, code: str) -> None:
+    run_django(url, "shell", "-c", code)
+
+
+def test_real_watch_resumes_across_a_producer_restart(fresh_database, settings):
+    port = free_port()
+    server = producer_server(fresh_database, port)
+    add_servlets(settings, producer=servlet_entry(port))
+    books = registry.producer["catalog.Book"]
+    try:
+        author = registry.producer["catalog.Author"].create({"name": "Le Guin"})
+        books.create({"title": "Earthsea", "author": author["id"], "isbn": "9780000000001"})
+        events = books.watch({"snapshot": True}, reconnect=Reconnect(initial=0.1, maximum=0.5))
+        row, complete = next(events), next(events)
+        assert (row["type"], row["data"]["title"]) == ("CREATED", "Earthsea")
+        assert complete["type"] == "SNAPSHOT_COMPLETE"
+        stop_server(server)
+        # A plain ORM save in another process while no server runs: the outbox keeps it.
+        orm_in_another_process(
+            fresh_database,
+            "from catalog.models import Book; b = Book.objects.get(isbn='9780000000001'); "
+            "b.title = 'Earthsea II'; b.save()",
+        )
+        server = producer_server(fresh_database, port)
+        updated = next(events)  # through UNAVAILABLE until the new server answers
+        books.create({"title": "Tehanu", "author": author["id"], "isbn": "9780000000002"})
+        created = next(events)
+        events.close()
+    finally:
+        server.stop()
+        registry.reset()
+    assert (updated["type"], updated["data"]["title"]) == ("UPDATED", "Earthsea II")
+    assert "title" in updated["changed"]
+    assert (created["type"], created["data"]["title"]) == ("CREATED", "Tehanu")
+    assert len({updated["id"], created["id"]}) == 2
+    # Cursors are opaque: each event has its own.
+    assert len({complete["cursor"], updated["cursor"], created["cursor"]}) == 3
+
+
+def test_real_consumer_killed_mid_handler_handles_that_event_once(
+    fresh_database, storefront_db, tmp_path, settings
+):
+    port = free_port()
+    server = producer_server(fresh_database, port)
+    add_servlets(settings, producer=servlet_entry(port))
+    env = {"STOREFRONT_MODEL": "catalog.Book"}
+    try:
+        author = registry.producer["catalog.Author"].create({"name": "Jemisin"})
+        until_idle(storefront_db, port, **env)  # a snapshot of whatever is there; a cursor
+        start = len(seen(storefront_db))
+        ids = [
+            registry.producer["catalog.Book"].create(
+                {"title": f"Broken Earth {n}", "author": author["id"], "isbn": f"97811{n:08d}"}
+            )["id"]
+            for n in range(3)
+        ]
+        hang = tmp_path / "hang"
+        process = consumer_process(
+            storefront_db,
+            port,
+            STOREFRONT_HANG_ON_BOOK=str(ids[1]),
+            STOREFRONT_HANG_FILE=str(hang),
+            **env,
+        )
+        try:
+            wait_for_file(hang, process)
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+        assert [row[1] for row in seen(storefront_db)[start:]] == ids[:1]
+        until_idle(storefront_db, port, **env)
+        handled = seen(storefront_db)[start:]
+    finally:
+        stop_server(server)
+        registry.reset()
+    assert [(book_id, kind) for _, book_id, kind in handled] == [(i, "CREATED") for i in ids]
+    assert len({event_id for event_id, _, _ in handled}) == 3
+
+
+def test_real_grpclist_and_grpccall_show_watch(fresh_database):
+    with running_server(fresh_database, "--no-access-log", env=bus_env(**PRODUCER)) as server:
+        listing = run_django(fresh_database, "grpclist", server.target, "catalog.Book")
+        assert "watch" in listing.stdout.lower() and "since" in listing.stdout
+        result = run_django(
+            fresh_database,
+            "grpccall",
+            server.target,
+            "catalog.Book.watch",
+            '{"snapshot": true}',
+            "--max",
+            "1",
+        )
+    (line,) = result.stdout.splitlines()
+    assert json.loads(line)["type"] in ("CREATED", "SNAPSHOT_COMPLETE")
