@@ -25,7 +25,7 @@ from django_grpc_bus.protogen.actions import ActionDeclarationError, ModelAction
 from django_grpc_bus.protogen.placeholders import placeholder_imports
 from django_grpc_bus.protogen.query import ListQuery, QueryDeclarationError, list_query
 
-NO_QUERY_FIELDS = "No filters, ordering or search generated for List: "
+NO_QUERY_FIELDS = "No filters, ordering or search generated for List, and no actions: "
 
 
 @dataclass(frozen=True)

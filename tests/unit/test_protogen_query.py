@@ -372,7 +372,8 @@ def test_no_hook_or_a_broken_one_is_one_line_and_no_query_fields(project, make_m
     project.write_meta(book_meta())
     _, err = project.call("generateproto")
     assert err.strip().splitlines() == [
-        "No filters, ordering or search generated for List: MESSAGE_BUS['ROOT_HANDLERS_HOOK'] "
+        "No filters, ordering or search generated for List, and no actions: "
+        "MESSAGE_BUS['ROOT_HANDLERS_HOOK'] "
         "is not set, and they are read from the services its handler registers."
     ]
     broken = make_module("import catalog.models\nhandler = undefined_name\n")

@@ -30,7 +30,8 @@ class Command(BusCommand):
             "request",
             nargs="?",
             default="{}",
-            help='the request as JSON; filter names in either spelling ("price__lt" or "price_lt")',
+            help="the request as JSON (a JSON array of them for a client or bidi stream); filter "
+            'names in either spelling ("price__lt" or "price_lt")',
         )
         parser.add_argument(
             "--metadata", action="append", default=[], metavar="KEY=VALUE", help="call metadata"
