@@ -162,7 +162,7 @@ def validate_request(service: Any, request: Any, **kwargs: Any) -> serializers.B
             f"validate_request() needs an action declared with a serializer as request; "
             f"{type(service).__qualname__}.{action} is not one."
         )
-    serializer_class = cast(type[serializers.BaseSerializer], spec.request)
+    serializer_class = spec.request
     if "context" not in kwargs and hasattr(service, "get_serializer_context"):
         kwargs["context"] = service.get_serializer_context()
     serializer = serializer_class(data=request_data(serializer_class, request), **kwargs)
@@ -187,7 +187,7 @@ def request_data(serializer_class: type[serializers.BaseSerializer], message: An
     """The ``data`` a request message gives a serializer: its present fields, with the empty
     strings of fields that cannot be blank (dates, decimals, UUIDs) left out as "not given"."""
     data = messages.present_fields(message)
-    fields = serializer_class().fields
+    fields = getattr(serializer_class(), "fields", {})
     for name, field in fields.items():
         not_blank = isinstance(field, NOT_BLANK_TEXT) and not getattr(field, "allow_blank", False)
         if not_blank and data.get(name) == "":

@@ -135,6 +135,7 @@ class AsyncCall:
 
     async def _start(self) -> tuple[RPC, Any]:
         method, multicallable = await self._method.resolve()
+        message: Any
         if method.client_streaming and hasattr(self._request, "__aiter__"):
             message = _built(method, self._request)  # sent as the async iterable yields
         else:

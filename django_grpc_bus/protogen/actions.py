@@ -373,8 +373,7 @@ def drf_proto_type(
     if isinstance(field, serializers.ChoiceField):
         return _choice_type(field), False
     if isinstance(field, PrimaryKeyRelatedField):
-        queryset = field.queryset
-        related = getattr(queryset, "model", None)
+        related = getattr(getattr(field, "queryset", None), "model", None)
         if related is not None:
             return fieldtypes.proto_type(related._meta.pk), False
     if model is not None and isinstance(field.source, str) and "." not in field.source:
