@@ -82,6 +82,9 @@ def flatten_errors(detail: Any, prefix: str = "") -> Iterator[tuple[str, str, st
     """DRF error details as (field path, message, code): ``items[0].name`` for nested lists."""
     if isinstance(detail, dict):
         for key, value in detail.items():
+            if isinstance(key, int):  # a ListSerializer's errors, by the index of the item
+                yield from flatten_errors(value, f"{prefix}[{key}]")
+                continue
             name = "" if key == "non_field_errors" else str(key)
             yield from flatten_errors(
                 value, f"{prefix}.{name}" if prefix and name else prefix or name

@@ -66,6 +66,7 @@ class SerializerPlan:
         "columns",
         "fields",
         "getters",
+        "given_nested",
         "message_class",
         "nullable",
         "prefetch",
@@ -87,6 +88,12 @@ class SerializerPlan:
         declared = getattr(serializer, "_declared_fields", {})
         fields = serializer.fields
         self.fields = frozenset(fields)
+        # Writable nested serializers: their messages' data is read as given (unset is absent).
+        self.given_nested = frozenset(
+            name
+            for name, field in fields.items()
+            if not field.read_only and isinstance(field, serializers.BaseSerializer)
+        )
         self.writable = frozenset(name for name, field in fields.items() if not field.read_only)
         self.nullable = frozenset(name for name in self.writable if fields[name].allow_null)
         # Values carried as text that can never be "": an empty one is a field not given.
@@ -523,6 +530,13 @@ class ProtoSerializerMixin(_SerializerBase):
         """
         data = messages.present_fields(message)
         plan = cls.plan()
+        for name in plan.given_nested & data.keys():
+            value = getattr(message, name)
+            data[name] = (
+                [messages.given_fields(item) for item in value]
+                if isinstance(data[name], list)
+                else messages.given_fields(value)
+            )
         for name in plan.blank_means_absent:
             if data.get(name) == "":
                 del data[name]
@@ -535,6 +549,20 @@ class ProtoSerializerMixin(_SerializerBase):
             wanted = set(only)
             data = {name: value for name, value in data.items() if name in wanted}
         return data
+
+
+def writes_own_names(serializer_class: type[serializers.Serializer[Any]]) -> bool:
+    """Whether every writable field validates into its own name: none has another ``source``
+    (``AuthorSerializer(source="book_set", many=True)``), whose value DRF puts under the
+    source. Cached per class."""
+    cached = serializer_class.__dict__.get("_writes_own_names")
+    if cached is None:
+        cached = all(
+            field.read_only or field.source_attrs == [field.field_name]
+            for field in serializer_class().fields.values()
+        )
+        serializer_class._writes_own_names = cached  # type: ignore[attr-defined]
+    return cached
 
 
 class ProtoSerializer(ProtoSerializerMixin, serializers.Serializer):
@@ -591,6 +619,7 @@ class ModelProtoSerializer(ProtoSerializerMixin, serializers.ModelSerializer):
             and not self.partial
             and cls.get_fields is ProtoSerializerMixin.get_fields
             and cls.get_validators is ProtoSerializerMixin.get_validators
+            and writes_own_names(cls)
         )
 
     def get_field_names(

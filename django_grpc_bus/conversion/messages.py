@@ -283,6 +283,24 @@ def present_fields(message: Any) -> dict[str, Any]:
     return result
 
 
+def given_fields(message: Any) -> dict[str, Any]:
+    """:func:`present_fields`, and so for the messages nested in it (other than well-known
+    types): what a request gave of a writable nested serializer's data."""
+    plan = plan_for(message.DESCRIPTOR)
+    result: dict[str, Any] = {}
+    for name, field in plan.fields.items():
+        if field.has_presence and not message.HasField(name):
+            continue
+        nested = field.message_type
+        if nested is None or nested.full_name in WELL_KNOWN or _is_map(field):
+            result[name] = _read(plan, name, message)
+        elif repeated(field):
+            result[name] = [given_fields(item) for item in getattr(message, name)]
+        else:
+            result[name] = given_fields(getattr(message, name))
+    return result
+
+
 def _read(plan: MessagePlan, name: str, message: Any) -> Any:
     try:
         return plan.readers[name](message)

@@ -39,7 +39,7 @@ from library import models
 class BookBriefSerializer(proto_serializers.ModelProtoSerializer):
     class Meta:
         model = models.Book
-        fields = ["id", "title"]
+        fields = ["id", "title", "price"]
 
 
 class AuthorBriefSerializer(proto_serializers.ModelProtoSerializer):
@@ -49,7 +49,15 @@ class AuthorBriefSerializer(proto_serializers.ModelProtoSerializer):
 
 
 class AuthorSerializer(proto_serializers.ModelProtoSerializer):
-    books = BookBriefSerializer(source="book_set", many=True, read_only=True)
+    # Writable, so (as DRF requires for writable nested serializers) create() saves them.
+    books = BookBriefSerializer(source="book_set", many=True, required=False)
+
+    def create(self, validated_data):
+        books = validated_data.pop("book_set", [])
+        author = super().create(validated_data)
+        for book in books:
+            models.Book.objects.create(author=author, **book)
+        return author
 
     class Meta:
         model = models.Author
@@ -262,11 +270,15 @@ def test_registry_aregistry_grpccall_and_buf_curl_see_nested_fields(new_project,
     assert book["title_words"] == 5
     assert found["again"] == book
     assert book in found["rows"]
-    assert found["author"]["books"] == [{"id": book["id"], "title": "The Left Hand of Darkness"}]
+    assert found["author"]["books"] == [
+        {"id": book["id"], "title": "The Left Hand of Darkness", "price": "12.50"}
+    ]
 
     found = result_of(consumer_shell(new_project, server.port, AREGISTRY))
     assert book in found["rows"]
-    assert found["author"]["books"] == [{"id": book["id"], "title": "The Left Hand of Darkness"}]
+    assert found["author"]["books"] == [
+        {"id": book["id"], "title": "The Left Hand of Darkness", "price": "12.50"}
+    ]
 
     called = manage(
         new_project,
@@ -315,3 +327,35 @@ def test_a_list_of_1000_books_with_nested_authors_runs_a_constant_number_of_quer
     assert found["author_books_200"] == 1000
     assert len(found["authors_2"]) == 2
     assert len(found["authors_200"]) == 1 + -(-200 // batch)
+
+
+WRITABLE = """
+import json
+from django_grpc_bus.client.exceptions import CallError
+from django_grpc_bus.client.registry import registry
+
+author = registry.library.Author.create(
+    {"name": "Octavia E. Butler", "books": [{"title": "Kindred", "price": "9.00"},
+                                            {"title": "Dawn", "price": "8.00"}]}
+)
+before = registry.library.Author.count({})
+try:
+    registry.library.Author.create(
+        {"name": "Nobody", "books": [{"title": "Fine", "price": "1.00"},
+                                     {"title": "", "price": "not a number"}]}
+    )
+except CallError as error:
+    failure = {"code": error.code().name, "violations": error.violations}
+print("RESULT " + json.dumps({"author": author, "failure": failure,
+                              "unchanged": registry.library.Author.count({}) == before}))
+"""
+
+
+def test_writable_nested_data_is_validated_as_drf_validates_it(new_project, server):
+    found = result_of(consumer_shell(new_project, server.port, WRITABLE))
+    books = found["author"]["books"]
+    assert [(b["title"], b["price"]) for b in books] == [("Kindred", "9.00"), ("Dawn", "8.00")]
+    assert found["failure"]["code"] == "INVALID_ARGUMENT"
+    fields = {field for field, _description in found["failure"]["violations"]}
+    assert fields == {"books[1].title", "books[1].price"}
+    assert found["unchanged"]  # nothing half-written
