@@ -389,3 +389,63 @@ def test_dns_name_of_three_replicas_on_127_0_0_1_127_0_0_2_and_ipv6(dns_fleet, d
 def test_ipv4_list_of_three_ports(ipv4_fleet, database, settings):
     replicas, target = ipv4_fleet
     scale_out(database, settings, replicas, target)
+
+
+def test_aregistry_list_resumes_after_its_replica_is_killed(database, settings, monkeypatch):
+    """Two Lists through aregistry on a two-replica ipv4: target (round_robin: one on each),
+    paused after their first row while one replica is SIGKILLed: both give every row once."""
+    import asyncio
+
+    from django_grpc_bus.client.aio import aregistry
+
+    replicas = [Replica(database, "127.0.0.1").start()]
+    try:
+        replicas.append(Replica(database, "127.0.0.1").start())
+        (author,) = insert_authors(database, ["async author"])
+        isbns = [f"{979_000_000_0000 + i}" for i in range(ROWS)]
+        db_execute(
+            database,
+            "INSERT INTO catalog_book (title, author_id, isbn) VALUES (%s, %s, %s)",
+            [(f"{TITLE} {i}", author, isbn) for i, isbn in enumerate(isbns)],
+        )
+        target = "ipv4:" + ",".join(r.target for r in replicas)
+        add_servlets(
+            settings, pair={"target": target, "timeout": CALL_TIMEOUT, "options": SMALL_WINDOW}
+        )
+        paused = asyncio.Event()
+        resumes = []
+        real_resume = servlet_module.RPC.resume_request
+
+        def counting_resume(self, *args):
+            resumed = real_resume(self, *args)
+            resumes.append(resumed is not None)
+            return resumed
+
+        monkeypatch.setattr(servlet_module.RPC, "resume_request", counting_resume)
+
+        async def one_list() -> list[str]:
+            got = []
+            async for row in aregistry.pair.Book.list():
+                got.append(row["isbn"])
+                if len(got) == 1:
+                    await paused.wait()
+                    await asyncio.sleep(0.5)  # the kill lands now
+            return got
+
+        async def main() -> list[list[str]]:
+            await aregistry.pair.Book.retrieve({"isbn": isbns[0]})  # catalog and channel
+            lists = [asyncio.create_task(one_list()) for _ in range(2)]
+            await asyncio.sleep(0.5)  # both have their first row
+            replicas[0].process.send_signal(signal.SIGKILL)
+            paused.set()
+            try:
+                return await asyncio.gather(*lists)
+            finally:
+                await aregistry.aclose()
+
+        assert asyncio.run(main()) == [isbns, isbns]
+        assert resumes == [True]  # the List on the killed replica, resumed once
+        assert replicas[0].process.wait(10) == -signal.SIGKILL
+    finally:
+        for replica in replicas:
+            replica.stop(timeout=10)
