@@ -29,15 +29,14 @@ INSTRUMENTATION = "django_grpc_bus"
 Code = grpc.StatusCode
 OK = Code.OK
 # A server span is an error for these only (OpenTelemetry's semantic conventions for gRPC).
-SERVER_ERRORS = frozenset(
-    {
-        Code.UNKNOWN,
-        Code.DEADLINE_EXCEEDED,
-        Code.UNIMPLEMENTED,
-        Code.INTERNAL,
-        Code.UNAVAILABLE,
-        Code.DATA_LOSS,
-    }
+# A tuple: `in` compares identities in C, where a set would call StatusCode's __hash__ (Python).
+SERVER_ERRORS = (
+    Code.UNKNOWN,
+    Code.DEADLINE_EXCEEDED,
+    Code.UNIMPLEMENTED,
+    Code.INTERNAL,
+    Code.UNAVAILABLE,
+    Code.DATA_LOSS,
 )
 
 
@@ -79,6 +78,28 @@ def text(details: Any) -> str:
     return details or ""
 
 
+def read_fields(textmap: Any) -> frozenset[str] | None:
+    """The metadata keys `textmap` reads, when it is W3C's trace context and baggage (the default).
+
+    None for any other propagator: its ``fields`` need not list every header its ``extract``
+    reads (B3's multi-header format reads ``b3`` too), so it is always asked.
+    """
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+    from opentelemetry.propagators.composite import CompositePropagator
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    if type(textmap) is CompositePropagator:
+        parts = getattr(textmap, "_propagators", None)  # not public: if it goes, always extract
+    else:
+        parts = [textmap]
+    if parts is None:
+        return None
+    for part in parts:
+        if type(part) not in (TraceContextTextMapPropagator, W3CBaggagePropagator):
+            return None
+    return frozenset(textmap.fields)
+
+
 class Spans:
     """Starting and ending the spans of calls on one tracer (OpenTelemetry imported once)."""
 
@@ -94,6 +115,10 @@ class Spans:
         self._client_kind = SpanKind.CLIENT
         self._status = Status
         self._error = StatusCode.ERROR
+        # What extracting from metadata without trace headers gives: a new trace's context.
+        self._no_parent = context.Context()
+        # The global propagator and the keys it reads (read_fields), swapped as one.
+        self._propagator: tuple[Any, frozenset[str] | None] = (None, None)
 
     # -- server ------------------------------------------------------------------------------
 
@@ -101,13 +126,28 @@ class Spans:
         self, full_method: str, attributes: dict[str, Any], metadata: Iterable[Any] | None
     ) -> ServerSpan:
         """A server span, child of the trace context in the call's metadata, made current."""
-        carrier = {item[0]: item[1] for item in metadata or ()}
-        parent = self._propagate.extract(carrier)
+        parent = self.parent_context(metadata)
         span = self.tracer.start_span(
             full_method.lstrip("/"), context=parent, kind=self._server_kind, attributes=attributes
         )
         token = self._context.attach(self._set_span_in_context(span, parent))
         return ServerSpan(span, token)
+
+    def parent_context(self, metadata: Iterable[Any] | None) -> Context:
+        """The trace context the call's metadata carries (W3C ``traceparent``, ``baggage``, ...).
+
+        With the default propagator, metadata without its headers (a client that does not
+        trace) skips extraction: the result would be an empty context all the same.
+        """
+        textmap = self._propagate.get_global_textmap()
+        known, fields = self._propagator
+        if textmap is not known:  # the first call, or a propagator set since
+            fields = read_fields(textmap)
+            self._propagator = (textmap, fields)
+        carrier = {item[0]: item[1] for item in metadata or ()}
+        if fields is not None and fields.isdisjoint(carrier):
+            return self._no_parent
+        return textmap.extract(carrier)
 
     def end_server(
         self,
@@ -157,7 +197,8 @@ class Spans:
         error: bool,
     ) -> None:
         if span.is_recording():
-            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            # _value_ is the member's value (int, name): `value` is a Python-level property.
+            span.set_attribute("rpc.grpc.status_code", code._value_[0])
             if error:
                 if exc is not None:
                     span.record_exception(exc)
