@@ -65,25 +65,6 @@ RESERVED_RPCS = frozenset(
 FIELD_NAME = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
 METHOD_NAME = re.compile(r"[a-z][a-z0-9]*(_[a-z][a-z0-9]*)*")
 
-# DRF field classes -> proto types, by MRO (the nearest mapped ancestor decides). Fields backed
-# by a model field of a ModelSerializer map through the model's type map instead.
-DRF_TYPES: dict[type[serializers.Field], fieldtypes.ProtoType] = {
-    serializers.BooleanField: fieldtypes.BOOL,
-    serializers.CharField: fieldtypes.STRING,
-    serializers.IntegerField: fieldtypes.INT64,
-    serializers.FloatField: fieldtypes.DOUBLE,
-    serializers.DecimalField: fieldtypes.DECIMAL,
-    serializers.DateTimeField: fieldtypes.DATETIME,
-    serializers.DateField: fieldtypes.DATE,
-    serializers.TimeField: fieldtypes.TIME,
-    serializers.DurationField: fieldtypes.DURATION,
-    serializers.UUIDField: fieldtypes.UUID,
-    serializers.JSONField: fieldtypes.JSON,
-    serializers.DictField: fieldtypes.ProtoType(
-        "google.protobuf.Struct", "json", fieldtypes.STRUCT_IMPORT
-    ),
-}
-
 
 class ActionDeclarationError(ImproperlyConfigured):
     """An action's request or response cannot become proto text."""
@@ -383,8 +364,12 @@ def drf_proto_type(
             model_field = None
         if isinstance(model_field, models.Field) and not model_field.is_relation:
             return fieldtypes.proto_type(model_field), fieldtypes.is_repeated(model_field)
+    # The data message's own table (declared_fields imports the declarations, which import
+    # this module: read it here). The nearest mapped ancestor class decides.
+    from django_grpc_bus.protogen.declared_fields import DRF_FIELD_TYPES
+
     for klass in type(field).__mro__:
-        found = DRF_TYPES.get(klass)
+        found = DRF_FIELD_TYPES.get(klass)
         if found is not None:
             return found, False
     raise _unknown(field, where, "has no proto mapping")
