@@ -47,7 +47,8 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 FD = _descriptor.FieldDescriptor
 
 # The actions whose request is a <Model>ListRequest.
-QUERY_ACTIONS = frozenset({"list", "count"})
+# Watch (and its asyncio twin) filters its rows and events as List does (SPEC §11).
+QUERY_ACTIONS = frozenset({"list", "count", "watch", "awatch"})
 
 FILTERS = DjangoFilterBackend()
 SEARCH = SearchFilter()
