@@ -106,6 +106,7 @@ class FakeWatchServer:
         self.rows: dict[int, str] = {}  # the current rows, for snapshots
         self.pruned = 0  # cursors below this are past retention
         self.calls: list[tuple[str, bool]] = []  # (since, snapshot) of every call
+        self.open_calls = 0  # Watch calls whose servicer has not returned yet
         self.condition = threading.Condition()
         self.server: grpc.Server | None = None
         self.stopping = threading.Event()
@@ -161,6 +162,15 @@ class Servicer:
         self.fake = fake
 
     def Watch(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self.fake.condition:
+            self.fake.open_calls += 1
+        try:
+            yield from self.events(request, context)
+        finally:
+            with self.fake.condition:
+                self.fake.open_calls -= 1
+
+    def events(self, request: Any, context: grpc.ServicerContext) -> Any:
         fake, pb2 = self.fake, self.fake.pb2
         fake.calls.append((request.since, request.snapshot))
         with fake.condition:

@@ -164,12 +164,28 @@ def test_closing_the_generator_cancels_the_call(fake):
     fake.change("CREATED", 1, "a")
     events = registry.fake.Book.watch({"since": "0"}, reconnect=FAST)
     take(events, 1)
+    assert fake.open_calls == 1
     events.close()
-    # The servicer's loop ends once its context is no longer active (the call cancelled).
-    calls = len(fake.calls)
-    fake.change("CREATED", 2, "b")
-    time.sleep(0.3)
-    assert len(fake.calls) == calls
+    # The servicer's loop ends once its context is no longer active: the call was cancelled.
+    wait_for(lambda: fake.open_calls == 0)
+    assert len(fake.calls) == 1, "closed, not called again"
+
+
+def test_closing_an_async_watch_cancels_the_call(fake):
+    fake.change("CREATED", 1, "a")
+
+    async def run() -> None:
+        events = aregistry.fake.Book.watch({"since": "0"}, reconnect=FAST).__aiter__()
+        try:
+            await events.__anext__()
+            assert fake.open_calls == 1
+            await events.aclose()
+            await asyncio.to_thread(wait_for, lambda: fake.open_calls == 0)
+        finally:
+            await aregistry.aclose()
+
+    asyncio.run(run())
+    assert len(fake.calls) == 1
 
 
 @pytest.mark.parametrize(
