@@ -5,7 +5,9 @@ service instance, the action (inside a transaction for writes), errors through t
 table, then ``close_old_connections()`` again (closing connections past ``CONN_MAX_AGE`` or
 broken). For a stream, "then" is after the last message, an error or a cancellation. These are
 the database receivers of Django's ``request_started``/``request_finished``, called directly:
-the signals themselves are not sent (they cost as much again, per call).
+the signals themselves are not sent (they cost as much again, per call). On the threaded
+server with persistent connections the first is left out: the previous call's end did it
+(``Call.begin``).
 
 A *behavior* is what grpc calls for one RPC: ``unary_behavior(route)`` and its siblings, one
 per kind of RPC, each running the route's service through :class:`Call`.
@@ -22,7 +24,7 @@ from typing import Any, Literal
 
 import grpc
 from django.conf import settings
-from django.db import close_old_connections, reset_queries, transaction
+from django.db import close_old_connections, connections, reset_queries, transaction
 
 from django_grpc_bus.errors import abort_with, describe_failure
 from django_grpc_bus.observability import access_log
@@ -78,7 +80,7 @@ class Call:
 
     def __init__(self, route: Route, context: grpc.ServicerContext, request: Any = None) -> None:
         self.admit(route, context, request)
-        self.begin()
+        self.begin(closed_at_last_end=persistent_connections())
 
     def admit(self, route: Route, context: grpc.ServicerContext, request: Any = None) -> None:
         """Refuse an undecodable request, count the call in flight (or refuse it), observe it.
@@ -105,11 +107,20 @@ class Call:
         if not context.add_callback(traffic.leave):
             traffic.leave()
 
-    def begin(self) -> None:
-        """The database side of a request's start, in the thread that runs the call's code."""
+    def begin(self, closed_at_last_end: bool = False) -> None:
+        """The database side of a request's start, in the thread that runs the call's code.
+
+        `closed_at_last_end`: the threaded server, where a call begins and ends in one thread,
+        with persistent connections (every database's ``CONN_MAX_AGE`` other than 0). The
+        closing of stale connections is then left to the end of each call: the previous call
+        on this thread did it as it ended, and marked each connection for a health check at
+        its next use (``CONN_HEALTH_CHECKS``); at most, a connection past its age serves one
+        more call.
+        """
         if settings.DEBUG:
             reset_queries()  # DEBUG keeps every query; a long-lived server must not
-        close_old_connections()
+        if not closed_at_last_end:
+            close_old_connections()
 
     def __enter__(self) -> Call:
         return self
@@ -170,6 +181,11 @@ class Call:
             logger.exception("Could not report the call %s.", method)
 
 
+def persistent_connections() -> bool:
+    """Whether every configured database keeps its connections between calls."""
+    return all(db.get("CONN_MAX_AGE", 0) != 0 for db in connections.settings.values())
+
+
 def unimplemented_behavior(route: Route) -> Callable[[Any, grpc.ServicerContext], Any]:
     """An RPC of the proto that the service class has no method for: UNIMPLEMENTED."""
 
@@ -202,8 +218,11 @@ def unary_work(route: Route) -> Callable[[Any, grpc.ServicerContext], Any]:
             connection = transaction.get_connection()
             if connection.vendor == "postgresql":
                 # Deferred constraints (foreign keys) are checked now rather than at COMMIT,
-                # where waiting on a lock could outlast the deadline unnoticed.
-                connection.check_constraints()
+                # where waiting on a lock could outlast the deadline unnoticed. One statement:
+                # nothing follows in this transaction, so they need not be deferred again
+                # (Django's check_constraints() would, a second round trip).
+                with connection.cursor() as cursor:
+                    cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
             if not context.is_active():
                 # Cancelled, past its deadline, or cut off by shutdown: the client saw a
                 # failure, so nothing of this call may stay in the database.

@@ -6,7 +6,7 @@ import importlib
 
 import grpc
 import pytest
-from django.db import connection
+from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 
 from django_grpc_bus import transactions, validation_plan
@@ -15,7 +15,7 @@ from django_grpc_bus.serving.traffic import Traffic
 
 from .fakes import Aborted, FakeContext
 
-TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE", "ROLLBACK")
+TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE", "ROLLBACK", "SET CONSTRAINTS")
 
 
 class ShortDeadline(FakeContext):
@@ -43,6 +43,8 @@ def create_handler(service_class):
 
 @pytest.mark.django_db(transaction=True)
 def test_an_invalid_create_fails_without_queueing_for_the_write_lock(open_author_service):
+    if connection.vendor != "sqlite":
+        pytest.skip("the process's write lock is SQLite's")
     author_pb2 = importlib.import_module("generated_grpc.grpc.Author_pb2")
     create = create_handler(open_author_service)
     assert not validation_plan.reads_database(open_author_service.serializer_class)
@@ -91,7 +93,46 @@ def test_a_create_makes_the_statements_a_hand_written_create_makes(open_author_s
         return [q["sql"] for q in queries if not q["sql"].upper().startswith(TRANSACTION_CONTROL)]
 
     assert len(data_statements(ours)) == len(data_statements(by_hand)) == 1
-    # The transaction's own: BEGIN IMMEDIATE and COMMIT on SQLite (the hand-written INSERT
-    # commits by itself, inside SQLite), so a cancelled call can be rolled back.
-    control = [q["sql"].split()[0].upper() for q in ours if q not in by_hand]
-    assert control.count("BEGIN") <= 1 and control.count("COMMIT") <= 1
+    # The transaction's own, so that a cancelled call can be rolled back (the hand-written
+    # INSERT commits by itself): on SQLite BEGIN IMMEDIATE and COMMIT; on PostgreSQL the
+    # deferred foreign keys checked in one statement, with BEGIN and COMMIT.
+    control = sorted(q["sql"] for q in ours if q["sql"] not in data_statements(ours))
+    assert control in (
+        ["BEGIN IMMEDIATE", "COMMIT"],
+        ["BEGIN", "COMMIT", "SET CONSTRAINTS ALL IMMEDIATE"],
+    ), control
+
+
+@pytest.fixture
+def persistent(monkeypatch):
+    """CONN_MAX_AGE=60 on every database, for one test."""
+    for settings_dict in connections.settings.values():
+        monkeypatch.setitem(settings_dict, "CONN_MAX_AGE", 60)
+
+
+@pytest.mark.django_db
+def test_persistent_connections_are_looked_after_once_per_call(
+    open_author_service, persistent, monkeypatch
+):
+    """The threaded server's calls close stale connections as they end, not again as the
+    next one begins (CONN_MAX_AGE allows it); with CONN_MAX_AGE=0 both, as before."""
+    from django_grpc_bus.serving import calls
+
+    author_pb2 = importlib.import_module("generated_grpc.grpc.Author_pb2")
+    events: list[str] = []
+    monkeypatch.setattr(calls, "close_old_connections", lambda: events.append("close"))
+    handlers = method_handlers(
+        open_author_service, service_descriptor(open_author_service), Traffic()
+    )
+    destroy = handlers["Destroy"].unary_unary
+    context = FakeContext()
+    with pytest.raises(Aborted):  # NOT_FOUND, without touching a row
+        destroy(author_pb2.AuthorLookupRequest(id=10**6), context)
+    assert context.status == grpc.StatusCode.NOT_FOUND, context.details
+    assert events == ["close"]
+    for settings_dict in connections.settings.values():
+        monkeypatch.setitem(settings_dict, "CONN_MAX_AGE", 0)
+    events.clear()
+    with pytest.raises(Aborted):
+        destroy(author_pb2.AuthorLookupRequest(id=10**6), FakeContext())
+    assert events == ["close", "close"]
