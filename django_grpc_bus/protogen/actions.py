@@ -183,9 +183,17 @@ def _check_method(spec: ActionSpec, where: str) -> str:
 
 def _retired(name: str, previous: Mapping[str, Numbering], keep: set[str]) -> list[ProtoMessage]:
     """The messages of removed actions: no fields, every number and name they had reserved."""
+    # Messages the generator writes for other reasons (a Watch turned off, filters dropped)
+    # are theirs to keep or drop, never an action's to retire.
+    generated = {
+        name + suffix
+        for suffix in (*naming.SYMBOL_SUFFIXES, naming.FILTER_SUFFIX, "WatchRequest", "Event")
+    }
     retired = []
     for message_name in sorted(previous):
-        if message_name in keep or "." in message_name or not message_name.startswith(name):
+        if message_name in keep or message_name in generated or "." in message_name:
+            continue
+        if not message_name.startswith(name):
             continue
         if not message_name.endswith(("Request", "Response")):
             continue

@@ -282,3 +282,26 @@ def test_buf_lint_basic_with_actions(project, make_module):
         [buf, "lint"], cwd=project.root, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_only_action_messages_are_retired_not_what_other_features_generate():
+    from catalog.models import Book
+
+    from django_grpc_bus.protogen.actions import build_actions
+    from django_grpc_bus.protogen.schema import Numbering
+
+    previous = {
+        "BookWatchRequest": Numbering({"since": 2}),  # a Watch turned off
+        "BookFilter": Numbering({"title": 1}),  # filters dropped
+        "BookData.AuthorDetail": Numbering({"name": 1}),  # a nested message
+        "BookPublishRequest": Numbering({"title": 1}),  # an action removed
+    }
+    built = build_actions(Book, None, previous, ["BookData"], {})
+    (retired,) = built.messages
+    assert (retired.name, retired.fields, retired.reserved_numbers) == (
+        "BookPublishRequest",
+        (),
+        (1,),
+    )
+    assert retired.reserved_names == ("title",)
+    assert built.rpcs == ()
