@@ -17,10 +17,9 @@ class Command(BaseCommand):
             say(f"  {servlet.name} ({servlet.config.address}): {', '.join(servlet.services)}")
 
         say(self.style.MIGRATE_HEADING("Books in stock (inventory.Book.list, streamed)"))
-        authors = {author["id"]: author["name"] for author in inventory.Author.list()}
-        for book in inventory.Book.list():
+        for book in inventory.Book.list():  # each with its author nested (author_detail)
             say(
-                f"  #{book['id']} {book['title']!r} by {authors[book['author']]}: "
+                f"  #{book['id']} {book['title']!r} by {book['author_detail']['name']}: "
                 f"{book['price']} ({book['in_stock']} in stock, published {book['published']})"
             )
 
