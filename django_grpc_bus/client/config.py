@@ -348,7 +348,15 @@ class ServletConfig:
 
     @classmethod
     def from_address(cls, address: str) -> ServletConfig:
-        """An ad-hoc servlet for ``host:port`` (used by grpclist/grpccall); AddressError if not."""
+        """An ad-hoc servlet for ``host:port`` or a gRPC target URI (``dns:///name:port``,
+        ``ipv4:...``, ...; used by grpclist/grpccall); AddressError if it is neither."""
+        if address.partition(":")[0] in targets.SCHEMES:
+            problem = targets.target_problem(address)
+            if problem:
+                raise AddressError(f"{problem}.")
+            return cls(
+                name=address, targets=(), target=address, timeout=bus_settings.SERVICE_TIMEOUT
+            )
         return cls(name=address, targets=(_target(address),), timeout=bus_settings.SERVICE_TIMEOUT)
 
 

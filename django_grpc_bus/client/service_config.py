@@ -47,7 +47,7 @@ RETRY_POLICY = {
 # half of maxTokens gRPC stops retrying, so a servlet that is down is not hammered.
 RETRY_THROTTLING = {"maxTokens": 100, "tokenRatio": 0.5}
 HEALTH_CHECK = {"serviceName": ""}  # the server's overall status (serving/server.py)
-ROUND_ROBIN = [{"round_robin": {}}]
+ROUND_ROBIN: list[dict[str, Any]] = [{"round_robin": {}}]
 
 Services = Mapping[str, descriptor.ServiceDescriptor] | Iterable[str]
 

@@ -318,7 +318,7 @@ class RPC:
             return None  # cut before its first batch ended: gRPC's retry policy's part
         resumed = self.request_class()
         resumed.CopyFrom(request)
-        resumed.page_token = token
+        resumed.page_token = token  # type: ignore[attr-defined]  # a List request
         return resumed, 0
 
     # -- calling -----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Command-line servlet arguments: a configured name, or a bare host:port."""
+"""Command-line servlet arguments: a configured name, a bare host:port or a gRPC target."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ def servlet_for(registry: Registry, name: str) -> Servlet:
         return registry.servlet(name)
     try:
         return registry.connect(name)  # the client's own host:port parsing decides
-    except ValueError:
+    except ValueError as exc:
         known = ", ".join(servlet_names()) or "(none configured)"
         raise CommandError(
-            f"{name!r} is neither a servlet in MESSAGE_BUS['SERVLETS'] ({known}) nor a host:port."
+            f"{name!r} is neither a servlet in MESSAGE_BUS['SERVLETS'] ({known}) nor a host:port"
+            f" or gRPC target URI ({exc})"
         ) from None

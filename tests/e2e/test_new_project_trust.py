@@ -12,7 +12,8 @@ server is a real `rungrpcserver` process (stopped by PID), every client the regi
    serializer) fails `manage.py check` (E016 / E017) and `rungrpcserver` refuses to start.
 3. SQLite takes concurrent writers with the new project's settings: threads of one server,
    racing duplicate creates, `--workers 2`, and writers running through a SIGTERM (a call
-   arriving as the drain ends is CANCELLED, not UNAVAILABLE: an xfail, grpc/grpc#41785).
+   arriving as the drain ends is CANCELLED, not UNAVAILABLE, when the client does not
+   health-check: an xfail, grpc/grpc#41785; none is when it does, on both server modes).
 
 Each test fails on the package before the fixes (checked against those commits). About 30-40 s
 on 2 shared cores, most of it in manage.py start-ups.
@@ -465,14 +466,19 @@ class Outcome:
 
 
 def writers_through_sigterm(
-    project: Path, writers: int, prefix: str
+    project: Path,
+    writers: int,
+    prefix: str,
+    address: Callable[[ServerProcess], str] = lambda server: server.target,
+    server_args: tuple[str, ...] = (),
 ) -> tuple[list[Outcome], float, int | None, str]:
     """`writers` threads creating Customers in a loop; SIGTERM once 100 calls have ended.
 
+    The client reaches the server at `address(server)` (host:port, or a gRPC target).
     Returns every call's outcome, when the signal was sent, the server's exit code and output.
     """
-    server = project_server(project).start()
-    shop = registry.connect(server.target)
+    server = project_server(project, args=server_args).start()
+    shop = registry.connect(address(server))
     outcomes: list[Outcome] = []
     guard = threading.Lock()
     stop = threading.Event()
@@ -545,15 +551,40 @@ class CallsCancelled(AssertionError):
     """Calls a draining server ended CANCELLED (the symptom the xfail below expects)."""
 
 
+@pytest.mark.parametrize("server_args", [(), ("--asyncio",)], ids=["threads", "asyncio"])
+def test_no_call_is_cancelled_by_sigterm_when_the_client_health_checks(project, server_args):
+    """SPEC §13: a replica sent SIGTERM answers every call it accepted (none CANCELLED), and
+    clients stop picking it once its health turns NOT_SERVING. The client reaches the server
+    through a dns:/// target, which the registry balances with health checking: it stops
+    sending when the server turns NOT_SERVING, and the server stops only once calls stopped
+    arriving, so gRPC's stop has no received-but-unhandled call to cancel. 30 writers, 3
+    SIGTERMs, on the threaded and the asyncio server: no call ends CANCELLED."""
+    for round_ in range(3):
+        outcomes, _, code, output = writers_through_sigterm(
+            project,
+            30,
+            f"healthy{'-'.join(server_args)}{round_}",
+            address=lambda server: f"dns:///{server.target}",
+            server_args=server_args,
+        )
+        assert code == 0, output
+        cancelled = [o for o in outcomes if o.code is grpc.StatusCode.CANCELLED]
+        assert cancelled == [], f"{len(cancelled)} call(s) ended CANCELLED: {cancelled[:3]}"
+        ok = [o for o in outcomes if o.code is grpc.StatusCode.OK]
+        assert len(ok) >= 100, len(ok)
+        assert {o.code for o in outcomes} <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
+
+
 @pytest.mark.xfail(
     # Not strict: a race, seen in about 4 runs of 10 (none in some runs, e.g. on PostgreSQL).
     strict=False,
     raises=CallsCancelled,
-    reason="BUG (issue 18): writers through SIGTERM: a call arriving as the drain ends gets "
-    "CANCELLED (details 'CANCELLED') instead of UNAVAILABLE 'The server is shutting down'; "
-    "not retryable, and docs/operations.md 'Shutdown' says new calls get UNAVAILABLE. grpc core "
-    "cancels calls it received but never matched to a handler when server.stop() begins "
-    "(grpc/grpc#41785, fix proposed in grpc/grpc#41786)",
+    reason="grpc/grpc#41785 (fix proposed in grpc/grpc#41786): a client that does not "
+    "health-check (host:port: pick_first) keeps sending to a draining server; grpc core "
+    "cancels the calls it received but had not matched to a handler when server.stop() "
+    "begins, and they end CANCELLED. Clients that health-check (a target of several "
+    "backends, SPEC §13) stop sending first: "
+    "test_no_call_is_cancelled_by_sigterm_when_the_client_health_checks",
 )
 def test_no_call_is_cancelled_by_sigterm(project):
     """docs, "Shutdown": new calls get UNAVAILABLE (retryable elsewhere), calls in flight

@@ -449,3 +449,28 @@ def test_aregistry_list_resumes_after_its_replica_is_killed(database, settings, 
     finally:
         for replica in replicas:
             replica.stop(timeout=10)
+
+
+def test_grpclist_and_registry_connect_take_a_target_and_show_its_addresses(database, settings):
+    """`grpclist dns:///localhost:PORT` (and an ipv4: list) connect through the target and say
+    first which addresses it resolves to; a malformed target is refused with a sentence."""
+    import io
+
+    from django.core.management import CommandError, call_command
+
+    replica = Replica(database, "127.0.0.1").start()
+    try:
+        for uri, shown in [
+            (f"dns:///localhost:{replica.port}", f"127.0.0.1:{replica.port}"),
+            (f"ipv4:{replica.target},{replica.target}", f"{replica.target}, {replica.target}"),
+        ]:
+            out = io.StringIO()
+            call_command("grpclist", uri, "Book", "--brief", stdout=out)
+            lines = out.getvalue().splitlines()
+            assert lines[0].startswith(f"# {uri} resolves to {shown}"), lines[:2]
+            assert any("Retrieve" in line for line in lines[1:]), lines
+        with pytest.raises(CommandError, match="three slashes"):
+            call_command("grpclist", "xds://inventory", stdout=io.StringIO())
+        assert registry.connect(f"dns:///localhost:{replica.port}").Book.retrieve is not None
+    finally:
+        replica.stop(timeout=10)
