@@ -36,7 +36,9 @@ class CompiledRead(NamedTuple):
     converters: tuple[tuple[int, tuple[Any, ...], Any], ...]
 
 
-_compiled: weakref.WeakKeyDictionary[Any, dict[Any, CompiledRead]] = weakref.WeakKeyDictionary()
+_compiled: weakref.WeakKeyDictionary[Any, dict[Any, CompiledRead | None]] = (
+    weakref.WeakKeyDictionary()
+)
 _compiled_lock = threading.Lock()
 
 
@@ -72,6 +74,8 @@ def _row_readable(service_class: type[GenericService], serializer_class: Any) ->
         or queryset._prefetch_related_lookups  # type: ignore[attr-defined]
     ):
         return False
+    if serializer_class is None:
+        return False
     plan = serializer_class.plan()
     return plan.columns is not None and not getattr(serializer_class, "_declared_fields", None)
 
@@ -90,7 +94,9 @@ def retrieve_message(service: GenericService) -> Any | None:
     alias = queryset.db
     connection = connections[alias]
     names = tuple(model_lookup for model_lookup, _name, _value in found)
-    compiled = _compiled_read(queryset, connection, names, serializer_class.plan().columns)
+    plan = serializer_class.plan()
+    assert plan.columns is not None  # row_readable
+    compiled = _compiled_read(queryset, connection, names, plan.columns)
     if compiled is None:
         return None
     try:
@@ -117,8 +123,7 @@ def retrieve_message(service: GenericService) -> Any | None:
         for convert in functions:
             value = convert(value, expression, connection)
         row[position] = value
-    plan = serializer_class.plan()
-    return plan.fill_row(plan.message_class(), row)
+    return plan.fill_row(plan.message_class(), tuple(row))
 
 
 def _compiled_read(

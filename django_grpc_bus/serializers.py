@@ -598,14 +598,15 @@ class ModelProtoSerializer(ProtoSerializerMixin, serializers.ModelSerializer):
         to-many write, without its per-call checks for those (which build every field)."""
         if not (self._planned() and validation_plan.plan_for(type(self)).plain_create):
             return super().create(validated_data)
-        manager = self.Meta.model._default_manager
+        model: type[models.Model] = self.Meta.model
+        manager = model._default_manager
         try:
             return manager.create(**validated_data)
         except TypeError as exc:  # DRF's message, as its create() gives it
             raise TypeError(
-                f"Got a `TypeError` when calling `{self.Meta.model.__name__}.{manager.name}"
+                f"Got a `TypeError` when calling `{model.__name__}.{manager.name}"
                 f".create()`. This may be because you have a writable field on the serializer "
-                f"class that is not a valid argument to `{self.Meta.model.__name__}."
+                f"class that is not a valid argument to `{model.__name__}."
                 f"{manager.name}.create()`. You may need to make the field read-only, or "
                 f"override the {type(self).__name__}.create() method to handle this "
                 f"correctly.\nOriginal exception was:\n {exc}"

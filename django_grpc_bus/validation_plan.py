@@ -88,7 +88,8 @@ def field_step(field: serializers.Field) -> Callable[[Any], Any]:
     kind = type(field)
     required = field.required
     allow_null = field.allow_null
-    validators = tuple(field.validators)
+    # None of them needs context (fallback_reason): each is called with the value alone.
+    validators: tuple[Callable[[Any], Any], ...] = tuple(field.validators)  # type: ignore[arg-type]
     text = kind in PLAIN_TEXT or kind is drf_fields.IPAddressField
     trim = getattr(field, "trim_whitespace", False)
     allow_blank = getattr(field, "allow_blank", False)
@@ -172,7 +173,7 @@ class ValidationPlan:
             or (
                 not isinstance(field, (serializers.BaseSerializer, drf_fields.ListField))
                 and not isinstance(field, drf_fields.DictField)
-                and "." not in field.source
+                and "." not in (field.source or "")
                 and field.source != "*"
                 and field.source not in to_many
             )
@@ -184,7 +185,7 @@ class ValidationPlan:
             field.read_only
             and field.default is not empty
             and field.source != "*"
-            and "." not in field.source
+            and "." not in (field.source or "")
             for field in fields.values()
         )
 
