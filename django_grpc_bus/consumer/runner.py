@@ -135,14 +135,16 @@ class SubscriptionRunner(threading.Thread):
                 )
                 if self.stopping.is_set():
                     watch.stop()
-                for event in watch:
-                    failures = 0
-                    if event.get("type") == SNAPSHOT_COMPLETE:
-                        in_snapshot = False
-                    self.handle(event, keep_cursor=not in_snapshot)
-                    if self.stopping.is_set():
-                        break
-                watch.close()
+                try:
+                    for event in watch:
+                        failures = 0
+                        if event.get("type") == SNAPSHOT_COMPLETE:
+                            in_snapshot = False
+                        self.handle(event, keep_cursor=not in_snapshot)
+                        if self.stopping.is_set():
+                            break
+                finally:
+                    watch.close()  # cancels the call
             except ServletUnavailable as exc:
                 failures += 1
                 delay = self.reconnect.delay(failures)
