@@ -169,8 +169,8 @@ def nested_parts(field: serializers.Field, proto_field: Any) -> tuple[Getter, An
     object(s) are read as DRF reads them (``source``) and written into the nested message(s)
     by the nested serializer's own plan, with no dict in between. None for other fields."""
     many = isinstance(field, serializers.ListSerializer)
-    child = field.child if many else field
-    if not isinstance(child, serializers.BaseSerializer) or proto_field.message_type is None:
+    child = cast(serializers.ListSerializer[Any], field).child if many else field
+    if not isinstance(child, serializers.Serializer) or proto_field.message_type is None:
         return None
     plan = SerializerPlan(child, message_factory.GetMessageClass(proto_field.message_type))
     fill, name = plan.fill, proto_field.name
@@ -235,7 +235,7 @@ def relation_paths(
                 continue
             lookup = "__".join(path)
             (prefetch if to_many else select).append(lookup)
-            if isinstance(nested, serializers.BaseSerializer):
+            if isinstance(nested, serializers.Serializer):
                 inner_select, inner_prefetch = relation_paths(current, nested.fields)
                 inner = [f"{lookup}__{p}" for p in inner_select]
                 (prefetch if to_many else select).extend(inner)
@@ -249,7 +249,11 @@ def _relation(model: type[models.Model], attr: str) -> Any:
     for relation in model._meta.get_fields():
         if not relation.is_relation or relation.related_model is None:
             continue
-        accessor = relation.get_accessor_name() if relation.auto_created else relation.name
+        accessor = (
+            relation.get_accessor_name()
+            if isinstance(relation, models.ForeignObjectRel)
+            else relation.name
+        )
         if accessor == attr and (relation.concrete or relation.auto_created):
             return relation
     return None

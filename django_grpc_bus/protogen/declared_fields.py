@@ -186,6 +186,7 @@ def _plan(
     elif field.write_only:
         notes.append("write-only")
     if isinstance(field, serializers.ListSerializer):
+        assert isinstance(field.child, serializers.BaseSerializer)
         nested = _nested_message(where, name, field.child, selections)
         notes.insert(0, f"{type(field.child).__name__}, many")
         return DeclaredField(name, nested.name, False, True, "; ".join(notes), nested=nested)
@@ -354,10 +355,9 @@ def _nested_message(
     model = _serializer_model(serializer_class)
     fields = _nested_fields(where, serializer_class, model, selections)
     planned = tuple(
-        _model_field(field_, model)
-        if field_ is not None and not isinstance(field_, drf.Field)
-        # a declared or non-model field of the nested serializer, typed as at top level
-        else _plan(f"{where}.{field_name}", field_name, field_, model, selections, serializer_class)
+        _plan(f"{where}.{field_name}", field_name, field_, model, selections, serializer_class)
+        if isinstance(field_, drf.Field)  # a declared or non-model field, typed as at top level
+        else _model_field(field_, model)
         for field_name, field_ in fields
     )
     _refuse_twin_messages(f"{where} ({serializer_class.__name__})", planned)
