@@ -217,7 +217,7 @@ def action_project(tmp_path_factory):
         assert manage(project, "generateproto", "--check").returncode == 0
         vendor = "from django.db import connection; print(connection.vendor)"
         expected = "postgresql" if database_url else "sqlite"
-        assert manage(project, "shell", "-c", vendor).stdout.strip() == expected
+        assert manage(project, "shell", "-c", vendor).stdout.split()[-1] == expected
         yield project
     finally:
         os.environ.pop("ACTIONS_DATABASE_URL", None)
