@@ -370,8 +370,9 @@ def _serializer_errors(handler: Any) -> list[CheckMessage]:
                     f"{name} declares {fields}, which {message} has no field for: "
                     f"{'its' if len(coverage.uncarried) == 1 else 'their'} values would never "
                     "reach a client or come from one.",
-                    hint="Remove the declared field, or give the message a field of that name "
-                    "(a message of your own in `Meta.proto_class`).",
+                    hint="A generated message gains the fields its service's serializer "
+                    "declares: run `manage.py generateproto` and `manage.py generategrpc`. "
+                    "Give a message of your own a field of that name, or remove the field.",
                     obj=serializer_class,
                     id="django_grpc_bus.E017",
                 )
