@@ -9,7 +9,9 @@ from pathlib import Path
 from google.protobuf import descriptor_pb2
 
 from django_grpc_bus.protogen.protoc import ProtocError, run_protoc
-from django_grpc_bus.protogen.schema import Numbering
+from django_grpc_bus.protogen.schema import Numbering, wire_type
+
+FieldProto = descriptor_pb2.FieldDescriptorProto
 
 
 def read_numbering(root: Path, relpaths: Iterable[str]) -> dict[str, dict[str, Numbering]]:
@@ -47,6 +49,13 @@ def _numbering(proto: descriptor_pb2.FileDescriptorProto) -> dict[str, Numbering
             numbers={field.name: field.number for field in message.field},
             reserved_numbers=frozenset(reserved),
             reserved_names=frozenset(message.reserved_name),
+            types={
+                field.name: wire_type(
+                    field.type_name or FieldProto.Type.Name(field.type).lower()[5:],
+                    field.label == FieldProto.LABEL_REPEATED,
+                )
+                for field in message.field
+            },
         )
         pending += [(nested, f"{name}.{nested.name}") for nested in message.nested_type]
     return result

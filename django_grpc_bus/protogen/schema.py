@@ -49,6 +49,13 @@ class Numbering:
     numbers: dict[str, int] = field(default_factory=dict)
     reserved_numbers: frozenset[int] = frozenset()
     reserved_names: frozenset[str] = frozenset()
+    # Each field's wire type as `wire_type` writes it ("int64", "repeated AuthorDetail").
+    types: dict[str, str] = field(default_factory=dict)
+
+
+def wire_type(type_name: str, repeated: bool) -> str:
+    """A field's type as far as the wire cares: its scalar or message name, and repeated."""
+    return ("repeated " if repeated else "") + type_name.rsplit(".", 1)[-1]
 
 
 @dataclass(frozen=True)
@@ -349,6 +356,26 @@ def _data_message(
         _FieldPlan(d.name, d.type, d.optional, d.repeated, d.comment, set(d.imports))
         for d in declared
     ]
+    old = previous.get(data)
+    if old is not None:
+        # A field whose wire type changed (a declared `author = AuthorSerializer()` in place of
+        # the foreign key, or back) takes a new number; the old one is reserved.
+        changed = {
+            plan.name
+            for plan in plans
+            if old.types.get(plan.name, wire_type(plan.type, plan.repeated))
+            != wire_type(plan.type, plan.repeated)
+            and plan.name in old.numbers
+        }
+        if changed:
+            previous = {
+                **previous,
+                data: replace(
+                    old,
+                    numbers={n: v for n, v in old.numbers.items() if n not in changed},
+                    reserved_numbers=old.reserved_numbers | {old.numbers[name] for name in changed},
+                ),
+            }
     message = number_fields(data, plans, previous, f"One {label} row: the fields exposed for it.")
     return replace(message, nested=_nested_messages(data, declared, previous))
 

@@ -274,3 +274,23 @@ def test_nested_following_serializer_of_an_unselected_model_is_an_error(project,
         project.call("generateproto")
     assert "FollowingAuthorSerializer, which has no Meta.fields" in str(raised.value)
     assert "catalog.Author is not in service_meta.yaml" in str(raised.value)
+
+
+def test_a_declared_field_that_changes_a_fields_wire_type_takes_a_new_number(project, make_module):
+    generate(project, make_module, "")
+    before = numbers(book_data(project))
+    # DRF's usual nesting: the foreign key's name, now a message
+    generate(project, make_module, "author = AuthorSerializer(read_only=True)")
+    data = book_data(project)
+    after = numbers(data)
+    assert after["author"] == max(before.values()) + 1
+    assert before["author"] in reserved_numbers(data)
+    assert "author" not in data.reserved_name  # the name is in use
+    assert fields(data)["author"] == (".catalog.BookData.Author", "LABEL_OPTIONAL")
+    # stable from then on, and back to the key takes a new number again
+    generate(project, make_module, "author = AuthorSerializer(read_only=True)")
+    assert numbers(book_data(project)) == after
+    generate(project, make_module, "")
+    data = book_data(project)
+    assert numbers(data)["author"] == after["author"] + 1
+    assert {before["author"], after["author"]} <= reserved_numbers(data)
