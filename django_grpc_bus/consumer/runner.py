@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
-from django.db import connections, router, transaction
+from django.db import DatabaseError, connections, router, transaction
 
 from django_grpc_bus.client.exceptions import (
     CallError,
@@ -156,6 +156,19 @@ class SubscriptionRunner(threading.Thread):
                     delay,
                 )
                 self.stopping.wait(delay)
+            except DatabaseError as exc:  # reading the cursor: the database may be back soon
+                failures += 1
+                delay = HANDLER_RETRY.delay(failures)
+                logger.warning(
+                    "Subscription %r: cannot read its cursor from database %r (%s); trying "
+                    "again in %.1f s",
+                    subscription.name,
+                    self.database,
+                    exc,
+                    delay,
+                )
+                connections[self.database].close_if_unusable_or_obsolete()
+                self.stopping.wait(delay)
             except CallError as exc:
                 if exc.code() == grpc.StatusCode.OUT_OF_RANGE:
                     raise SubscriptionError(
@@ -231,10 +244,21 @@ class SubscriptionRunner(threading.Thread):
 
 
 def check_subscriptions(subscriptions: Iterable[Subscription]) -> list[str]:
-    """Resolve each subscription's Watch now: SubscriptionError for a mistake; the names of
-    those whose servlet cannot be reached yet (their runners keep trying)."""
+    """Read each subscription's cursor table and resolve its Watch now: SubscriptionError for
+    a mistake; the names of those whose servlet cannot be reached yet (their runners keep
+    trying)."""
     unreachable = []
+    model = cursor_model()
     for subscription in subscriptions:
+        database = subscription.database or router.db_for_write(model)
+        try:
+            model.objects.using(database).filter(name=subscription.name).exists()
+        except DatabaseError as exc:
+            raise SubscriptionError(
+                f"Subscription {subscription.name!r}: its cursor cannot be read from database "
+                f"{database!r} ({exc}). Run `manage.py migrate` (django_grpc_bus's "
+                "SubscriptionCursor table)."
+            ) from None
         try:
             watch_method(subscription)
         except ServletUnavailable:

@@ -33,6 +33,7 @@ from support import (
     db_query,
     free_port,
     pg_connect,
+    requires_postgres,
     run_django,
     running_server,
     servlet_entry,
@@ -414,3 +415,43 @@ def test_real_grpclist_and_grpccall_show_watch(fresh_database):
         )
     (line,) = result.stdout.splitlines()
     assert json.loads(line)["type"] in ("CREATED", "SNAPSHOT_COMPLETE")
+
+
+def test_an_unmigrated_database_is_named_with_the_fix(fake, tmp_path):
+    url = f"sqlite:///{tmp_path / 'empty.sqlite3'}"
+    result = storefront(url, fake.port, "runconsumers", "--until-idle", "1")
+    assert result.returncode == 1
+    assert "its cursor cannot be read from database 'default'" in result.stderr
+    assert "Run `manage.py migrate`" in result.stderr
+    assert fake.calls == []
+
+
+@requires_postgres
+def test_a_consumer_survives_its_database_connections_being_killed(fake, storefront_db):
+    until_idle(storefront_db, fake.port)
+    # Connections kept (CONN_MAX_AGE): the killed one is found dead only when used.
+    process = consumer_process(
+        storefront_db, fake.port, "--until-idle", "4", STOREFRONT_CONN_MAX_AGE="600"
+    )
+    try:
+        fake.change("CREATED", 1, "a")
+        deadline = time.monotonic() + 30
+        while len(seen(storefront_db)) < 1:
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        name = storefront_db.rsplit("/", 1)[1]
+        db_query(
+            DATABASE_URL,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+        fake.change("CREATED", 2, "b")  # its handler meets the dead connection, then retries
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    assert "the handler failed on CREATED event 'e2'" in err  # the dead connection, once
+    assert seen(storefront_db) == [("e1", 1, "CREATED"), ("e2", 2, "CREATED")]
+    assert cursor(storefront_db) == "2"

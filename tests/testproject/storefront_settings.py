@@ -13,7 +13,12 @@ from testproject.consumer_settings import *  # noqa: F403
 
 INSTALLED_APPS = [*INSTALLED_APPS, "storefront"]  # noqa: F405
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"])}
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ["DATABASE_URL"],
+        conn_max_age=int(os.environ.get("STOREFRONT_CONN_MAX_AGE", "0")),
+    )
+}
 MESSAGE_BUS = {
     "SERVLETS": {
         "library": {
