@@ -51,6 +51,8 @@ class Read:
     rows: tuple[Row, ...]
     position: Position  # after the last row (or where the reader was, if none)
     held_back: bool  # committed events wait behind an older transaction still running
+    # The rows as event messages, by message class: built once for the watchers sharing them.
+    events: dict[Any, list[Any]] = dataclasses.field(default_factory=dict, compare=False)
 
 
 def database_alias() -> str:
@@ -137,26 +139,43 @@ class SharedReads:
     """One read per (model, position, wake-up count) in a process, however many ask for it.
 
     Watchers that are caught up sit at the same position, so after a wake-up they all ask the
-    same question: the first asks the database, the others wait for its answer.
+    same question: the first asks the database, the others take its answer. An answer stands
+    until the next wake-up of its model (which changes the key), for at most ``KEEP`` seconds;
+    one with events held back, ``HELD`` seconds (it must be asked again soon).
     """
 
-    # An answer is shared for this long at most (a held-back read must be asked again).
-    FRESH = 0.05
+    KEEP = 1.0
+    HELD = 0.05
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._reads: dict[tuple[Any, ...], tuple[float, Future[Read]]] = {}
+
+    def _stands(self, made: float, future: Future[Read], now: float) -> bool:
+        if not future.done():
+            return True
+        if future.exception() is not None:
+            return False
+        return now - made < (self.HELD if future.result().held_back else self.KEEP)
+
+    def peek(self, alias: str, label: str, position: Position, version: int) -> Read | None:
+        """The standing answer to this question if one is ready, without a database query."""
+        key = (alias, label, position.key(), version)
+        with self._lock:
+            found = self._reads.get(key)
+            if found is None or not found[1].done() or not self._stands(*found, time.monotonic()):
+                return None
+        return found[1].result()
 
     def read(self, alias: str, label: str, position: Position, version: int) -> Read:
         key = (alias, label, position.key(), version)
         now = time.monotonic()
         with self._lock:
             found = self._reads.get(key)
-            if found is not None and (not found[1].done() or now - found[0] < self.FRESH):
-                mine = False
-                future = found[1]
+            if found is not None and self._stands(*found, now):
+                mine, future = False, found[1]
             else:
-                for old in [k for k, (t, f) in self._reads.items() if f.done() and now - t > 1]:
+                for old in [k for k, (t, f) in self._reads.items() if f.done() and now - t > 2]:
                     del self._reads[old]
                 mine, future = True, Future()
                 self._reads[key] = (now, future)
@@ -165,8 +184,6 @@ class SharedReads:
                 future.set_result(read_after(alias, label, position))
             except BaseException as exc:
                 future.set_exception(exc)
-                with self._lock:
-                    self._reads.pop(key, None)
         return future.result()
 
 

@@ -109,7 +109,29 @@ class WatchStream:
         """The events after the position (advancing it), and whether some are held back."""
         assert self.position is not None
         read = shared_reads.read(self.alias, self.label, self.position, version)
+        return self._take(read)
+
+    def poll_ready(self, version: int) -> tuple[list[Any], bool] | None:
+        """:meth:`poll` when another watcher's answer stands and no query is needed, else None.
+
+        (On the asyncio server, this runs on the loop: most watchers need no thread.)
+        """
+        assert self.position is not None
+        if self.filtered:
+            return None
+        read = shared_reads.peek(self.alias, self.label, self.position, version)
+        if read is None or any(_data_cached(self.serializer_class, r) is None for r in read.rows):
+            return None
+        return self._take(read)
+
+    def _take(self, read: Any) -> tuple[list[Any], bool]:
         self.position = read.position
+        if not self.filtered and self.seen_in_snapshot is None:
+            # Every caught-up watcher sends the same messages: build them once.
+            events = read.events.get(self.event_class)
+            if events is None:
+                events = read.events[self.event_class] = [self._event(r) for r in read.rows]
+            return events, read.held_back
         rows = [row for row in read.rows if not self._shown_in_snapshot(row)]
         if self.filtered and rows:
             rows = self._matching(rows)
@@ -142,13 +164,11 @@ class WatchStream:
         return event
 
     def _data(self, row: Row) -> Any:
-        key = (self.serializer_class, row.id)
-        with _messages_lock:
-            found = _messages.get(key)
+        found = _data_cached(self.serializer_class, row)
         if found is None:
             found = self.serializer_class.to_message(_instance(self.model, row, self.alias))
             with _messages_lock:
-                _messages[key] = found
+                _messages[(self.serializer_class, row.id)] = found
                 while len(_messages) > MESSAGE_CACHE:
                     _messages.popitem(last=False)
         return found
@@ -158,6 +178,11 @@ class WatchStream:
 MESSAGE_CACHE = 4096
 _messages: OrderedDict[tuple[Any, int], Any] = OrderedDict()
 _messages_lock = threading.Lock()
+
+
+def _data_cached(serializer_class: Any, row: Row) -> Any:
+    with _messages_lock:
+        return _messages.get((serializer_class, row.id))
 
 
 def _instance(model: Any, row: Row, alias: str) -> Any:
@@ -209,8 +234,8 @@ def watch(service: Any, request: Any, context: Any) -> Iterator[Any]:
     context.add_callback(waiter.set)
     try:
         while context.is_active():
+            waiter.event.clear()  # first: a wake-up from now on is kept
             version = notifier.version(stream.label)
-            waiter.event.clear()
             events, held_back = stream.poll(version)
             yield from events
             if not events:
@@ -233,9 +258,10 @@ async def awatch(service: Any, request: Any, context: Any) -> AsyncIterator[Any]
     notifier.add(stream.label, stream.alias, waiter)
     try:
         while True:
+            waiter.event.clear()  # first: a wake-up from now on is kept
             version = notifier.version(stream.label)
-            waiter.event.clear()
-            events, held_back = await _pool.run(stream.poll, version)
+            ready = stream.poll_ready(version)
+            events, held_back = ready or await _pool.run(stream.poll, version)
             for event in events:
                 yield event
             if not events:
