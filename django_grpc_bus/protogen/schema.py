@@ -263,7 +263,7 @@ def build_file(
     ]
     data_message = _data_message(data, label, plans, declared, previous)
     imports |= _declared_imports(declared)
-    messages = (
+    messages: tuple[ProtoMessage, ...] = (
         data_message,
         number_fields(
             lookup,
@@ -301,7 +301,7 @@ def build_file(
             comment=f"Change some fields of one {label} row.",
         ),
     )
-    rpcs = (
+    rpcs: tuple[ProtoRpc, ...] = (
         ProtoRpc(
             "List",
             f"{name}ListRequest",

@@ -93,7 +93,9 @@ def _loaded_values(instance: models.Model, fields: Iterable[models.Field]) -> di
     return {field.attname: field.value_from_object(instance) for field in fields}
 
 
-def _changed_fields(instance: models.Model, fields: tuple[models.Field, ...], update_fields: Any):
+def _changed_fields(
+    instance: models.Model, fields: tuple[models.Field, ...], update_fields: Any
+) -> list[str] | None:
     if update_fields:
         names = set(update_fields)
         return [f.name for f in fields if f.name in names or f.attname in names]
@@ -221,7 +223,8 @@ def record_changes(
     names = None if changed is None else list(changed)
     by_model: dict[type[models.Model], list[models.Model]] = {}
     for instance in instances:
-        by_model.setdefault(type(instance)._meta.concrete_model, []).append(instance)
+        model = type(instance)._meta.concrete_model or type(instance)
+        by_model.setdefault(model, []).append(instance)
     count = 0
     for model, group in by_model.items():
         fields = watched_models().get(model)
