@@ -4,6 +4,9 @@ the cursor, WATCH_RETENTION's check, and the outbox the ORM's signals write (SPE
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 from catalog.models import Author, Book, Tag
@@ -234,3 +237,28 @@ def test_a_late_commit_is_never_skipped():
         other.commit()
     read = read_after("default", "catalog.book", held.position)
     assert [r.data["title"] for r in read.rows] == ["late", "early"]  # both, in id order
+
+
+def test_watch_protos_pass_buf_lint_basic_and_generateproto_check(project):
+    project.write_meta({"watch": True, "apps": ["catalog"]})
+    project.call("generategrpc")
+    assert "rpc Watch(BookWatchRequest)" in (project.root / "catalog/Book.proto").read_text()
+    project.call("generateproto", "--check")  # up to date: exits 0
+    local = Path(__file__).resolve().parents[2] / ".tools/node_modules/.bin/buf"
+    buf = str(local) if local.exists() else shutil.which("buf")
+    if buf is None:
+        pytest.skip("buf is not installed (make tools installs it with npm)")
+    (project.root / "buf.yaml").write_text("version: v2\nlint:\n  use:\n    - BASIC\n")
+    result = subprocess.run(
+        [buf, "lint"], cwd=project.root, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_generateproto_check_sees_watch_turned_on(project):
+    project.write_meta({"apps": ["catalog"]})
+    project.call("generateproto")
+    project.write_meta({"watch": True, "apps": ["catalog"]})
+    with pytest.raises(SystemExit) as exited:
+        project.call("generateproto", "--check")
+    assert exited.value.code == 1
