@@ -229,6 +229,11 @@ def _scalar_type(
                 "express. Make it a JSONField (google.protobuf.Value) or flatten it."
             )
         return ptype, True, False
+    if isinstance(field, drf.ChoiceField) and not isinstance(field, drf.FilePathField):
+        keys = list(field.choices)
+        numbers = keys and all(isinstance(k, int) and not isinstance(k, bool) for k in keys)
+        ptype = fieldtypes.INT64 if numbers else fieldtypes.STRING
+        return ptype, isinstance(field, drf.MultipleChoiceField), False
     if isinstance(field, (relations.PrimaryKeyRelatedField, relations.SlugRelatedField)):
         return _related_key_type(where, field), False, False
     for klass in type(field).__mro__:

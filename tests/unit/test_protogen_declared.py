@@ -91,6 +91,8 @@ author_name = serializers.CharField(source="author.name", read_only=True)
 author_id_copy = serializers.ReadOnlyField(source="author.id")
 price = serializers.DecimalField(max_digits=6, decimal_places=2, required=False)
 seen_at = serializers.DateTimeField(read_only=True)
+grade = serializers.ChoiceField(choices=[(1, "one"), (2, "two")], required=False)
+kinds = serializers.MultipleChoiceField(choices=["a", "b"], required=False)
 
 def get_rating(self, obj) -> int:
     return 5
@@ -116,6 +118,8 @@ def test_declared_fields_become_typed_fields_and_nested_messages(project, make_m
     assert found["author_id_copy"] == ("TYPE_INT32", "LABEL_OPTIONAL", True)  # Author.id
     assert found["price"] == ("TYPE_STRING", "LABEL_OPTIONAL", True)
     assert found["seen_at"] == (".google.protobuf.Timestamp", "LABEL_OPTIONAL")
+    assert found["grade"] == ("TYPE_INT64", "LABEL_OPTIONAL", True)
+    assert found["kinds"] == ("TYPE_STRING", "LABEL_REPEATED")
     # the model's own fields are still there, numbered first
     assert [f.name for f in data.field][:4] == ["id", "title", "author", "isbn"]
     detail = nested(data, "AuthorDetail")
