@@ -30,7 +30,13 @@ from django_grpc_bus.client.channels import open_channel
 from django_grpc_bus.client.discovery import Catalog
 from django_grpc_bus.client.exceptions import RequestError
 from django_grpc_bus.client.registry import registry
-from django_grpc_bus.client.servlet import MAX_IDLE_RESUMES, NO_DEADLINE, RPC, Servlet
+from django_grpc_bus.client.servlet import (
+    MAX_IDLE_RESUMES,
+    NO_DEADLINE,
+    RPC,
+    Servlet,
+    stream_request_error,
+)
 from django_grpc_bus.client.watch import Reconnect, WatchState, afollow
 
 
@@ -132,16 +138,18 @@ class AsyncCall:
         self._metadata = metadata
         self._flatten = flatten  # None: rows of a generated List; False: the messages
         self._reconnect = reconnect
+        self._requests: Any = None  # a client stream's, once started
 
     async def _start(self) -> tuple[RPC, Any]:
         method, multicallable = await self._method.resolve()
         message: Any
         if method.client_streaming and hasattr(self._request, "__aiter__"):
-            message = _built(method, self._request)  # sent as the async iterable yields
+            message = AsyncClientStream(method, self._request)  # sent as it yields
         else:
             message = method.request_messages(self._request)
             if method.client_streaming:
                 message = iter(list(message))  # built (and checked) before the call starts
+        self._requests = message
         options = method.call_options(self._timeout, self._metadata)
         call = multicallable(message, **options)
         if method.resumes and self._flatten is None:
@@ -161,7 +169,10 @@ class AsyncCall:
         try:
             return method.convert(await call)
         except grpc.RpcError as exc:
-            raise method.error(exc) from None
+            raise method.error(exc, self._requests) from None
+        except asyncio.CancelledError:
+            _raise_request_error(self._requests)
+            raise
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._iterate()
@@ -179,20 +190,24 @@ class AsyncCall:
             return
         method, call = await self._start()
         # Closing this generator closes the inner one now, which cancels the call.
-        async with contextlib.aclosing(self._rows(method, call, self._flatten)) as rows:
+        rows_of = self._rows(method, call, self._flatten, self._requests)
+        async with contextlib.aclosing(rows_of) as rows:
             async for row in rows:
                 yield row
 
     @staticmethod
     async def _rows(
-        method: RPC, call: Any, flatten: bool | None = None
+        method: RPC, call: Any, flatten: bool | None = None, requests: Any = None
     ) -> AsyncGenerator[Any, None]:
         try:
             async for response in call:
                 for row in method.results(response, flatten):
                     yield row
         except grpc.RpcError as exc:
-            raise method.error(exc) from None
+            raise method.error(exc, requests) from None
+        except asyncio.CancelledError:
+            _raise_request_error(requests)
+            raise
         finally:
             call.cancel()
 
@@ -267,7 +282,31 @@ aregistry = AsyncRegistry()
 reset_with_settings(aregistry)
 
 
-async def _built(method: RPC, requests: Any) -> AsyncIterator[Any]:
-    """An async iterable of request dicts (or messages) as the messages of a client stream."""
-    async for request in requests:
-        yield method.build_request(request)
+def _raise_request_error(requests: Any) -> None:
+    """grpc.aio cancels a call whose request iterator raised: raise what it raised instead."""
+    error = getattr(requests, "error", None)
+    if error is not None:
+        raise error from None
+
+
+class AsyncClientStream:
+    """An async iterable of requests as a client stream's messages, as ``ClientStream`` is
+    for the sync client: a request that cannot be a message ends the call, kept in `error`."""
+
+    def __init__(self, rpc: RPC, requests: Any) -> None:
+        self._rpc = rpc
+        self._requests = requests.__aiter__()
+        self._index = -1
+        self.error: RequestError | None = None
+
+    def __aiter__(self) -> AsyncClientStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        request = await self._requests.__anext__()
+        self._index += 1
+        try:
+            return self._rpc.build_request(request)
+        except RequestError as exc:
+            self.error = stream_request_error(exc, self._index)
+            raise self.error from None

@@ -286,7 +286,7 @@ class RPC:
     def request_messages(self, request_dict: Any) -> Any:
         """The request, or for a client-streaming RPC an iterator of requests, as messages."""
         if self.client_streaming:
-            return (self.build_request(item) for item in _as_iterable(request_dict, self.name))
+            return ClientStream(self, _as_iterable(request_dict, self.name))
         return self.build_request(request_dict)
 
     # -- results -----------------------------------------------------------------------------
@@ -350,7 +350,12 @@ class RPC:
             "metadata": merged or None,
         }
 
-    def error(self, exc: grpc.RpcError) -> exceptions.CallError:
+    def error(self, exc: grpc.RpcError, requests: Any = None) -> exceptions.ClientError:
+        """The exception for a failed call; for a client stream that a request of ours ended
+        (one that cannot become a message), that request's :class:`RequestError`."""
+        built = getattr(requests, "error", None)
+        if built is not None:
+            return built
         # Only UNAVAILABLE means "not reached": past a deadline, a slow server may have acted.
         if exc.code() == grpc.StatusCode.UNAVAILABLE:
             config = self.servlet.config
@@ -394,7 +399,7 @@ class Method(RPC, MethodCalls):
         try:
             return self.convert(multicallable(message, **options))
         except grpc.RpcError as exc:
-            raise self.error(exc) from None
+            raise self.error(exc, message) from None
 
     def _stream(
         self, multicallable: Any, message: Any, options: dict[str, Any], flatten: bool | None
@@ -421,7 +426,7 @@ class Method(RPC, MethodCalls):
                     resumed = self.resume_request(exc, message, token, rows) if resumes else None
                     idle_cuts += 1
                     if resumed is None or idle_cuts > MAX_IDLE_RESUMES:
-                        raise self.error(exc) from None
+                        raise self.error(exc, message) from None
                     message, skip = resumed
                     call = multicallable(message, **options)
         finally:
@@ -446,6 +451,34 @@ class WatchMethod(Method):
         state = WatchState(self, request_dict, reconnect)  # a bad request raises now
         options = self.call_options(NO_DEADLINE if timeout is None else timeout, metadata)
         return Watch(state, self._callable, options)
+
+
+class ClientStream:
+    """A client stream's requests, each made a message as grpc reads it (lazily, so a
+    generator is sent as it yields). A request that cannot be made one ends the call (grpc
+    cancels it) and is kept in `error`, which the caller gets instead of grpc's status."""
+
+    def __init__(self, rpc: RPC, requests: Iterable[Any]) -> None:
+        self._rpc = rpc
+        self._requests = iter(requests)
+        self._index = -1
+        self.error: exceptions.RequestError | None = None
+
+    def __iter__(self) -> ClientStream:
+        return self
+
+    def __next__(self) -> Any:
+        request = next(self._requests)
+        self._index += 1
+        try:
+            return self._rpc.build_request(request)
+        except exceptions.RequestError as exc:
+            self.error = stream_request_error(exc, self._index)
+            raise self.error from None
+
+
+def stream_request_error(exc: exceptions.RequestError, index: int) -> exceptions.RequestError:
+    return exceptions.RequestError(f"request [{index}] of the stream: {exc}")
 
 
 def _as_iterable(request: Any, name: str) -> Iterable[Any]:

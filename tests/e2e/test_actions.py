@@ -409,3 +409,35 @@ def test_buf_curl_calls_every_kind(lib, served):
     assert {"author": "Banks", "books": "2", "total": "9.00"} in report
     echoed = buf_curl(served, "Echo", '{"text": "u"} {"text": "v"}')
     assert echoed == [{"text": "U", "seen": 1}, {"text": "V", "seen": 2}]
+
+
+def test_a_request_the_client_cannot_send_is_named_and_nothing_is_kept(lib):
+    from django_grpc_bus.client.exceptions import RequestError
+
+    author = lib.Author.create({"name": "Probe"})["id"]
+    before = lib.Book.count()
+    with pytest.raises(RequestError, match=r"Discount takes library\.BookDiscountRequest, not "):
+        lib.Book.discount(lib.Book.method("retrieve").request_class(id=1))  # a wrong message
+    with pytest.raises(RequestError, match="is client-streaming: pass an iterable of requests"):
+        lib.Book.bulk_create({"title": "one dict"})
+
+    def rows():  # sent lazily: the first row is on its way before the second is read
+        yield {"title": "ok", "author": author, "price": "1.00"}
+        yield {"titel": "typo"}
+
+    with pytest.raises(RequestError, match=r"request \[1\] of the stream: .*no field 'titel'"):
+        lib.Book.bulk_create(rows())
+
+    async def arows():
+        for row in rows():
+            yield row
+
+    async def acall():
+        try:
+            await aregistry.lib.Book.bulk_create(arows())
+        finally:
+            await aregistry.aclose()
+
+    with pytest.raises(RequestError, match=r"request \[1\] of the stream: .*no field 'titel'"):
+        asyncio.run(acall())
+    assert lib.Book.count() == before  # the atomic action kept nothing of either stream
