@@ -296,3 +296,36 @@ def test_async_results_become_messages_too(book_actions_pb2):
     one, many = asyncio.run(call())
     assert one == pb.Authors(count=7)
     assert many == [pb.Authors(count=1), pb.Authors(count=2)]
+
+
+class OnlyLookups:
+    """Allows the lookup action and nothing else: what a permission class sees of an action."""
+
+    message = "Only lookups here."
+
+    def has_permission(self, request, service):
+        return service.action == "lookup"
+
+    def has_object_permission(self, request, service, obj):
+        return True
+
+
+class Guarded(Served):
+    permission_classes = [OnlyLookups]
+    ran: list[str] = []
+
+    @grpc_action(request=[("start", "int32")], response="Resolved", response_stream=True)
+    def count(self, request, context):
+        Guarded.ran.append("count")
+        yield {}
+
+
+def test_actions_are_authenticated_and_permitted_as_crud_calls_are(book_actions_pb2, monkeypatch):
+    pb = book_actions_pb2
+    monkeypatch.setattr("django_grpc_bus.serving.calls.close_old_connections", lambda: None)
+    handlers = method_handlers(Guarded, service_descriptor(Guarded), Traffic())
+    result, context = run(handlers["Lookup"], pb.AuthorName(name="Ada"))
+    assert result == pb.Authors(count=3)
+    _, context = run(handlers["Count"], pb.Countdown(start=2))
+    assert (context.status, context.details) == (Code.PERMISSION_DENIED, "Only lookups here.")
+    assert Guarded.ran == []  # refused before the action ran
