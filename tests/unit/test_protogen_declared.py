@@ -298,3 +298,16 @@ def test_a_declared_field_that_changes_a_fields_wire_type_takes_a_new_number(pro
     data = book_data(project)
     assert numbers(data)["author"] == after["author"] + 1
     assert {before["author"], after["author"]} <= reserved_numbers(data)
+
+
+def test_removing_a_nested_field_reserves_its_number_and_drops_its_message(project, make_module):
+    generate(project, make_module, "author_detail = AuthorSerializer(source='author')")
+    number = numbers(book_data(project))["author_detail"]
+    generate(project, make_module, "")
+    file_proto = descriptor(project, "catalog/Book.proto")
+    data = message(file_proto, "BookData")
+    assert number in reserved_numbers(data)
+    assert "author_detail" in data.reserved_name
+    assert not data.nested_type
+    assert "AuthorDetail" not in (project.root / "catalog/Book.proto").read_text()
+    assert [m.name for m in file_proto.message_type if "Author" in m.name] == []
