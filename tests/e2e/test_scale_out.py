@@ -27,6 +27,7 @@ import random
 import re
 import signal
 import socket
+import sqlite3
 import struct
 import sys
 import threading
@@ -63,6 +64,10 @@ LOAD = 6.0  # seconds of load in all
 KILL_AT, TERM_AT = 2.0, 3.0  # seconds into the load
 SLOW_CREATES = 6  # in flight when the kill comes (round_robin puts some on each replica)
 SLOW = 2.5  # seconds each sleeps before saving
+# Threads per replica: Lists read slowly and slow creates each hold one for seconds; with too
+# few, calls wait for a thread (and a List that has not started is retried whole by gRPC's
+# retry policy when its replica dies, rather than cut and resumed).
+WORKERS = 24
 PAUSED_LISTS = 6  # Lists paused after their first row across the kill (some on the victim)
 CALL_TIMEOUT = 15
 ACCESS = re.compile(r"/catalog\.(?:Author|Book)/(\w+) (\w+) ")
@@ -124,7 +129,7 @@ class Replica(ServerProcess):
             cwd=TESTS_DIR,
             env=django_command_env(
                 database_url,
-                **bus_env(GRACE_PERIOD=GRACE, LIST_BATCH_SIZE=BATCH, MAX_WORKERS=8),
+                **bus_env(GRACE_PERIOD=GRACE, LIST_BATCH_SIZE=BATCH, MAX_WORKERS=WORKERS),
             ),
             address=f"{bracketed}:{port}",
         )
@@ -336,8 +341,15 @@ def scale_out(database_url: str, settings, replicas: list[Replica], target: str)
 
 @pytest.fixture
 def database(tmp_path, compiled):
-    """A new database of the test's own (its List must see its own books only)."""
+    """A new database of the test's own (its List must see its own books only). On SQLite in
+    WAL mode, as three replicas sharing one file need: in its default (rollback journal) mode
+    a committing write waits for every open List's read lock and blocks new reads meanwhile,
+    so replicas stall (the docs say: replicas share PostgreSQL)."""
     with new_database(tmp_path) as url:
+        if url.startswith("sqlite:///"):
+            connection = sqlite3.connect(url.removeprefix("sqlite:///"))
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.close()
         yield url
 
 
