@@ -26,6 +26,7 @@ from django_grpc_bus.serving.aio_calls import CallThreads, aio_behavior, is_asyn
 from django_grpc_bus.serving.calls import BEHAVIORS, Route, unimplemented_behavior
 from django_grpc_bus.serving.requests import lenient_parser
 from django_grpc_bus.serving.traffic import Traffic
+from django_grpc_bus.watch.notifier import notifier
 
 if TYPE_CHECKING:
     from django_grpc_bus.services import BaseService
@@ -218,6 +219,7 @@ def bind_services(
     the asyncio server's pool for sync code (None for the threaded server).
     """
     names = []
+    notifier.track(traffic)  # its Watch streams end UNAVAILABLE when it drains
     for service_class in service_classes:
         descriptor = service_descriptor(service_class)
         handlers = method_handlers(

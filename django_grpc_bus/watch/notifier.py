@@ -14,6 +14,7 @@ import asyncio
 import logging
 import threading
 import time
+import weakref
 from collections import defaultdict
 from typing import Any
 
@@ -26,7 +27,7 @@ logger = logging.getLogger("django_grpc_bus.watch")
 
 POLL_INTERVAL = 0.2  # seconds, SQLite and other databases without LISTEN
 PRUNE_EVERY = 300.0  # seconds
-LISTEN_TIMEOUT = 5.0  # seconds: how often the PostgreSQL listener looks up from waiting
+LISTEN_TIMEOUT = 1.0  # seconds: how often the PostgreSQL listener looks up from waiting
 
 
 class Waiter:
@@ -54,6 +55,21 @@ class Notifier:
         self._thread: threading.Thread | None = None
         self._alias: str | None = None
         self._someone = threading.Event()  # anyone watching (the poller sleeps otherwise)
+        # The servers of this process (their Traffic): when one drains, its watchers end
+        # UNAVAILABLE at once, to resume elsewhere, rather than hold the drain to its end.
+        self._servers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._stop_told = False
+
+    def track(self, traffic: Any) -> None:
+        self._servers.add(traffic)
+
+    def stopping(self) -> bool:
+        return any(traffic.draining for traffic in list(self._servers))
+
+    def _tell_stopping(self) -> None:
+        if not self._stop_told and self.stopping():
+            self._stop_told = True
+            self.wake_all()
 
     def version(self, label: str) -> int:
         return self._versions[label]
@@ -131,6 +147,7 @@ class Notifier:
             while True:
                 for note in listener.notifies(timeout=LISTEN_TIMEOUT):
                     self.wake(note.payload)
+                self._tell_stopping()
                 last_prune = self._prune_due(last_prune)
                 connections[alias].close_if_unusable_or_obsolete()
 
@@ -146,6 +163,7 @@ class Notifier:
             if not first and latest != seen:
                 self.wake_all()
             first, seen = False, latest
+            self._tell_stopping()
             last_prune = self._prune_due(last_prune)
             connection.close_if_unusable_or_obsolete()
             time.sleep(POLL_INTERVAL)

@@ -222,6 +222,14 @@ def _resumed(since: str) -> Position:
     return position
 
 
+def _refuse_if_stopping() -> None:
+    if notifier.stopping():
+        raise GrpcError(
+            grpc.StatusCode.UNAVAILABLE,
+            "The server is shutting down; watch again from your last cursor on another instance.",
+        )
+
+
 # -- the threaded server: a thread per stream ---------------------------------------------------
 
 
@@ -234,6 +242,7 @@ def watch(service: Any, request: Any, context: Any) -> Iterator[Any]:
     context.add_callback(waiter.set)
     try:
         while context.is_active():
+            _refuse_if_stopping()
             waiter.event.clear()  # first: a wake-up from now on is kept
             version = notifier.version(stream.label)
             events, held_back = stream.poll(version)
@@ -258,6 +267,7 @@ async def awatch(service: Any, request: Any, context: Any) -> AsyncIterator[Any]
     notifier.add(stream.label, stream.alias, waiter)
     try:
         while True:
+            _refuse_if_stopping()
             waiter.event.clear()  # first: a wake-up from now on is kept
             version = notifier.version(stream.label)
             ready = stream.poll_ready(version)

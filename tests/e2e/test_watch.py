@@ -230,3 +230,45 @@ def test_out_of_range_past_retention_and_bad_inputs(url):
                     time.sleep(0.02)
             assert bad.error.code() == code, (request, bad.error)
             assert word in bad.error.details()
+
+
+def test_registry_watch_follows_a_real_server_across_a_restart(url, settings):
+    """The client helper's registry.<servlet>.Book.watch() against this producer: a server
+    restarted mid-watch is called again from the last cursor, and no event is lost."""
+    from support import add_servlets, free_port, servlet_entry
+
+    from django_grpc_bus.client.registry import registry
+    from django_grpc_bus.client.watch import Reconnect
+
+    port = free_port()
+    add_servlets(settings, s=servlet_entry(port, timeout=5))
+    address = f"127.0.0.1:{port}"
+    server = start_server(url, address=address)
+    got: list[dict] = []
+    events = registry.s.Book.watch({}, reconnect=Reconnect(initial=0.1, maximum=0.5))
+    reader = threading.Thread(target=lambda: got.extend(events), daemon=True)
+    try:
+        reader.start()
+        time.sleep(1.0)
+        stub(server).Create(book("reg-1"), timeout=5)
+        deadline = time.monotonic() + 20
+        while len(got) < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        stop_server(server)
+        orm(url, "Book.objects.create(author_id=1, isbn='reg-2')")  # while it is down
+        server = start_server(url, address=address)
+        stub(server).Create(book("reg-3"), timeout=5)
+        while len(got) < 3:
+            assert time.monotonic() < deadline + 20, got
+            time.sleep(0.05)
+    finally:
+        events.stop()  # from this thread: the reader's next() ends
+        reader.join(10)
+        stop_server(server)
+        registry.reset()
+    assert [(e["type"], e["data"]["isbn"]) for e in got] == [
+        ("CREATED", "reg-1"),
+        ("CREATED", "reg-2"),
+        ("CREATED", "reg-3"),
+    ]
