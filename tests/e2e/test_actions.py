@@ -119,6 +119,8 @@ class BookService(ModelService):
 
 # The same service with its streaming actions async def, for the asyncio server.
 ASYNC_SERVICES = """
+import threading
+
 from asgiref.sync import sync_to_async
 
 from django_grpc_bus.decorators import grpc_action
@@ -144,6 +146,8 @@ class BookService(services.BookService):
         response_stream=True,
     )
     async def echo(self, request, context):
+        if threading.current_thread().name.startswith("grpc-bus-sync"):  # not on the loop
+            raise RuntimeError(f"async echo ran in {threading.current_thread().name}")
         seen = 0
         async for message in request:
             seen += 1
