@@ -455,3 +455,23 @@ def test_a_consumer_survives_its_database_connections_being_killed(fake, storefr
     assert "the handler failed on CREATED event 'e2'" in err  # the dead connection, once
     assert seen(storefront_db) == [("e1", 1, "CREATED"), ("e2", 2, "CREATED")]
     assert cursor(storefront_db) == "2"
+
+
+def test_real_watch_filter_in_djangos_spelling(fresh_database, settings):
+    with running_server(fresh_database, "--no-access-log", env=bus_env(**PRODUCER)) as server:
+        add_servlets(settings, producer=servlet_entry(server.port))
+        books = registry.producer["catalog.Book"]
+        try:
+            author = registry.producer["catalog.Author"].create({"name": "Tolkien"})
+            for n, title in enumerate(["The Hobbit", "Silmarillion", "Hobbit Notes"]):
+                books.create({"title": title, "author": author["id"], "isbn": f"97822{n:08d}"})
+            events = books.watch({"filter": {"title__icontains": "hobbit"}, "snapshot": True})
+            titles = []
+            for event in events:
+                if event["type"] == "SNAPSHOT_COMPLETE":
+                    break
+                titles.append(event["data"]["title"])
+            events.close()
+        finally:
+            registry.reset()
+    assert sorted(titles) == ["Hobbit Notes", "The Hobbit"]
