@@ -14,6 +14,7 @@ process, a consumer killed mid-handler, and grpclist/grpccall on its Watch.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -475,3 +476,39 @@ def test_real_watch_filter_in_djangos_spelling(fresh_database, settings):
         finally:
             registry.reset()
     assert sorted(titles) == ["Hobbit Notes", "The Hobbit"]
+
+
+def test_real_async_watch_gives_the_snapshot_then_a_change(fresh_database, settings):
+    from django_grpc_bus.client.aio import aregistry
+
+    with running_server(fresh_database, "--no-access-log", env=bus_env(**PRODUCER)) as server:
+        add_servlets(settings, producer=servlet_entry(server.port))
+
+        async def run() -> list[tuple[str, str]]:
+            books = aregistry.producer["catalog.Book"]
+            author = await aregistry.producer["catalog.Author"].create({"name": "Herbert"})
+            await books.create({"title": "Dune", "author": author["id"], "isbn": "9780441013593"})
+            seen_events = []
+            events = books.watch({"snapshot": True}).__aiter__()
+            try:
+                while len(seen_events) < 3:
+                    event = await events.__anext__()
+                    title = (event["data"] or {}).get("title", "")
+                    seen_events.append((event["type"], title))
+                    if event["type"] == "SNAPSHOT_COMPLETE":
+                        await books.partial_update(
+                            {
+                                "data": {"isbn": "9780441013593", "title": "Dune Messiah"},
+                                "update_mask": ["title"],
+                            }
+                        )
+            finally:
+                await events.aclose()
+                await aregistry.aclose()
+            return seen_events
+
+        try:
+            got = asyncio.run(run())
+        finally:
+            registry.reset()
+    assert got == [("CREATED", "Dune"), ("SNAPSHOT_COMPLETE", ""), ("UPDATED", "Dune Messiah")]
