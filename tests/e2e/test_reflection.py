@@ -212,6 +212,7 @@ def test_dynamic_calls_from_reflection_only(bounded_channel):
         "Update",
         "PartialUpdate",
         "Destroy",
+        "Watch",  # the test project's service_meta.yaml watches catalog.Book
     ]
     assert book_service.FindMethodByName("List").server_streaming
     author = call("catalog.Author", "Create", name="Reflected Author")
