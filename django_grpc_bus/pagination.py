@@ -4,7 +4,7 @@ Each response message carries up to ``LIST_BATCH_SIZE`` rows (fewer when one mor
 past ``MAX_MESSAGE_SIZE``), so the first batch leaves before the last row is read and memory
 stays flat; a cancelled call stops reading. ``page_size`` > 0 returns one page and a
 ``next_page_token``, an opaque offset the client passes back as ``page_token``. A whole stream
-(``page_size`` 0) gives each batch but the last the token of the rows after it, so a client
+(``page_size`` 0) gives each message but the last the token of the rows after it, so a client
 whose stream was cut resumes there (with the same request and that ``page_token``). Rows come in the
 queryset's order, then by primary key, so pages neither skip nor repeat rows.
 
@@ -142,7 +142,11 @@ def _batches(
     response = response_class()
     results = response.results
     batch_bytes = sent = 0
+    full = None  # a full batch, sent once another row shows it is not the last
     for row in rows:
+        if full is not None:
+            yield _resumable(full, offset + sent, page)
+            full = None
         if page_size and sent == page_size:
             response.next_page_token = encode_page_token(offset + page_size, page.query)
             break
@@ -158,10 +162,12 @@ def _batches(
         batch_bytes += row_bytes
         sent += 1
         if len(results) == batch_size:
-            yield _resumable(response, offset + sent, page)
+            full = response
             response = response_class()
             results = response.results
             batch_bytes = 0
+    if full is not None:
+        yield full  # the last batch: no resume token
     if len(results) or response.next_page_token or not sent:
         yield response
 
