@@ -456,6 +456,7 @@ def copy_test_project(folder: Path) -> Path:
             TESTS_DIR / name, folder / name, ignore=shutil.ignore_patterns("__pycache__")
         )
     shutil.copy(TESTS_DIR / "handlers.py", folder / "handlers.py")
+    shutil.copy(TESTS_DIR / "service_meta.yaml", folder / "service_meta.yaml")  # SERVICE_META
     return folder
 
 
