@@ -272,3 +272,41 @@ def test_registry_watch_follows_a_real_server_across_a_restart(url, settings):
         ("CREATED", "reg-2"),
         ("CREATED", "reg-3"),
     ]
+
+
+def test_workers_each_deliver_every_event(url):
+    """`rungrpcserver --workers 2`: watchers land on either process; each gets every event."""
+    from support import free_port
+
+    with running_server(url, "--workers", "2", address=f"127.0.0.1:{free_port()}") as server:
+        watches = [Watching(server.target) for _ in range(4)]
+        try:
+            watches[0].wait_started()
+            orm(url, "Book.objects.create(author_id=1, isbn='wk-1')")
+            stub(server).Create(book("wk-2"), timeout=5)
+            for watch in watches:
+                assert [e.data.isbn for e in watch.wait_for(2)] == ["wk-1", "wk-2"]
+        finally:
+            for watch in watches:
+                watch.close()
+
+
+def test_a_filtered_watch_gets_only_matching_changes(url):
+    with (
+        running_server(url) as server,
+        Watching(server.target, filter=pb.BookFilter(title="match")) as watch,
+    ):
+        watch.wait_started()
+        books = stub(server)
+        books.Create(book("f-1", "other"), timeout=5)
+        books.Create(book("f-2", "match"), timeout=5)
+        books.PartialUpdate(
+            pb.BookPartialUpdateRequest(
+                data=book("f-1", "match"), update_mask={"paths": ["title"]}
+            ),
+            timeout=5,
+        )
+        events = watch.wait_for(2)
+        time.sleep(0.5)
+        assert len(watch.events) == 2
+    assert [(e.type, e.data.isbn) for e in events] == [(CREATED, "f-2"), (UPDATED, "f-1")]
