@@ -3,11 +3,11 @@
 A ``rungrpcserver --asyncio`` process serves WATCHERS Watch streams of catalog.Book (idle, from
 now) while Retrieves run and books are created. The test prints: the server's memory per idle
 watcher (RSS rise / WATCHERS; target under 50 KB), Retrieve p50/p99 without and with the
-watchers open (target: within 2x), and commit-to-client latency p50/p99 over every watcher and
-event (from the Create's answer, which comes after its commit, to the event's arrival here;
-targets 50 and 250 ms on PostgreSQL). It asserts only that every watcher gets every event, in
-order. The client's own loop reads all the streams: on a small machine it shares the CPU with
-the server, so the latency is an upper bound.
+watchers open (target: within 2x), and latency p50/p99 over every watcher and event, from the
+moment the Create is sent to the event's arrival here: an upper bound of commit-to-client
+(targets 50 and 250 ms on PostgreSQL), since it includes the Create's own time (also printed),
+and the client's own loop reads all the streams, sharing the CPU with the server on a small
+machine. It asserts only that every watcher gets every event, in order.
 
 ``DJANGO_GRPC_BUS_WATCH_LOAD_WATCHERS`` (default 100) sets the number of watchers; 1,000 is the
 issue's load: ``DJANGO_GRPC_BUS_WATCH_LOAD_WATCHERS=1000 pytest -s tests/e2e/test_watch_load.py``.
@@ -77,11 +77,13 @@ async def load(target: str, pid: int) -> dict[str, float]:
     await asyncio.sleep(3.0 + WATCHERS / 200)  # every stream open and idle
     rss_open = rss_kb(pid)
     busy_retrieve = await retrieve_ms(stub)
-    committed: dict[str, float] = {}
+    sent: dict[str, float] = {}
+    creates = []
     for n in range(EVENTS):
         isbn = f"load-{n}"
+        sent[isbn] = time.perf_counter()
         await stub.Create(pb.BookData(isbn=isbn, title="t", author=1), timeout=10)
-        committed[isbn] = time.perf_counter()
+        creates.append((time.perf_counter() - sent[isbn]) * 1000)
         await asyncio.sleep(0.2)
     deadline = time.monotonic() + 60
     while any(len(a) < EVENTS for a in arrivals) and time.monotonic() < deadline:
@@ -93,7 +95,8 @@ async def load(target: str, pid: int) -> dict[str, float]:
         await channel.close()
     expected = [f"load-{n}" for n in range(EVENTS)]
     assert all([isbn for isbn, _ in a] == expected for a in arrivals), "every event, in order"
-    latencies = [(at - committed[isbn]) * 1000 for a in arrivals for isbn, at in a]
+    # From the moment the Create was sent (an upper bound: it includes the write itself).
+    latencies = [(at - sent[isbn]) * 1000 for a in arrivals for isbn, at in a]
     return {
         "kb_per_watcher": (rss_open - rss_before) / WATCHERS,
         "idle_p50": statistics.median(idle_retrieve),
@@ -103,6 +106,7 @@ async def load(target: str, pid: int) -> dict[str, float]:
         "lat_p50": statistics.median(latencies),
         "lat_p99": percentile(latencies, 0.99),
         "lat_max": max(latencies),
+        "create_p50": statistics.median(creates),
     }
 
 
@@ -125,7 +129,8 @@ def test_many_watchers_on_one_asyncio_process(fresh_database):
         f"\n  Retrieve p50/p99 without watchers: {figures['idle_p50']:.2f} / "
         f"{figures['idle_p99']:.2f} ms; with them open: {figures['busy_p50']:.2f} / "
         f"{figures['busy_p99']:.2f} ms (target p99 within 2x)"
-        f"\n  commit-to-client latency p50/p99/max: {figures['lat_p50']:.1f} / "
-        f"{figures['lat_p99']:.1f} / {figures['lat_max']:.1f} ms (targets 50 / 250 ms on "
+        f"\n  write-to-client latency p50/p99/max: {figures['lat_p50']:.1f} / "
+        f"{figures['lat_p99']:.1f} / {figures['lat_max']:.1f} ms, the Create itself "
+        f"{figures['create_p50']:.1f} ms p50 (commit-to-client targets 50 / 250 ms on "
         "PostgreSQL)"
     )
