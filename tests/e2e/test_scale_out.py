@@ -486,3 +486,46 @@ def test_grpclist_and_registry_connect_take_a_target_and_show_its_addresses(data
         assert registry.connect(f"dns:///localhost:{replica.port}").Book.retrieve is not None
     finally:
         replica.stop(timeout=10)
+
+
+def test_a_page_cut_mid_stream_is_asked_for_again_and_its_yielded_rows_skipped(
+    database, settings, monkeypatch
+):
+    """Two `list({"page_size": 600})` through registry on a two-replica ipv4: target, paused
+    after their first row while one replica is SIGKILLed: a page has no token per batch, so the
+    cut one asks for its page again and skips the rows it yielded; both give the page once."""
+    replicas = [Replica(database, "127.0.0.1").start()]
+    try:
+        replicas.append(Replica(database, "127.0.0.1").start())
+        (author,) = insert_authors(database, ["page author"])
+        isbns = [f"{977_000_000_0000 + i}" for i in range(ROWS)]
+        db_execute(
+            database,
+            "INSERT INTO catalog_book (title, author_id, isbn) VALUES (%s, %s, %s)",
+            [(f"{TITLE} {i}", author, isbn) for i, isbn in enumerate(isbns)],
+        )
+        target = "ipv4:" + ",".join(r.target for r in replicas)
+        add_servlets(
+            settings, pair={"target": target, "timeout": CALL_TIMEOUT, "options": SMALL_WINDOW}
+        )
+        resumes: list[bool] = []
+        real_resume = servlet_module.RPC.resume_request
+
+        def counting_resume(self, *args):
+            resumed = real_resume(self, *args)
+            resumes.append(resumed is not None)
+            return resumed
+
+        monkeypatch.setattr(servlet_module.RPC, "resume_request", counting_resume)
+        registry.pair.Book.retrieve({"isbn": isbns[0]})  # catalog and channel
+        lists = [registry.pair.Book.list({"page_size": 600}) for _ in range(2)]
+        got = [[next(rows)["isbn"]] for rows in lists]  # both calls started, one on each
+        replicas[0].process.send_signal(signal.SIGKILL)
+        assert replicas[0].process.wait(10) == -signal.SIGKILL
+        for rows, seen in zip(lists, got, strict=True):
+            seen += [row["isbn"] for row in rows]
+        assert got == [isbns[:600], isbns[:600]]
+        assert resumes == [True]
+    finally:
+        for replica in replicas:
+            replica.stop(timeout=10)
