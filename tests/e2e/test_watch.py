@@ -357,3 +357,16 @@ def test_concurrent_writers_in_several_processes_lose_nothing(url, asyncio):
     for writer in "os":
         mine = [e.data.isbn for e in rest if e.data.isbn[3] == writer]
         assert mine == [e.data.isbn for e in events[30:] if e.data.isbn[3] == writer]
+
+
+def test_watch_of_a_model_not_marked_watch_is_failed_precondition(url):
+    """A server whose service_meta.yaml does not watch Book (its compiled proto still has
+    Watch): the call says what to set, and records nothing."""
+    with running_server(url, env=bus_env(SERVICE_META=None)) as server:
+        with Watching(server.target) as watch:
+            deadline = time.monotonic() + 10
+            while watch.error is None:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+    assert watch.error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "watch: true" in watch.error.details()

@@ -32,6 +32,8 @@ PER_CHANNEL = 100
 EVENTS = 20
 RETRIEVES = 200
 TIMEOUT = 120
+IDLE_SECONDS = 2.0
+TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +41,11 @@ pytestmark = pytest.mark.slow
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
 
 
 def rss_kb(pid: int) -> int:
@@ -76,6 +83,9 @@ async def load(target: str, pid: int) -> dict[str, float]:
     tasks = [asyncio.create_task(follow(i)) for i in range(WATCHERS)]
     await asyncio.sleep(3.0 + WATCHERS / 200)  # every stream open and idle
     rss_open = rss_kb(pid)
+    ticks = cpu_ticks(pid)
+    await asyncio.sleep(IDLE_SECONDS)
+    idle_cpu = (cpu_ticks(pid) - ticks) / TICKS_PER_SECOND / IDLE_SECONDS
     busy_retrieve = await retrieve_ms(stub)
     sent: dict[str, float] = {}
     creates = []
@@ -107,6 +117,7 @@ async def load(target: str, pid: int) -> dict[str, float]:
         "lat_p99": percentile(latencies, 0.99),
         "lat_max": max(latencies),
         "create_p50": statistics.median(creates),
+        "idle_cpu": idle_cpu,
     }
 
 
@@ -125,7 +136,8 @@ def test_many_watchers_on_one_asyncio_process(fresh_database):
     database = "PostgreSQL" if ON_POSTGRES else "SQLite"
     print(
         f"\n{WATCHERS} idle Watch streams on one asyncio process ({database}), {EVENTS} events:"
-        f"\n  memory per idle watcher: {figures['kb_per_watcher']:.1f} KB (target < 50 KB)"
+        f"\n  memory per idle watcher: {figures['kb_per_watcher']:.1f} KB (target < 50 KB); "
+        f"server CPU while they idle: {figures['idle_cpu']:.1%} of a core"
         f"\n  Retrieve p50/p99 without watchers: {figures['idle_p50']:.2f} / "
         f"{figures['idle_p99']:.2f} ms; with them open: {figures['busy_p50']:.2f} / "
         f"{figures['busy_p99']:.2f} ms (target p99 within 2x)"
