@@ -64,13 +64,34 @@ def watched_models() -> dict[type[models.Model], tuple[models.Field, ...]]:
                     fields = tuple(f for f in selected.fields if f.concrete and f.column)
                     found[selected.model] = fields
             _watched = found
+            # From now on only watched models' instances keep their loaded values.
+            post_init.disconnect(dispatch_uid=FIRST_INIT)
+            for model in found:
+                post_init.connect(_on_init, sender=model, dispatch_uid=_init_uid(model))
     return _watched
 
 
 def forget_watched_models(*, setting: str, **kwargs: Any) -> None:
     global _watched
     if setting in ("MESSAGE_BUS", "BASE_DIR"):
-        _watched = None
+        with _watched_lock:
+            for model in _watched or ():
+                post_init.disconnect(sender=model, dispatch_uid=_init_uid(model))
+            _watched = None
+            post_init.connect(_first_init, dispatch_uid=FIRST_INIT)
+
+
+FIRST_INIT = "django_grpc_bus.watch.first_init"
+
+
+def _init_uid(model: type[models.Model]) -> str:
+    return f"django_grpc_bus.watch.init.{model._meta.label_lower}"
+
+
+def _first_init(sender: type[models.Model], instance: models.Model, **kwargs: Any) -> None:
+    """The first instance made: find the watched models (which replaces this receiver)."""
+    watched_models()
+    _on_init(sender, instance)
 
 
 def label_of(model: type[models.Model]) -> str:
@@ -141,8 +162,8 @@ def _on_delete(
 
 
 def connect_receivers() -> None:
-    """Connect the recording receivers (for every sender; unwatched models cost a lookup)."""
-    post_init.connect(_on_init, dispatch_uid="django_grpc_bus.watch.init")
+    """Connect the recording receivers (``post_init`` only for watched models, once known)."""
+    post_init.connect(_first_init, dispatch_uid=FIRST_INIT)
     post_save.connect(_on_save, dispatch_uid="django_grpc_bus.watch.save")
     post_delete.connect(_on_delete, dispatch_uid="django_grpc_bus.watch.delete")
     setting_changed.connect(forget_watched_models, dispatch_uid="django_grpc_bus.watch.settings")

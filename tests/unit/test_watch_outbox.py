@@ -262,3 +262,13 @@ def test_generateproto_check_sees_watch_turned_on(project):
     with pytest.raises(SystemExit) as exited:
         project.call("generateproto", "--check")
     assert exited.value.code == 1
+
+
+def test_only_watched_models_keep_their_loaded_values():
+    from django.db.models.signals import post_init
+
+    from django_grpc_bus.watch.recording import LOADED
+
+    assert LOADED in Book(title="x", isbn="1", author_id=1).__dict__
+    assert LOADED not in Author(name="x").__dict__
+    assert post_init._live_receivers(Author) == ([], [])  # unwatched models pay nothing
