@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
 from django.db import connections
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.db.models.query import ModelIterable
 from rest_framework.permissions import BasePermission
 
@@ -152,8 +152,10 @@ def _compile(
         fields.append(field)
     # Placeholders of each field's own type, so the ORM compiles the lookups it would.
     try:
+        # One Q with its children in `names`' order (keyword arguments would be sorted by
+        # name), so the SQL's parameters come in the order the values are given.
         sample = queryset.filter(
-            **{name: _sample(f) for name, f in zip(names, fields, strict=True)}
+            Q(*((name, _sample(f)) for name, f in zip(names, fields, strict=True)))
         )
         compiler = sample.values_list(*columns).query.get_compiler(connection=connection)
         sql, params = compiler.as_sql()
