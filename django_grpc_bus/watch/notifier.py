@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
 import threading
 import time
 import weakref
@@ -141,12 +142,16 @@ class Notifier:
         params.pop("cursor_factory", None)
         params.pop("context", None)
         with psycopg.connect(**params, autocommit=True) as listener:
+            listener.add_notify_handler(lambda note: self.wake(note.payload))
             listener.execute(f"LISTEN {CHANNEL}")
             self.wake_all()  # events may have come while no one listened
             last_prune = 0.0
             while True:
-                for note in listener.notifies(timeout=LISTEN_TIMEOUT):
-                    self.wake(note.payload)
+                # (select + a query delivers notifications on psycopg 3.1 too, which has no
+                # notifies(timeout=...))
+                readable, _, _ = select.select([listener.fileno()], [], [], LISTEN_TIMEOUT)
+                if readable:
+                    listener.execute("SELECT 1")  # runs the notify handler for each arrival
                 self._tell_stopping()
                 last_prune = self._prune_due(last_prune)
                 connections[alias].close_if_unusable_or_obsolete()

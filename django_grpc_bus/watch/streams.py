@@ -279,7 +279,7 @@ async def awatch(service: Any, request: Any, context: Any) -> AsyncIterator[Any]
                     await asyncio.wait_for(
                         waiter.event.wait(), HELD_BACK_RETRY if held_back else IDLE_RECHECK
                     )
-                except TimeoutError:
+                except asyncio.TimeoutError:  # TimeoutError from Python 3.11
                     pass
     finally:
         notifier.remove(stream.label, waiter)
