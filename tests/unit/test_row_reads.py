@@ -186,3 +186,31 @@ def test_object_permissions_need_the_instance(classes):
     row = make_everything()
     request = classes.everything_pb2.EverythingLookupRequest(id=row.pk)
     assert row_reads.retrieve_message(service(Guarded, request)) is None
+
+
+@pytest.mark.django_db
+def test_two_lookups_take_their_values_in_order(compiled):
+    """A row named by its id and its email (both unique; keyword order would put email first):
+    found when both match, NOT_FOUND with get_object's message when they name different rows."""
+    from shop import models
+    from shop.serializers import CustomerSerializer
+
+    customer_pb2 = importlib.import_module("generated_grpc.grpc.Customer_pb2")
+
+    class Customers(RetrieveService):
+        queryset = models.Customer.objects.all()
+        serializer_class = CustomerSerializer
+        authentication_classes: list[type] = []
+        permission_classes: list[type] = []
+
+    one = models.Customer.objects.create(email="one@example.com")
+    two = models.Customer.objects.create(email="two@example.com")
+    both = customer_pb2.CustomerLookupRequest(id=one.pk, email=one.email)
+    from_row, usual = both_ways(Customers, both)
+    assert from_row is not None and from_row == usual and from_row.email == one.email
+    crossed = customer_pb2.CustomerLookupRequest(id=two.pk, email=one.email)
+    with pytest.raises(GrpcError) as from_row_error:
+        row_reads.retrieve_message(service(Customers, crossed))
+    with pytest.raises(GrpcError) as usual_error:
+        service(Customers, crossed).get_object()
+    assert str(from_row_error.value) == str(usual_error.value)
