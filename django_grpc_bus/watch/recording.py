@@ -68,6 +68,7 @@ def watched_models() -> dict[type[models.Model], tuple[models.Field, ...]]:
             post_init.disconnect(dispatch_uid=FIRST_INIT)
             for model in found:
                 post_init.connect(_on_init, sender=model, dispatch_uid=_init_uid(model))
+                _make_save_atomic(model)
     return _watched
 
 
@@ -77,11 +78,59 @@ def forget_watched_models(*, setting: str, **kwargs: Any) -> None:
         with _watched_lock:
             for model in _watched or ():
                 post_init.disconnect(sender=model, dispatch_uid=_init_uid(model))
+                _restore_save(model)
             _watched = None
             post_init.connect(_first_init, dispatch_uid=FIRST_INIT)
 
 
 FIRST_INIT = "django_grpc_bus.watch.first_init"
+
+
+def _make_save_atomic(model: type[models.Model]) -> None:
+    """Run a watched model's ``save_base`` in a transaction, ``post_save`` included.
+
+    Django sends ``post_save`` after the row's own statement, outside any transaction of its
+    own: a bare ``save()`` in autocommit would commit the row before its event is written, and
+    a process dying between the two would lose the event. Inside the caller's
+    ``transaction.atomic()`` this adds nothing (``savepoint=False``).
+    """
+    if getattr(model.__dict__.get("save_base"), "_grpc_bus_atomic", False):
+        return
+    original = model.save_base
+
+    def save_base(
+        self: models.Model,
+        raw: bool = False,
+        force_insert: Any = False,
+        force_update: bool = False,
+        using: str | None = None,
+        update_fields: Any = None,
+    ) -> Any:
+        alias = using or router.db_for_write(type(self), instance=self)
+        with transaction.atomic(using=alias, savepoint=False):
+            return original(
+                self,
+                raw=raw,
+                force_insert=force_insert,
+                force_update=force_update,
+                using=using,
+                update_fields=update_fields,
+            )
+
+    save_base._grpc_bus_atomic = True  # type: ignore[attr-defined]
+    save_base._grpc_bus_original = model.__dict__.get("save_base")  # type: ignore[attr-defined]
+    model.save_base = save_base  # type: ignore[method-assign]
+
+
+def _restore_save(model: type[models.Model]) -> None:
+    ours = model.__dict__.get("save_base")
+    if not getattr(ours, "_grpc_bus_atomic", False):
+        return
+    original = ours._grpc_bus_original  # type: ignore[union-attr]
+    if original is None:
+        delattr(model, "save_base")
+    else:
+        model.save_base = original  # type: ignore[method-assign]
 
 
 def _init_uid(model: type[models.Model]) -> str:

@@ -170,6 +170,37 @@ def test_a_rolled_back_change_records_nothing():
     assert WatchEvent.objects.get().data["title"] == "Kept"
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_bare_save_in_autocommit_is_one_transaction_with_its_event(monkeypatch):
+    """Django sends post_save after the row's statement; in autocommit that statement would
+    commit alone. A watched model's save runs in a transaction that includes its event, so an
+    event that cannot be written takes the row with it (nothing committed without its event)."""
+    from django_grpc_bus.watch import recording
+
+    author = Author.objects.create(name="A")
+    assert connection.get_autocommit()
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("the outbox is unwritable")
+
+    monkeypatch.setattr(recording, "write_events", fail)
+    with pytest.raises(RuntimeError, match="unwritable"):
+        Book.objects.create(title="Orphan", author=author, isbn="o")
+    book = Book(title="Edited", author=author, isbn="e")
+    monkeypatch.undo()
+    book.save()
+    monkeypatch.setattr(recording, "write_events", fail)
+    book.title = "Edited twice"
+    with pytest.raises(RuntimeError, match="unwritable"):
+        book.save()
+    monkeypatch.undo()
+    assert not Book.objects.filter(title="Orphan").exists()
+    assert Book.objects.get(pk=book.pk).title == "Edited"
+    assert [e[1] for e in events()] == [WatchEvent.CREATED]
+    # Unwatched models keep Django's own save.
+    assert "save_base" not in Author.__dict__
+
+
 def test_record_changes_for_bulk_paths(author):
     made = Book.objects.bulk_create([Book(title=t, author=author, isbn=t) for t in "ab"])
     assert events() == []  # bulk_create sends no signals
