@@ -1,9 +1,11 @@
 """Record each committed change of a watched model's rows, in the transaction that makes it.
 
-Receivers of ``post_save`` and ``post_delete`` (connected for every model when the app is
-ready) write one :class:`~django_grpc_bus.models.WatchEvent` per change of a model that
-``service_meta.yaml`` marks ``watch: true``: on the change's own database connection, so
-inside its transaction. A rolled-back change rolls its event back with it.
+Receivers of ``post_save``, ``post_delete`` and ``m2m_changed`` (connected for every model
+when the app is ready) write one :class:`~django_grpc_bus.models.WatchEvent` per change of a
+model that ``service_meta.yaml`` marks ``watch: true``: on the change's own database connection,
+so inside its transaction. A rolled-back change rolls its event back with it. A proxy model's
+changes are its concrete model's; a save of a multi-table child also records an event for each
+watched parent (the parent's row is written too; Django sends the parent's own ``post_delete``).
 
 Django sends no model signals for ``QuerySet.update()``, ``bulk_create()``, ``bulk_update()``
 or raw SQL: call :func:`record_changes` in the same transaction for those.
@@ -11,6 +13,7 @@ or raw SQL: call :func:`record_changes` in the same transaction for those.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 import logging
@@ -19,10 +22,12 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+from django.apps import apps
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.signals import setting_changed
 from django.db import connections, models, router, transaction
-from django.db.models.signals import post_delete, post_init, post_save
+from django.db.models.fields.files import FieldFile
+from django.db.models.signals import m2m_changed, post_delete, post_init, post_save
 from django.utils import timezone
 
 from django_grpc_bus.models import WatchEvent
@@ -33,6 +38,8 @@ logger = logging.getLogger("django_grpc_bus.watch")
 CHANNEL = "django_grpc_bus_watch"
 # Where a loaded instance keeps its values as loaded, to tell which fields an update changed.
 LOADED = "_grpc_bus_watch_loaded"
+# Where a reverse many-to-many clear keeps the watched rows it is about to unlink.
+CLEARING = "_grpc_bus_watch_clearing"
 KINDS = {
     "created": WatchEvent.CREATED,
     "updated": WatchEvent.UPDATED,
@@ -42,6 +49,14 @@ PG_ROW = "(%s::uuid, %s, %s, %s, %s::jsonb, %s::jsonb, %s, pg_current_xact_id():
 
 _watched: dict[type[models.Model], tuple[models.Field, ...]] | None = None
 _watched_lock = threading.Lock()
+# Through model -> the (watched model, exposed many-to-many field) pairs it stores.
+_m2m: dict[type[models.Model], list[tuple[type[models.Model], models.Field]]] = {}
+# Model -> the watched models its saves change (its concrete model, its multi-table parents).
+_targets: dict[type[models.Model], tuple[type[models.Model], ...]] = {}
+# Model -> the fields whose loaded values its instances keep (those of all its targets).
+_kept: dict[type[models.Model], list[models.Field]] = {}
+# The models whose instances keep their loaded values (post_init connected).
+_initialised: list[type[models.Model]] = []
 
 
 def watched_models() -> dict[type[models.Model], tuple[models.Field, ...]]:
@@ -59,27 +74,75 @@ def watched_models() -> dict[type[models.Model], tuple[models.Field, ...]]:
                 logger.error("No model is watched: %s", exc)
                 selection = None
             found = {}
+            _m2m.clear()
+            _targets.clear()
+            _kept.clear()
             for selected in selection or ():
                 if selected.watch:
                     fields = tuple(f for f in selected.fields if f.concrete and f.column)
                     found[selected.model] = fields
+                    for field in selected.fields:
+                        if field.many_to_many:
+                            through = field.remote_field.through  # type: ignore[union-attr]
+                            _m2m.setdefault(through, []).append((selected.model, field))
             _watched = found
-            # From now on only watched models' instances keep their loaded values.
+            # From now on only the instances of watched models, their proxies and their
+            # multi-table children keep their loaded values.
             post_init.disconnect(dispatch_uid=FIRST_INIT)
+            for model in apps.get_models():
+                if _targets_of(model, found):
+                    post_init.connect(_on_init, sender=model, dispatch_uid=_init_uid(model))
+                    _initialised.append(model)
             for model in found:
-                post_init.connect(_on_init, sender=model, dispatch_uid=_init_uid(model))
                 _make_save_atomic(model)
+                _track_refresh(model)
     return _watched
+
+
+def _targets_of(
+    model: type[models.Model], watched: dict[type[models.Model], tuple[models.Field, ...]]
+) -> tuple[type[models.Model], ...]:
+    """The watched models whose rows a save of `model` writes."""
+    targets = _targets.get(model)
+    if targets is None:
+        concrete = model._meta.concrete_model or model
+        candidates = [concrete, *concrete._meta.get_parent_list()]
+        targets = _targets[model] = tuple(m for m in candidates if m in watched)
+    return targets
+
+
+def recorded_as(model: type[models.Model]) -> tuple[type[models.Model], ...]:
+    """The watched models a save of `model`'s instance records events for (maybe none)."""
+    return _targets_of(model, watched_models())
+
+
+def _kept_fields(model: type[models.Model]) -> list[models.Field]:
+    """The fields whose loaded values an instance of `model` keeps (of all its targets)."""
+    kept = _kept.get(model)
+    if kept is None:
+        watched = watched_models()
+        seen: dict[str, models.Field] = {}
+        for target in recorded_as(model):
+            for field in watched[target]:
+                seen.setdefault(field.attname, field)
+        kept = _kept[model] = list(seen.values())
+    return kept
 
 
 def forget_watched_models(*, setting: str, **kwargs: Any) -> None:
     global _watched
     if setting in ("MESSAGE_BUS", "BASE_DIR"):
         with _watched_lock:
-            for model in _watched or ():
+            for model in _initialised:
                 post_init.disconnect(sender=model, dispatch_uid=_init_uid(model))
+            _initialised.clear()
+            for model in _watched or ():
                 _restore_save(model)
+                _restore_refresh(model)
             _watched = None
+            _m2m.clear()
+            _targets.clear()
+            _kept.clear()
             post_init.connect(_first_init, dispatch_uid=FIRST_INIT)
 
 
@@ -133,6 +196,35 @@ def _restore_save(model: type[models.Model]) -> None:
         model.save_base = original  # type: ignore[method-assign]
 
 
+def _track_refresh(model: type[models.Model]) -> None:
+    """After ``refresh_from_db()`` the refreshed fields' loaded values are the database's."""
+    if getattr(model.__dict__.get("refresh_from_db"), "_grpc_bus_refresh", False):
+        return
+    original = model.refresh_from_db
+
+    def refresh_from_db(
+        self: models.Model, using: str | None = None, fields: Any = None, **kwargs: Any
+    ) -> Any:
+        result = original(self, using=using, fields=fields, **kwargs)
+        _remember(self, None if fields is None else set(fields))
+        return result
+
+    refresh_from_db._grpc_bus_refresh = True  # type: ignore[attr-defined]
+    refresh_from_db._grpc_bus_original = model.__dict__.get("refresh_from_db")  # type: ignore[attr-defined]
+    model.refresh_from_db = refresh_from_db  # type: ignore[method-assign]
+
+
+def _restore_refresh(model: type[models.Model]) -> None:
+    ours = model.__dict__.get("refresh_from_db")
+    if not getattr(ours, "_grpc_bus_refresh", False):
+        return
+    original = ours._grpc_bus_original  # type: ignore[union-attr]
+    if original is None:
+        delattr(model, "refresh_from_db")
+    else:
+        model.refresh_from_db = original  # type: ignore[method-assign]
+
+
 def _init_uid(model: type[models.Model]) -> str:
     return f"django_grpc_bus.watch.init.{model._meta.label_lower}"
 
@@ -159,27 +251,85 @@ def row_data(instance: models.Model, fields: Iterable[models.Field]) -> dict[str
     return json.loads(json.dumps(data, cls=DjangoJSONEncoder))
 
 
-def _loaded_values(instance: models.Model, fields: Iterable[models.Field]) -> dict[str, Any]:
-    return {field.attname: field.value_from_object(instance) for field in fields}
+class _Uncopyable:
+    """A loaded value that could not be copied: never equal, so its field counts as changed."""
+
+    def __eq__(self, other: object) -> bool:
+        return False
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+_IMMUTABLE = (str, int, float, bytes, dt.date, dt.time, dt.timedelta, uuid.UUID, type(None))
+
+
+def _comparable(value: Any) -> Any:
+    if isinstance(value, FieldFile):
+        return value.name
+    if isinstance(value, memoryview):  # BinaryField on PostgreSQL
+        return bytes(value)
+    return value
+
+
+def _copied(value: Any) -> Any:
+    """`value` as kept: a deep copy of a mutable one (a JSONField's dict changed in place)."""
+    value = _comparable(value)
+    if isinstance(value, _IMMUTABLE):
+        return value
+    try:
+        return copy.deepcopy(value)
+    except Exception:
+        return _Uncopyable()
+
+
+def _remember(instance: models.Model, names: set[str] | None = None) -> None:
+    """Keep the current values of `names` (all: None) as the loaded ones.
+
+    Reads the instance's ``__dict__`` only: a deferred field (``only()``, ``defer()``) is not
+    loaded (reading it would query the database, and build another instance) and stays unknown.
+    """
+    fields = _kept_fields(type(instance))
+    if not fields:
+        return
+    values = instance.__dict__
+    loaded = values.setdefault(LOADED, {})
+    for field in fields:
+        if names is not None and field.name not in names and field.attname not in names:
+            continue
+        if field.attname in values:
+            loaded[field.attname] = _copied(values[field.attname])
+        else:
+            loaded.pop(field.attname, None)
 
 
 def _changed_fields(
     instance: models.Model, fields: tuple[models.Field, ...], update_fields: Any
 ) -> list[str] | None:
+    """What an update changed: the exposed fields `update_fields` names, or else the fields
+    whose values differ from the loaded ones; None (unknown) when none differ or a field was
+    not loaded. An empty list only for `update_fields` naming no exposed field."""
     if update_fields:
         names = set(update_fields)
         return [f.name for f in fields if f.name in names or f.attname in names]
     loaded = instance.__dict__.get(LOADED)
     if loaded is None:
         return None
-    now = _loaded_values(instance, fields)
-    return [f.name for f in fields if loaded.get(f.attname) != now[f.attname]]
+    now = instance.__dict__
+    changed = []
+    for field in fields:
+        if field.attname not in loaded or field.attname not in now:
+            return None
+        if loaded[field.attname] != _comparable(now[field.attname]):
+            changed.append(field.name)
+    # None differ: the row may still differ from the database (another writer's change since
+    # this instance was loaded), so the save is recorded with `changed` unknown.
+    return changed or None
 
 
 def _on_init(sender: type[models.Model], instance: models.Model, **kwargs: Any) -> None:
-    fields = watched_models().get(sender)
-    if fields is not None:
-        instance.__dict__[LOADED] = _loaded_values(instance, fields)
+    if recorded_as(sender):
+        instance.__dict__[LOADED] = {}
+        _remember(instance)
 
 
 def _on_save(
@@ -191,23 +341,66 @@ def _on_save(
     update_fields: Any = None,
     **kwargs: Any,
 ) -> None:
-    fields = watched_models().get(sender)
-    if fields is None:
+    targets = recorded_as(sender)
+    if not targets:
         return
-    changed = None if created else _changed_fields(instance, fields, update_fields)
-    if changed == []:
-        return  # saved with nothing changed
+    watched = watched_models()
     kind = WatchEvent.CREATED if created else WatchEvent.UPDATED
-    write_events(sender, [(kind, instance, changed)], fields, using)
-    instance.__dict__[LOADED] = _loaded_values(instance, fields)
+    for model in targets:
+        fields = watched[model]
+        changed = None if created else _changed_fields(instance, fields, update_fields)
+        if changed == []:
+            continue  # update_fields wrote none of the fields watchers see
+        write_events(model, [(kind, instance, changed)], fields, using)
+    _remember(instance, set(update_fields) if update_fields else None)
 
 
 def _on_delete(
     sender: type[models.Model], instance: models.Model, using: str | None = None, **kwargs: Any
 ) -> None:
-    fields = watched_models().get(sender)
+    # The concrete model only: deleting a multi-table child deletes its parents' rows, and
+    # Django sends their own post_delete.
+    model = sender._meta.concrete_model or sender
+    fields = watched_models().get(model)
     if fields is not None:
-        write_events(sender, [(WatchEvent.DELETED, instance, None)], fields, using)
+        write_events(model, [(WatchEvent.DELETED, instance, None)], fields, using)
+
+
+def _on_m2m(
+    sender: type[models.Model],
+    instance: models.Model,
+    action: str,
+    reverse: bool,
+    pk_set: set[Any] | None,
+    using: str | None = None,
+    **kwargs: Any,
+) -> None:
+    """A many-to-many field that a watched model exposes changed: UPDATED naming it."""
+    if action not in ("post_add", "post_remove", "post_clear", "pre_clear"):
+        return
+    watched_models()
+    for model, field in _m2m.get(sender, ()):
+        if not reverse:  # instance is the watched row
+            if action == "pre_clear" or (action != "post_clear" and not pk_set):
+                continue
+            rows = [instance]
+        else:  # instance is the other side; the watched rows are pk_set (or the cleared ones)
+            key = f"{CLEARING}.{field.name}"
+            if action == "pre_clear":
+                own = sender._meta.get_field(field.m2m_field_name()).attname  # type: ignore[attr-defined]
+                other = sender._meta.get_field(field.m2m_reverse_field_name()).attname  # type: ignore[attr-defined]
+                instance.__dict__[key] = list(
+                    sender._base_manager.using(using)
+                    .filter(**{other: instance.pk})
+                    .values_list(own, flat=True)
+                )
+                continue
+            pks = instance.__dict__.pop(key, []) if action == "post_clear" else pk_set
+            if not pks:
+                continue
+            rows = list(model._base_manager.using(using).filter(pk__in=pks).order_by("pk"))
+        changes = [(WatchEvent.UPDATED, row, [field.name]) for row in rows]
+        write_events(model, changes, watched_models()[model], using)
 
 
 def connect_receivers() -> None:
@@ -215,6 +408,7 @@ def connect_receivers() -> None:
     post_init.connect(_first_init, dispatch_uid=FIRST_INIT)
     post_save.connect(_on_save, dispatch_uid="django_grpc_bus.watch.save")
     post_delete.connect(_on_delete, dispatch_uid="django_grpc_bus.watch.delete")
+    m2m_changed.connect(_on_m2m, dispatch_uid="django_grpc_bus.watch.m2m")
     setting_changed.connect(forget_watched_models, dispatch_uid="django_grpc_bus.watch.settings")
 
 
@@ -293,13 +487,11 @@ def record_changes(
     names = None if changed is None else list(changed)
     by_model: dict[type[models.Model], list[models.Model]] = {}
     for instance in instances:
-        model = type(instance)._meta.concrete_model or type(instance)
-        by_model.setdefault(model, []).append(instance)
+        for model in recorded_as(type(instance)):
+            by_model.setdefault(model, []).append(instance)
     count = 0
     for model, group in by_model.items():
-        fields = watched_models().get(model)
-        if fields is None:
-            continue
+        fields = watched_models()[model]
         write_events(model, [(KINDS[kind], instance, names) for instance in group], fields, using)
         count += len(group)
     return count

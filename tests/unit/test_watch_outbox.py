@@ -135,13 +135,14 @@ def test_create_update_delete_are_recorded(author):
     book = Book.objects.create(title="Dune", author=author, isbn="1")
     book.title = "Dune II"
     book.save()
-    book.save()  # nothing changed: no event
+    book.save()  # nothing differs from the loaded values: recorded, `changed` unknown
     Book.objects.get(pk=book.pk).save(update_fields=["isbn"])
     pk = str(book.pk)
     book.delete()
     assert events() == [
         ("catalog.book", WatchEvent.CREATED, pk, None),
         ("catalog.book", WatchEvent.UPDATED, pk, ["title"]),
+        ("catalog.book", WatchEvent.UPDATED, pk, None),
         ("catalog.book", WatchEvent.UPDATED, pk, ["isbn"]),
         ("catalog.book", WatchEvent.DELETED, pk, None),
     ]
@@ -303,3 +304,59 @@ def test_only_watched_models_keep_their_loaded_values():
     assert LOADED in Book(title="x", isbn="1", author_id=1).__dict__
     assert LOADED not in Author(name="x").__dict__
     assert not any(post_init._live_receivers(Author))  # unwatched models pay nothing
+
+
+def test_deferred_fields_are_never_loaded_by_recording(author):
+    """post_init reads only what was loaded: only()/defer()/refresh_from_db(fields=...) used to
+    recurse (reading a deferred field loads another instance, whose post_init reads...)."""
+    book = Book.objects.create(title="Dune", author=author, isbn="1")
+    only = Book.objects.only("title").get(pk=book.pk)
+    assert only.get_deferred_fields() == {"author_id", "isbn"}
+    Book.objects.defer("title").get(pk=book.pk).refresh_from_db(fields=["title"])
+    only.title = "Dune II"
+    only.save()  # Django saves the loaded fields only (update_fields)
+    other = Book.objects.defer("isbn").get(pk=book.pk)
+    other.isbn = "2"  # set without being loaded: what it was is unknown
+    other.save()  # every field (none deferred any more): `changed` unknown
+    assert [(e[1], e[3]) for e in events()] == [
+        (WatchEvent.CREATED, None),
+        (WatchEvent.UPDATED, ["title"]),
+        (WatchEvent.UPDATED, None),
+    ]
+    assert Book.objects.get(pk=book.pk).isbn == "2"
+
+
+def test_a_save_is_recorded_even_when_its_instance_saw_nothing_change(author):
+    """The diff is against the values as loaded, not the database: a stale instance saved
+    after another writer's update changes the row though it sees no difference."""
+    book = Book.objects.create(title="Dune", author=author, isbn="1")
+    stale = Book.objects.get(pk=book.pk)
+    Book.objects.filter(pk=book.pk).update(title="Changed elsewhere")
+    stale.save()  # writes "Dune" back
+    assert events()[-1][1:] == (WatchEvent.UPDATED, str(book.pk), None)
+    assert WatchEvent.objects.order_by("id").last().data["title"] == "Dune"
+
+
+def test_refresh_from_db_refreshes_the_loaded_values(author):
+    book = Book.objects.create(title="Dune", author=author, isbn="1")
+    Book.objects.filter(pk=book.pk).update(title="Elsewhere")
+    book.refresh_from_db()
+    book.title = "Dune"  # differs from the database's value, not from the first load
+    book.save()
+    assert events()[-1][3] == ["title"]
+    Book.objects.filter(pk=book.pk).update(isbn="9")
+    book.refresh_from_db(fields=["isbn"])
+    book.isbn = "1"
+    book.save()
+    assert events()[-1][3] == ["isbn"]
+
+
+def test_a_mutable_value_changed_in_place_counts_as_changed():
+    from django_grpc_bus.watch.recording import LOADED, _changed_fields, _remember
+
+    book = Book(title="x", isbn="1", author_id=1)
+    book.title = ["a"]  # stands for a JSONField's list or dict (no watched model has one)
+    _remember(book)
+    book.title.append("b")
+    assert book.__dict__[LOADED]["title"] == ["a"]  # a copy, not the same object
+    assert _changed_fields(book, tuple(Book._meta.concrete_fields), None) == ["title"]
