@@ -360,3 +360,111 @@ def test_a_mutable_value_changed_in_place_counts_as_changed():
     book.title.append("b")
     assert book.__dict__[LOADED]["title"] == ["a"]  # a copy, not the same object
     assert _changed_fields(book, tuple(Book._meta.concrete_fields), None) == ["title"]
+
+
+# -- proxies, multi-table children, many-to-many ------------------------------------------------
+
+
+def define_models():
+    """A proxy and a multi-table child of Book, and a watched Shelf with an exposed M2M."""
+    from django.db import models
+
+    class BookProxy(Book):
+        class Meta:
+            app_label = "catalog"
+            proxy = True
+
+    class SignedBook(Book):
+        signature = models.CharField(max_length=20)
+
+        class Meta:
+            app_label = "catalog"
+
+    class Shelf(models.Model):
+        name = models.CharField(max_length=20)
+        tags = models.ManyToManyField(Tag, related_name="shelves")
+
+        class Meta:
+            app_label = "catalog"
+
+    return BookProxy, SignedBook, Shelf
+
+
+@pytest.fixture
+def extra_models(transactional_db, tmp_path, settings):
+    """The models registered and their tables made, Shelf watched, and all of it undone."""
+    from django.apps import apps
+
+    made = define_models()
+    _, signed, shelf = made
+    with connection.schema_editor() as editor:
+        editor.create_model(signed)
+        editor.create_model(shelf)
+    meta = tmp_path / "service_meta.yaml"
+    meta.write_text(
+        "apps:\n- name: catalog\n  models:\n  - name: Book\n    watch: true\n"
+        "  - name: Shelf\n    watch: true\n  - name: Tag\n"
+    )
+    try:
+        with override_settings(MESSAGE_BUS={**settings.MESSAGE_BUS, "SERVICE_META": str(meta)}):
+            yield made
+    finally:
+        with connection.schema_editor() as editor:
+            editor.delete_model(shelf)
+            editor.delete_model(signed)
+        for model in [*made, shelf.tags.through]:
+            del apps.all_models["catalog"][model._meta.model_name]
+        apps.clear_cache()
+
+
+def test_proxies_and_multi_table_children_record_for_the_watched_model(extra_models):
+    proxy_model, signed_model, _ = extra_models
+    author = Author.objects.create(name="A")
+    proxy = proxy_model.objects.create(title="P", author=author, isbn="p")
+    proxy.title = "P2"
+    proxy.save()
+    proxy_model.objects.get(pk=proxy.pk).delete()
+    signed = signed_model.objects.create(title="S", author=author, isbn="s", signature="x")
+    signed.title = "S2"
+    signed.save()
+    signed = signed_model.objects.get(pk=signed.pk)
+    signed.signature = "y"  # the child's own field: not one of Book's
+    signed.save()
+    p, s = str(proxy.pk), str(signed.pk)
+    signed.delete()  # Django deletes (and signals) the Book row itself: one event
+    assert events() == [
+        ("catalog.book", WatchEvent.CREATED, p, None),
+        ("catalog.book", WatchEvent.UPDATED, p, ["title"]),
+        ("catalog.book", WatchEvent.DELETED, p, None),
+        ("catalog.book", WatchEvent.CREATED, s, None),
+        ("catalog.book", WatchEvent.UPDATED, s, ["title"]),
+        ("catalog.book", WatchEvent.UPDATED, s, None),
+        ("catalog.book", WatchEvent.DELETED, s, None),
+    ]
+    created = WatchEvent.objects.order_by("id")[3]
+    assert created.data == {"id": int(s), "title": "S", "author_id": author.pk, "isbn": "s"}
+
+
+def test_many_to_many_changes_of_an_exposed_field_are_updates_naming_it(extra_models):
+    _, _, shelf_model = extra_models
+    red, blue = Tag.objects.create(name="red"), Tag.objects.create(name="blue")
+    shelf = shelf_model.objects.create(name="s")
+    other = shelf_model.objects.create(name="o")
+    shelf.tags.add(red, blue)
+    shelf.tags.add(red)  # already there: nothing added, nothing recorded
+    shelf.tags.remove(blue)
+    shelf.tags.clear()
+    red.shelves.add(shelf, other)  # from the other side
+    red.shelves.clear()
+    s, o = str(shelf.pk), str(other.pk)
+    assert [(e[0], e[1], e[2], e[3]) for e in events()] == [
+        ("catalog.shelf", WatchEvent.CREATED, s, None),
+        ("catalog.shelf", WatchEvent.CREATED, o, None),
+        ("catalog.shelf", WatchEvent.UPDATED, s, ["tags"]),
+        ("catalog.shelf", WatchEvent.UPDATED, s, ["tags"]),
+        ("catalog.shelf", WatchEvent.UPDATED, s, ["tags"]),
+        ("catalog.shelf", WatchEvent.UPDATED, s, ["tags"]),
+        ("catalog.shelf", WatchEvent.UPDATED, o, ["tags"]),
+        ("catalog.shelf", WatchEvent.UPDATED, s, ["tags"]),
+        ("catalog.shelf", WatchEvent.UPDATED, o, ["tags"]),
+    ]
