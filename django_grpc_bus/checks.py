@@ -108,6 +108,7 @@ MINIMUMS = {
     "MAX_MESSAGE_SIZE": 1,
     "MAX_CONCURRENT_RPCS": 1,
     "SERVICE_TIMEOUT": 0.001,  # above 0: a deadline of 0 fails every call
+    "WATCH_BOOKMARK_INTERVAL": 0.05,  # seconds
 }
 TLS_KEYS = frozenset({"CERTIFICATE", "PRIVATE_KEY", "CLIENT_CA"})
 

@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "PROTECT_HEALTH_AND_REFLECTION": False,
     "WATCH_RECONNECT": {},
     "WATCH_RETENTION": datetime.timedelta(days=7),
+    "WATCH_BOOKMARK_INTERVAL": 30.0,
 }
 
 # The Python types each key accepts; `None` in a tuple means the key may be left unset.
@@ -68,6 +69,7 @@ EXPECTED_TYPES: dict[str, tuple[type | None, ...]] = {
     "PROTECT_HEALTH_AND_REFLECTION": (bool,),
     "WATCH_RECONNECT": (dict,),
     "WATCH_RETENTION": (datetime.timedelta, int, float),
+    "WATCH_BOOKMARK_INTERVAL": (int, float),
 }
 
 # Keys whose value is a dotted path, imported on first access.

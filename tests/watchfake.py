@@ -50,6 +50,7 @@ message BookEvent {
     UPDATED = 2;
     DELETED = 3;
     SNAPSHOT_COMPLETE = 4;
+    BOOKMARK = 5;
   }
   Type type = 1;
   BookData data = 2;
@@ -105,6 +106,7 @@ class FakeWatchServer:
         self.log: list[Any] = []  # BookEvent messages; the cursor of log[i] is str(i + 1)
         self.rows: dict[int, str] = {}  # the current rows, for snapshots
         self.pruned = 0  # cursors below this are past retention
+        self.bookmarks = False  # a BOOKMARK (the start position) first, as the real server
         self.calls: list[tuple[str, bool]] = []  # (since, snapshot) of every call
         self.open_calls = 0  # Watch calls whose servicer has not returned yet
         self.condition = threading.Condition()
@@ -190,6 +192,8 @@ class Servicer:
                 )
         if request.snapshot:
             yield pb2.BookEvent(type="SNAPSHOT_COMPLETE", cursor=str(position))
+        elif fake.bookmarks and not request.since:
+            yield pb2.BookEvent(type="BOOKMARK", cursor=str(position))
         while context.is_active() and not fake.stopping.is_set():
             with fake.condition:
                 if position >= len(fake.log):

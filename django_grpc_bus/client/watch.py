@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("django_grpc_bus.client.watch")
 
 SNAPSHOT_COMPLETE = "SNAPSHOT_COMPLETE"
+BOOKMARK = "BOOKMARK"
 SETTING = "MESSAGE_BUS['WATCH_RECONNECT']"
 
 
@@ -148,9 +149,14 @@ class WatchState:
                 message.snapshot = False
         return message  # mid-snapshot: the snapshot again, from the start
 
-    def event(self, message: Any) -> dict[str, Any]:
-        """`message` as the dict to yield; its cursor becomes the resume point."""
+    def event(self, message: Any) -> dict[str, Any] | None:
+        """`message` as the dict to yield, or None for a BOOKMARK (not yielded); its cursor
+        becomes the resume point."""
         self.failures = 0
+        if message.type == 5:  # BOOKMARK: only a position (sent at the start and while idle)
+            if message.cursor and not self.in_snapshot:
+                self.cursor = message.cursor
+            return None
         event = message_to_dict(message)
         if event.get("type") == SNAPSHOT_COMPLETE:
             self.in_snapshot = False
@@ -188,7 +194,9 @@ class Watch(Iterator[dict[str, Any]]):
     ``close()`` (or leaving a ``for`` loop, or the object's end) cancels the call, from the
     thread that iterates. ``stop()`` may be called from any thread (a signal handler, another
     consumer): the pending ``next()`` ends with StopIteration, as does a wait between calls.
-    ``cursor`` is the cursor of the last event yielded (the point a new watch would resume from).
+    ``cursor`` is where a new watch would resume from: the cursor of the last event yielded, or
+    of a later BOOKMARK (the server's position, sent when the watch starts and while it idles;
+    bookmarks are not yielded).
     """
 
     def __init__(
@@ -226,7 +234,9 @@ class Watch(Iterator[dict[str, Any]]):
             failure: grpc.RpcError | None = None
             try:
                 for message in call:
-                    yield state.event(message)
+                    event = state.event(message)
+                    if event is not None:
+                        yield event
             except grpc.RpcError as exc:
                 failure = exc
             finally:
@@ -247,7 +257,9 @@ async def afollow(
         failure: grpc.RpcError | None = None
         try:
             async for message in call:
-                yield state.event(message)
+                event = state.event(message)
+                if event is not None:
+                    yield event
         except grpc.RpcError as exc:
             failure = exc
         finally:

@@ -495,6 +495,7 @@ WATCH_EVENT_TYPES = (
     ("UPDATED", 2),
     ("DELETED", 3),
     ("SNAPSHOT_COMPLETE", 4),
+    ("BOOKMARK", 5),  # no data: a cursor to resume from, at the start and while idle
 )
 
 

@@ -91,12 +91,15 @@ def read_after(alias: str, label: str, position: Position, limit: int = BATCH) -
     made = now_ms()
     with connection.cursor() as cursor:
         if connection.vendor != "postgresql":
+            # txid is always 0 here: with it the (model, txid, id) index gives the range in
+            # order (without it SQLite scans every event of the model, then sorts).
             cursor.execute(
-                select + "WHERE model = %s AND id > %s ORDER BY id LIMIT %s",
+                select + "WHERE model = %s AND txid = 0 AND id > %s ORDER BY id LIMIT %s",
                 [label, position.last, limit],
             )
             rows = [_row(r, Position(0, 1, r[0], made), connection) for r in cursor.fetchall()]
-            after = rows[-1].cursor if rows else position
+            # Nothing new: the same place, known complete up to now (a BOOKMARK says so).
+            after = rows[-1].cursor if rows else dataclasses.replace(position, made_ms=made)
             return Read(tuple(rows), after, False)
         w = _xmin(cursor)  # before the read: every transaction below it has ended
         lo, hi = position.lo, position.hi

@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import queue
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
@@ -19,6 +20,7 @@ from typing import Any
 import grpc
 from django.db import close_old_connections, connections, transaction
 
+from django_grpc_bus.conf import bus_settings
 from django_grpc_bus.errors import GrpcError
 from django_grpc_bus.models import WatchEvent
 from django_grpc_bus.watch import cursor as cursors
@@ -36,6 +38,7 @@ from django_grpc_bus.watch.recording import label_of, watched_models
 from django_grpc_bus.watch.settings import retention
 
 SNAPSHOT_COMPLETE = 4
+BOOKMARK = 5  # no data: only a cursor to resume from (at the start, then while idle)
 HELD_BACK_RETRY = 0.1  # seconds: events wait behind a transaction still running (PostgreSQL)
 IDLE_RECHECK = 30.0  # seconds: a wake-up lost anyway (a listener reconnecting) costs this much
 
@@ -57,6 +60,9 @@ class WatchStream:
         self.seen_in_snapshot: tuple[int, int, frozenset[int]] | None = None
         self.queryset: Any = None
         self.filtered = False
+        # Whether the stream sends only some rows (a filter, or a service's get_queryset()
+        # narrower than every row): each change is then checked against the queryset.
+        self.scoped = False
 
     # -- the first answer ------------------------------------------------------------------
 
@@ -71,6 +77,7 @@ class WatchStream:
         self.queryset = self.service.filter_queryset(self.service.get_queryset())
         message = self.request.filter if _has(self.request, "filter") else None
         self.filtered = message is not None and bool(message.ListFields())
+        self.scoped = self.filtered or _narrower(self.queryset)
         since, snapshot = self.request.since, self.request.snapshot
         if since and snapshot:
             raise GrpcError(
@@ -117,7 +124,7 @@ class WatchStream:
         (On the asyncio server, this runs on the loop: most watchers need no thread.)
         """
         assert self.position is not None
-        if self.filtered:
+        if self.scoped:
             return None
         read = shared_reads.peek(self.alias, self.label, self.position, version)
         if read is None or any(_data_cached(self.serializer_class, r) is None for r in read.rows):
@@ -126,16 +133,21 @@ class WatchStream:
 
     def _take(self, read: Any) -> tuple[list[Any], bool]:
         self.position = read.position
-        if not self.filtered and self.seen_in_snapshot is None:
+        if not self.scoped and self.seen_in_snapshot is None:
             # Every caught-up watcher sends the same messages: build them once.
             events = read.events.get(self.event_class)
             if events is None:
                 events = read.events[self.event_class] = [self._event(r) for r in read.rows]
             return events, read.held_back
         rows = [row for row in read.rows if not self._shown_in_snapshot(row)]
-        if self.filtered and rows:
+        if self.scoped and rows:
             rows = self._matching(rows)
         return [self._event(row) for row in rows], read.held_back
+
+    def bookmark(self) -> Any:
+        """A BOOKMARK event: the position every event before it was sent (or filtered out)."""
+        assert self.position is not None
+        return self.event_class(type=BOOKMARK, cursor=self.position.encode())
 
     def _shown_in_snapshot(self, row: Row) -> bool:
         if self.seen_in_snapshot is None:
@@ -144,9 +156,11 @@ class WatchStream:
         return row.txid < xmin or (row.txid < xmax and row.txid not in running)
 
     def _matching(self, rows: list[Row]) -> list[Row]:
-        """The rows the filter lets through, checked against the rows as they are now.
+        """The rows the queryset (scope and filter) lets through, checked against the rows as
+        they are now.
 
-        A deleted row cannot be checked any more: its DELETED event is always sent.
+        A deleted row cannot be checked any more: its DELETED event is sent with the primary
+        key alone (its recorded data may be a row this caller may not see).
         """
         pks = [self._pk(row) for row in rows if row.kind != WatchEvent.DELETED]
         found = {str(pk) for pk in self.queryset.filter(pk__in=pks).values_list("pk", flat=True)}
@@ -155,9 +169,20 @@ class WatchStream:
     def _pk(self, row: Row) -> Any:
         return self.model._meta.pk.to_python(row.object_pk)
 
+    def _pk_only(self, data: Any, row: Row) -> None:
+        pk = self.model._meta.pk
+        fields = data.DESCRIPTOR.fields_by_name
+        field = fields.get(pk.name) or fields.get(pk.attname)
+        if field is not None:
+            value = self._pk(row)
+            setattr(data, field.name, str(value) if field.type == field.TYPE_STRING else value)
+
     def _event(self, row: Row) -> Any:
         event = self.event_class(type=row.kind, cursor=row.cursor.encode(), id=row.uid)
-        event.data.CopyFrom(self._data(row))
+        if self.scoped and row.kind == WatchEvent.DELETED:
+            self._pk_only(event.data, row)
+        else:
+            event.data.CopyFrom(self._data(row))
         if row.changed is not None:
             event.changed.paths.extend(row.changed)
         event.time.FromDatetime(row.time.astimezone(dt.timezone.utc))
@@ -196,6 +221,21 @@ def _instance(model: Any, row: Row, alias: str) -> Any:
     instance._state.adding = False
     instance._state.db = alias
     return instance
+
+
+def _narrower(queryset: Any) -> bool:
+    """Whether `queryset` may leave out some rows of its model (a condition, a slice, the
+    empty set): a service's get_queryset() that scopes what a caller may see."""
+    query = queryset.query
+    return bool(query.where) or query.is_sliced or bool(query.distinct)
+
+
+def bookmark_interval() -> float:
+    """Seconds between BOOKMARK events of an idle stream (``WATCH_BOOKMARK_INTERVAL``)."""
+    value = bus_settings.WATCH_BOOKMARK_INTERVAL
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 30.0  # the checks report the setting (E003)
+    return max(float(value), 0.05)  # below: E011
 
 
 def _has(message: Any, name: str) -> bool:
@@ -237,6 +277,10 @@ def watch(service: Any, request: Any, context: Any) -> Iterator[Any]:
     """Serve one Watch call on the calling thread until the client leaves."""
     stream = WatchStream(service, request)
     yield from stream.start()
+    every = bookmark_interval()
+    if not request.since and not request.snapshot:
+        yield stream.bookmark()  # the start position: a reconnect resumes from here
+    sent = time.monotonic()
     waiter = Waiter()
     notifier.add(stream.label, stream.alias, waiter)
     context.add_callback(waiter.set)
@@ -247,9 +291,15 @@ def watch(service: Any, request: Any, context: Any) -> Iterator[Any]:
             version = notifier.version(stream.label)
             events, held_back = stream.poll(version)
             yield from events
+            now = time.monotonic()
+            if events:
+                sent = now
+            elif now - sent >= every:
+                yield stream.bookmark()
+                sent = now
             if not events:
                 close_old_connections()  # no connection held while waiting
-                waiter.event.wait(HELD_BACK_RETRY if held_back else IDLE_RECHECK)
+                waiter.event.wait(_pause(held_back, sent + every - now))
     finally:
         notifier.remove(stream.label, waiter)
 
@@ -263,6 +313,10 @@ async def awatch(service: Any, request: Any, context: Any) -> AsyncIterator[Any]
     stream = WatchStream(service, request)
     for event in await _pool.run(stream.start):
         yield event
+    every = bookmark_interval()
+    if not request.since and not request.snapshot:
+        yield stream.bookmark()  # the start position: a reconnect resumes from here
+    sent = time.monotonic()
     waiter = Waiter(loop)
     notifier.add(stream.label, stream.alias, waiter)
     try:
@@ -274,15 +328,26 @@ async def awatch(service: Any, request: Any, context: Any) -> AsyncIterator[Any]
             events, held_back = ready or await _pool.run(stream.poll, version)
             for event in events:
                 yield event
+            now = time.monotonic()
+            if events:
+                sent = now
+            elif now - sent >= every:
+                yield stream.bookmark()
+                sent = now
             if not events:
                 try:
                     await asyncio.wait_for(
-                        waiter.event.wait(), HELD_BACK_RETRY if held_back else IDLE_RECHECK
+                        waiter.event.wait(), _pause(held_back, sent + every - now)
                     )
                 except asyncio.TimeoutError:  # TimeoutError from Python 3.11
                     pass
     finally:
         notifier.remove(stream.label, waiter)
+
+
+def _pause(held_back: bool, until_bookmark: float) -> float:
+    """How long an idle stream waits for a wake-up."""
+    return max(min(HELD_BACK_RETRY if held_back else IDLE_RECHECK, until_bookmark), 0.01)
 
 
 class WatchPool:

@@ -15,7 +15,7 @@ from generated_grpc.grpc import catalog_Book_pb2 as pb
 from generated_grpc.grpc import catalog_Book_pb2_grpc as pb_grpc
 from support import bus_env, running_server, start_server, stop_server
 
-CREATED, UPDATED, DELETED, COMPLETE = 1, 2, 3, 4
+CREATED, UPDATED, DELETED, COMPLETE, BOOKMARK = 1, 2, 3, 4, 5
 SERVERS = [pytest.param(False, id="threaded"), pytest.param(True, id="asyncio")]
 
 
@@ -25,7 +25,8 @@ class Watching:
     def __init__(self, target: str, **request) -> None:
         self.channel = grpc.insecure_channel(target)
         self.call = pb_grpc.BookStub(self.channel).Watch(pb.BookWatchRequest(**request))
-        self.events: list = []
+        self.events: list = []  # every event but BOOKMARKs
+        self.bookmarks: list = []
         self.error: grpc.RpcError | None = None
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
@@ -33,7 +34,7 @@ class Watching:
     def _read(self) -> None:
         try:
             for event in self.call:
-                self.events.append(event)
+                (self.bookmarks if event.type == BOOKMARK else self.events).append(event)
         except grpc.RpcError as exc:
             self.error = exc
 
@@ -45,8 +46,11 @@ class Watching:
         return self.events[:count]
 
     def wait_started(self) -> None:
-        """Until the server has its position (a Watch from now sends nothing to show it)."""
-        time.sleep(0.8)
+        """Until the server has its position: a Watch from now sends it as a BOOKMARK."""
+        deadline = time.monotonic() + 20
+        while not self.bookmarks and self.error is None:
+            assert time.monotonic() < deadline, "no BOOKMARK at the start"
+            time.sleep(0.02)
 
     def close(self) -> None:
         self.call.cancel()
@@ -153,6 +157,7 @@ def test_two_server_processes_both_deliver(url):
         Watching(two.target) as second,
     ):
         first.wait_started()
+        second.wait_started()
         orm(url, "Book.objects.create(title='both', author_id=1, isbn='two-1')")
         stub(one).Create(book("two-2"), timeout=5)
         for watch in (first, second):

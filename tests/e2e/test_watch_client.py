@@ -128,6 +128,43 @@ def test_snapshot_cut_short_is_asked_for_again(fake, watch_modules):
     assert not resumed.snapshot and resumed.since == "8" and resumed.filter.title == "x"
 
 
+def test_a_reconnect_before_the_first_event_resumes_from_the_start_bookmark(fake):
+    """A watch from now keeps the server's BOOKMARK (its start position) as its cursor without
+    yielding it: a change made while the server is down, before any event, still arrives."""
+    fake.change("CREATED", 1, "before")  # not wanted: it precedes the watch
+    fake.bookmarks = True
+    events = registry.fake.Book.watch({}, reconnect=FAST)
+    got: list[dict] = []
+    reader = threading.Thread(target=lambda: got.extend(events), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 10
+        while events.cursor != "1":
+            assert time.monotonic() < deadline, "the start BOOKMARK was not kept"
+            time.sleep(0.01)
+        fake.stop()
+        fake.change("CREATED", 2, "while down")
+        fake.start()
+        while not got:
+            assert time.monotonic() < deadline, fake.calls
+            time.sleep(0.01)
+    finally:
+        events.stop()
+        reader.join(5)
+    assert [(e["type"], e["data"]["title"]) for e in got] == [("CREATED", "while down")]
+    assert fake.calls[0] == ("", False) and ("1", False) in fake.calls[1:]
+
+
+def test_a_bookmark_moves_the_cursor_but_not_during_a_snapshot(fake, watch_modules):
+    pb2, _ = watch_modules
+    state = WatchState(registry.fake.Book.watch, {}, FAST)
+    assert state.event(pb2.BookEvent(type="BOOKMARK", cursor="4")) is None
+    assert state.cursor == "4" and state.request().since == "4"
+    snapshot = WatchState(registry.fake.Book.watch, {"snapshot": True}, FAST)
+    assert snapshot.event(pb2.BookEvent(type="BOOKMARK", cursor="4")) is None
+    assert snapshot.request().snapshot and snapshot.cursor == ""
+
+
 def test_out_of_range_and_bad_cursor_raise_the_registry_errors(fake):
     fake.pruned = 5
     with pytest.raises(CallError) as info:

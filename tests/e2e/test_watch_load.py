@@ -79,6 +79,8 @@ async def load(target: str, pid: int) -> dict[str, float]:
         call = pb_grpc.BookStub(channels[index // PER_CHANNEL]).Watch(pb.BookWatchRequest())
         calls.append(call)
         async for event in call:
+            if event.type == 5:  # BOOKMARK: a position, no row
+                continue
             arrivals[index].append((event.data.isbn, time.perf_counter()))
             recorded.append((time.time() - event.time.ToMicroseconds() / 1e6) * 1000)
 

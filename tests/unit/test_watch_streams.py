@@ -1,0 +1,160 @@
+"""A Watch stream in this process (no server): scoping by the service's get_queryset(),
+BOOKMARK events, and the SQLite outbox read's plan."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+from catalog.models import Author, Book
+from catalog.services import BookService
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from generated_grpc.grpc import catalog_Book_pb2 as pb
+
+from django_grpc_bus.watch import cursor as cursors
+from django_grpc_bus.watch.reading import current_position, read_after
+from django_grpc_bus.watch.streams import BOOKMARK, WatchStream, watch
+
+CREATED, UPDATED, DELETED = 1, 2, 3
+_versions = itertools.count(10**9)  # a wake-up count no other read used
+
+
+class MineOnly(BookService):
+    """A service that shows each caller only some rows."""
+
+    def get_queryset(self):
+        return Book.objects.filter(title__startswith="mine")
+
+
+def stream(service_class, **request) -> WatchStream:
+    message = pb.BookWatchRequest(**request)
+    service = service_class(message, None, "watch", pb.BookEvent)
+    return WatchStream(service, message)
+
+
+def poll_all(watching: WatchStream) -> list:
+    events, _ = watching.poll(next(_versions))
+    return events
+
+
+@pytest.mark.django_db(transaction=True)  # PostgreSQL: reads wait for our own transaction
+def test_an_unfiltered_watch_is_scoped_by_get_queryset():
+    author = Author.objects.create(name="A")
+    scoped, everything = stream(MineOnly), stream(BookService)
+    assert scoped.start() == [] and everything.start() == []
+    mine = Book.objects.create(title="mine 1", author=author, isbn="m1")
+    secret = Book.objects.create(title="someone else's secret", author=author, isbn="s1")
+    secret.title = "still secret"
+    secret.save()
+    secret_pk = secret.pk
+    secret.delete()
+    got = poll_all(scoped)
+    mine_pk = mine.pk
+    mine.delete()
+    got += poll_all(scoped)
+    assert [(e.type, e.data.title, e.data.isbn) for e in got] == [
+        (CREATED, "mine 1", "m1"),
+        (DELETED, "", ""),  # a deleted row cannot be checked: its key alone
+        (DELETED, "", ""),
+    ]
+    assert [e.data.id for e in got] == [mine_pk, secret_pk, mine_pk]
+    assert "secret" not in str(got)
+    # A service that shows every row: every event, with the deleted rows' data.
+    titles = [(e.type, e.data.title) for e in poll_all(everything)]
+    assert titles[1:] == [
+        (CREATED, "someone else's secret"),
+        (UPDATED, "still secret"),
+        (DELETED, "still secret"),
+        (DELETED, "mine 1"),
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_empty_read_keeps_the_position_and_dates_it_now():
+    start = current_position("default")
+    old = cursors.Position(start.lo, start.hi, start.last, 1000)
+    read = read_after("default", "catalog.book", old)
+    assert read.rows == () and read.position.made_ms > time.time() * 1000 - 60_000
+    assert read.position.covers(0, start.last) and not read.position.covers(start.hi, 10**12)
+
+
+class Active:
+    def is_active(self) -> bool:
+        return True
+
+    def add_callback(self, callback) -> bool:
+        return True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_bookmarks_at_the_start_and_while_idle_and_a_resume_from_one(settings):
+    settings.MESSAGE_BUS = {**settings.MESSAGE_BUS, "WATCH_BOOKMARK_INTERVAL": 0.2}
+    author = Author.objects.create(name="A")
+    message = pb.BookWatchRequest()
+    events = watch(BookService(message, None, "watch", pb.BookEvent), message, Active())
+    try:
+        first = next(events)
+        assert first.type == BOOKMARK and not first.HasField("data") and first.cursor
+        began = time.monotonic()
+        second = next(events)  # nothing happens: a BOOKMARK after the interval
+        assert second.type == BOOKMARK and time.monotonic() - began >= 0.15
+        assert cursors.decode(second.cursor).made_ms >= cursors.decode(first.cursor).made_ms
+    finally:
+        events.close()
+    # A change after the start bookmark, before any event: resuming from it gets the change.
+    Book.objects.create(title="while away", author=author, isbn="w1")
+    resumed = stream(BookService, since=first.cursor)
+    assert resumed.start() == []
+    assert [e.data.title for e in poll_all(resumed)] == ["while away"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_filtered_stream_bookmarks_past_rows_it_does_not_send(settings):
+    settings.MESSAGE_BUS = {**settings.MESSAGE_BUS, "WATCH_BOOKMARK_INTERVAL": 0.2}
+    author = Author.objects.create(name="A")
+    message = pb.BookWatchRequest(filter=pb.BookFilter(title="wanted"))
+    events = watch(BookService(message, None, "watch", pb.BookEvent), message, Active())
+    try:
+        start = next(events)
+        Book.objects.create(title="other", author=author, isbn="o1")
+        later = next(events)
+    finally:
+        events.close()
+    assert later.type == BOOKMARK
+    assert cursors.decode(later.cursor).key() != cursors.decode(start.cursor).key()
+
+
+def test_the_sqlite_outbox_read_is_an_index_range(db):
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's plan")
+    with CaptureQueriesContext(connection) as queries:
+        read_after("default", "catalog.book", current_position("default"))
+    (sql,) = [q["sql"] for q in queries.captured_queries if "ORDER BY" in q["sql"]]
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN QUERY PLAN " + sql)
+        plan = " ".join(str(row[-1]) for row in cursor.fetchall())
+    assert "django_grpc_bus_watch_pos" in plan and "TEMP B-TREE" not in plan, plan
+
+
+@pytest.mark.parametrize("value", [0, -1, 0.01, "30", True, None])
+def test_watch_bookmark_interval_check(value):
+    from django.test import override_settings
+
+    from django_grpc_bus.checks import check_settings
+
+    with override_settings(MESSAGE_BUS={"WATCH_BOOKMARK_INTERVAL": value}):
+        errors = [e for e in check_settings() if "WATCH_BOOKMARK_INTERVAL" in e.msg]
+    assert len(errors) == 1 and errors[0].id in ("django_grpc_bus.E003", "django_grpc_bus.E011")
+
+
+def test_the_event_type_numbers_are_stable():
+    assert [(v.name, v.number) for v in pb.BookEvent.Type.DESCRIPTOR.values] == [
+        ("TYPE_UNSPECIFIED", 0),
+        ("CREATED", 1),
+        ("UPDATED", 2),
+        ("DELETED", 3),
+        ("SNAPSHOT_COMPLETE", 4),
+        ("BOOKMARK", 5),
+    ]
