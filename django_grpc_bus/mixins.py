@@ -45,7 +45,11 @@ class CreateModelMixin(_Service):
         lock) where the validation reads nothing from the database (``reads_database``)."""
         if self.action == "create" and type(self).create is CreateModelMixin.create:
             if not validation_plan.reads_database(self.get_serializer_class()):
-                self._validated = self.validated_serializer(self.request)
+                serializer = self.validated_serializer(self.request)
+                # The class says nothing is read; a get_serializer() that changed this
+                # instance's fields may have made a relation writable: validate it again inside.
+                if serializer.fields_as_class():
+                    self._validated = serializer
 
     def perform_create(self, serializer: ProtoSerializerMixin) -> None:
         serializer.save()

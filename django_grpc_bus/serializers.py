@@ -466,6 +466,20 @@ class ProtoSerializerMixin(_SerializerBase):
             validators = cls._validator_prototypes = list(super().get_validators())
         return list(validators)
 
+    def is_valid(self, *, raise_exception: bool = False) -> bool:
+        self.fields_as_class()  # decided before validation builds any field
+        return super().is_valid(raise_exception=raise_exception)
+
+    def fields_as_class(self) -> bool:
+        """Whether this instance's fields and validators are still its class's: neither built
+        nor set before its validation began (a view's ``get_serializer`` or an ``__init__`` may
+        change them for one call). Decided once, at the first call (``is_valid``)."""
+        decided = self.__dict__.get("_fields_as_class")
+        if decided is None:
+            decided = "fields" not in self.__dict__ and "_validators" not in self.__dict__
+            self._fields_as_class = decided
+        return decided
+
     @classmethod
     def get_proto_class(cls) -> type[Message]:
         meta = getattr(cls, "Meta", None)
@@ -617,14 +631,13 @@ class ModelProtoSerializer(ProtoSerializerMixin, serializers.ModelSerializer):
             ) from exc
 
     def _planned(self) -> bool:
-        """Whether this call may use the plan: fields built once per class, not partial."""
-        cls = type(self)
+        """Whether this call may use the plan: the instance's fields are its class's (see
+        ``fields_as_class``), not partial."""
         return (
-            cls.cache_fields
-            and not self.partial
-            and cls.get_fields is ProtoSerializerMixin.get_fields
-            and cls.get_validators is ProtoSerializerMixin.get_validators
-            and writes_own_names(cls)
+            not self.partial
+            and self.fields_as_class()
+            and validation_plan.fields_fixed_per_class(type(self))
+            and writes_own_names(type(self))
         )
 
     def get_field_names(

@@ -12,7 +12,9 @@ the plan does not know how to run (see ``fallback_reason``). So every error is D
 message and code, and a value the plan accepts is the one DRF's ``run_validation`` returns
 (the differential test, tests/unit/test_validation_plan.py, runs both on generated inputs).
 ``validate_<field>`` methods, ``validate()``, serializer validators (unique together) and
-``Meta.validators`` run as DRF runs them.
+``Meta.validators`` run as DRF runs them. A serializer whose fields may differ per instance (an
+``__init__`` of the user's, fields changed after construction: ``fields_fixed_per_class``) is
+validated by DRF alone.
 """
 
 from __future__ import annotations
@@ -219,6 +221,35 @@ class ValidationPlan:
 _lock = threading.Lock()
 
 
+def fields_fixed_per_class(serializer_class: type[serializers.Serializer[Any]]) -> bool:
+    """Whether every instance of `serializer_class` starts with its class's fields and
+    validators, so that what is worked out once per class (the plan, ``reads_database``) holds
+    for each call: fields built once per class (``cache_fields``, the library's own
+    ``get_fields``/``get_validators``), and no ``__init__``, ``__new__``, ``fields`` or
+    ``validators`` other than DRF's, any of which may change the fields per instance (make one
+    read-only for some users, pop one, add a validator). Fields changed after construction are
+    caught per instance (``ProtoSerializerMixin.is_valid``)."""
+    from django_grpc_bus.serializers import ProtoSerializerMixin  # it imports this module
+
+    if not getattr(serializer_class, "cache_fields", False):
+        return False
+    cached = serializer_class.__dict__.get("_fields_fixed_per_class")
+    if cached is None:
+        cached = all(
+            getattr(serializer_class, name, None) is getattr(owner, name)
+            for name, owner in (
+                ("__init__", serializers.BaseSerializer),
+                ("__new__", serializers.BaseSerializer),
+                ("fields", serializers.Serializer),
+                ("validators", drf_fields.Field),
+                ("get_fields", ProtoSerializerMixin),
+                ("get_validators", ProtoSerializerMixin),
+            )
+        )
+        serializer_class._fields_fixed_per_class = cached  # type: ignore[attr-defined]
+    return cached
+
+
 def plan_for(serializer_class: type[serializers.Serializer[Any]]) -> ValidationPlan:
     """`serializer_class`'s plan, built on first use (each subclass has its own)."""
     plan = serializer_class.__dict__.get("_validation_plan")
@@ -239,6 +270,10 @@ def reads_database(serializer_class: type[serializers.Serializer[Any]]) -> bool:
     cached = serializer_class.__dict__.get("_reads_database")
     if cached is not None:
         return cached
+    if not fields_fixed_per_class(serializer_class):
+        # Its fields may differ per call: what one instance has says nothing of the next.
+        serializer_class._reads_database = True  # type: ignore[attr-defined]
+        return True
     serializer = serializer_class()
     writable = [field for field in serializer.fields.values() if not field.read_only]
     reads = (

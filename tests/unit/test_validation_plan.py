@@ -267,3 +267,94 @@ def test_the_valid_row_is_valid_both_ways(catalog, models):
     planned = outcome(catalog.EverythingSerializer, dict(values))
     assert planned[0], planned[1]
     assert planned == outcome(drf_alone(catalog.EverythingSerializer), dict(values))
+
+
+def per_user(catalog, *, writable_without_context):
+    """AuthorSerializer whose ``__init__`` makes ``name`` read-only for a non-staff user.
+
+    Built without a context (as a class-level plan would be), ``name`` is writable or not as
+    `writable_without_context` says: either way the plan must follow each instance's fields."""
+
+    class PerUser(catalog.AuthorSerializer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            staff = self.context.get("staff", writable_without_context)
+            if not staff:
+                self.fields["name"].read_only = True
+
+    return PerUser
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("writable_without_context", [True, False])
+def test_a_field_made_read_only_in_init_is_not_written(catalog, writable_without_context):
+    serializer_class = per_user(catalog, writable_without_context=writable_without_context)
+    serializer_class()  # a class-level plan, if any, is built now, without context
+    guest = serializer_class(data={"name": "x"}, context={"staff": False})
+    assert guest.is_valid()
+    assert dict(guest.validated_data) == {}
+    assert guest.save().name == ""  # the model's default, as DRF writes it
+    staff = serializer_class(data={"name": "x"}, context={"staff": True})
+    assert staff.is_valid(), staff.errors
+    assert dict(staff.validated_data) == {"name": "x"}
+    assert staff.save().name == "x"
+
+
+@pytest.mark.django_db
+def test_a_field_popped_in_init_is_not_validated(catalog):
+    class NoNameForGuests(catalog.AuthorSerializer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if not self.context.get("staff"):
+                self.fields.pop("name")
+
+    NoNameForGuests()
+    guest = NoNameForGuests(data={"name": "x"}, context={"staff": False})
+    assert guest.is_valid() and dict(guest.validated_data) == {}
+    staff = NoNameForGuests(data={"name": "x"}, context={"staff": True})
+    assert staff.is_valid() and dict(staff.validated_data) == {"name": "x"}
+
+
+@pytest.mark.django_db
+def test_fields_changed_after_construction_are_the_ones_validated(catalog):
+    """A view's ``get_serializer`` may change the fields of the serializer it returns."""
+    catalog.AuthorSerializer()
+    serializer = catalog.AuthorSerializer(data={"name": "x"})
+    serializer.fields["name"].read_only = True
+    assert serializer.is_valid() and dict(serializer.validated_data) == {}
+    serializer = catalog.AuthorSerializer(data={})
+    serializer.fields["name"].required = False
+    assert serializer.is_valid(), serializer.errors
+
+
+@pytest.mark.django_db
+def test_validators_set_in_init_run(catalog, models):
+    class Unique(catalog.AuthorSerializer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.validators = [
+                UniqueTogetherValidator(queryset=models.Author.objects.all(), fields=["name"])
+            ]
+
+    models.Author.objects.create(name="taken")
+    Unique()
+    serializer = Unique(data={"name": "taken"})
+    assert not serializer.is_valid()
+    assert serializer.errors["non_field_errors"][0].code == "unique"
+
+
+def test_a_serializer_that_may_change_its_fields_per_instance_is_not_planned(catalog):
+    class WithInit(catalog.AuthorSerializer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+
+    class WithFields(catalog.AuthorSerializer):
+        @property
+        def fields(self):
+            return super().fields
+
+    assert validation_plan.fields_fixed_per_class(catalog.AuthorSerializer)
+    assert not validation_plan.fields_fixed_per_class(WithInit)
+    assert not validation_plan.fields_fixed_per_class(WithFields)
+    assert not validation_plan.fields_fixed_per_class(type("Sub", (WithInit,), {}))
+    assert validation_plan.reads_database(WithInit)  # validated inside the write transaction
