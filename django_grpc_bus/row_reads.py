@@ -17,6 +17,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
+from django.core.exceptions import FieldDoesNotExist
 from django.db import connections
 from django.db.models import Q, QuerySet
 from django.db.models.query import ModelIterable
@@ -146,7 +147,10 @@ def _compile(
     opts = queryset.model._meta
     fields = []
     for name in names:
-        field = opts.pk if name == "pk" else opts.get_field(name)
+        try:
+            field = opts.pk if name == "pk" else opts.get_field(name)
+        except FieldDoesNotExist:
+            return None  # a path through a relation (author__name), a lookup: the ORM's way
         if not field.concrete or field.is_relation:
             return None  # a lookup through a relation: the ORM's own way
         fields.append(field)

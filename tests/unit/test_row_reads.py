@@ -214,3 +214,29 @@ def test_two_lookups_take_their_values_in_order(compiled):
     with pytest.raises(GrpcError) as usual_error:
         service(Customers, crossed).get_object()
     assert str(from_row_error.value) == str(usual_error.value)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("lookup_field", ["author__name", "author__name__iexact", "title__iexact"])
+def test_a_lookup_field_spanning_a_relation_or_a_lookup_goes_the_usual_way(compiled, lookup_field):
+    """A ``lookup_field`` that is a path (``author__name``) or has a lookup is no column of the
+    model: the ORM's own way reads it (it used to fail every call with INTERNAL)."""
+    from catalog import models
+    from catalog.serializers import BookSerializer
+
+    book_pb2 = importlib.import_module("generated_grpc.grpc.catalog_Book_pb2")
+
+    class Books(RetrieveService):
+        queryset = models.Book.objects.all()
+        serializer_class = BookSerializer
+        authentication_classes: list[type] = []
+        permission_classes: list[type] = []
+
+    Books.lookup_field = lookup_field
+    Books.lookup_request_field = "isbn"  # the value is read from this request field
+    author = models.Author.objects.create(name="Ada")
+    book = models.Book.objects.create(title="Ada", author=author, isbn="1")
+    request = book_pb2.BookLookupRequest(isbn="Ada")
+    assert row_reads.row_readable(Books, BookSerializer)
+    assert row_reads.retrieve_message(service(Books, request)) is None
+    assert service(Books, request).get_object() == book
