@@ -10,6 +10,9 @@ backoff (``HANDLER_RETRY``) until it succeeds or the consumer stops: events are 
 and none is skipped. While a snapshot is being given (``snapshot=True`` and no cursor yet) no
 cursor is stored until its SNAPSHOT_COMPLETE, so a consumer stopped mid-snapshot gets the whole
 snapshot again. ``stop()`` (SIGTERM, SIGINT) lets the current event finish and commit, then ends.
+A Watch that fails with a status that may pass (RESOURCE_EXHAUSTED, INTERNAL, UNAVAILABLE...) is
+logged at WARNING and called again from the stored cursor after a backoff (``WATCH_RECONNECT``);
+one that will not pass by itself (:data:`FAIL_FAST`) ends ``runconsumers`` with a sentence.
 """
 
 from __future__ import annotations
@@ -40,6 +43,22 @@ logger = logging.getLogger("django_grpc_bus.consumer")
 
 # How soon a failed handler is given its event again: 0.5 s, doubling to 30 s, with jitter.
 HANDLER_RETRY = Reconnect(initial=0.5, maximum=30.0)
+
+# Statuses a Watch call ends with that calling again cannot fix: the subscription (or the
+# producer's setup) is wrong, so runconsumers stops and says so. Any other status
+# (RESOURCE_EXHAUSTED, ABORTED, INTERNAL, DEADLINE_EXCEEDED, UNKNOWN, UNAVAILABLE...) may pass:
+# the runner calls again, from its stored cursor, after a backoff.
+FAIL_FAST = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+    }
+)
 
 
 class SubscriptionError(Exception):
@@ -177,6 +196,20 @@ class SubscriptionRunner(threading.Thread):
                         f"`manage.py runconsumers --reset {subscription.name}` (from a snapshot "
                         "when it subscribes with snapshot=True, else from now)."
                     ) from None
+                if exc.code() not in FAIL_FAST:
+                    failures += 1
+                    delay = self.reconnect.delay(failures)
+                    logger.warning(
+                        "Subscription %r: %s failed with %s (%s); calling again in %.1f s from "
+                        "its stored cursor",
+                        subscription.name,
+                        exc.method,
+                        exc.code().name,
+                        exc.details(),
+                        delay,
+                    )
+                    self.stopping.wait(delay)
+                    continue
                 raise SubscriptionError(
                     f"Subscription {subscription.name!r}: {exc.method} failed: "
                     f"{exc.code().name}: {exc.details()}"
