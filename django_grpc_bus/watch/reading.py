@@ -79,6 +79,43 @@ def current_position(alias: str) -> Position:
         return Position(0, 1, cursor.fetchone()[0] or 0, now_ms())
 
 
+def pruned_after(alias: str, position: Position) -> bool:
+    """Whether events after `position` may have been pruned.
+
+    Pruning removes the oldest events first (by the time they were recorded): while the outbox
+    keeps an event at or before `position` (of any model), none after it was removed. (On
+    PostgreSQL, barring a transaction writing watched rows that stays open across the
+    retention boundary.) With none kept, SQLite can tell by its ids (no gaps); elsewhere
+    events after it are assumed pruned.
+    """
+    connection = connections[alias]
+    table = connection.ops.quote_name(WatchEvent._meta.db_table)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"SELECT EXISTS (SELECT 1 FROM {table} WHERE txid < %s "
+                "OR (txid < %s AND id <= %s))",
+                [position.lo, position.hi, position.last],
+            )
+            return not cursor.fetchone()[0]
+        cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {table} WHERE id <= %s)", [position.last])
+        if cursor.fetchone()[0]:
+            return False
+        if connection.vendor != "sqlite":
+            return True
+        # SQLite gives ids in commit order without gaps (AUTOINCREMENT; a rollback takes its
+        # ids back): a missing id after `position` is a pruned event.
+        cursor.execute(f"SELECT MIN(id) FROM {table} WHERE id > %s", [position.last])
+        first = cursor.fetchone()[0]
+        if first is not None:
+            return bool(first != position.last + 1)
+        cursor.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = %s", [WatchEvent._meta.db_table]
+        )
+        found = cursor.fetchone()
+        return found is not None and found[0] > position.last
+
+
 def _decode_json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 

@@ -32,6 +32,7 @@ from django_grpc_bus.watch.reading import (
     database_alias,
     is_postgresql,
     now_ms,
+    pruned_after,
     shared_reads,
 )
 from django_grpc_bus.watch.recording import label_of, watched_models
@@ -86,7 +87,7 @@ class WatchStream:
                 [("snapshot", "cannot be set with since")],
             )
         if since:
-            self.position = _resumed(since)
+            self.position = _resumed(since, self.alias)
             return []
         if snapshot:
             return self._snapshot()
@@ -242,7 +243,7 @@ def _has(message: Any, name: str) -> bool:
     return name in message.DESCRIPTOR.fields_by_name
 
 
-def _resumed(since: str) -> Position:
+def _resumed(since: str, alias: str) -> Position:
     try:
         position = cursors.decode(since)
     except cursors.BadCursor as exc:
@@ -252,12 +253,13 @@ def _resumed(since: str) -> Position:
             [("since", str(exc))],
         ) from None
     kept = retention()
-    if position.made_ms < now_ms() - kept.total_seconds() * 1000:
+    # A younger cursor is in range: nothing after it can have been pruned yet.
+    if position.made_ms < now_ms() - kept.total_seconds() * 1000 and pruned_after(alias, position):
         raise GrpcError(
             grpc.StatusCode.OUT_OF_RANGE,
-            f"since is older than WATCH_RETENTION ({kept}): events after it may be gone. "
+            f"since is older than WATCH_RETENTION ({kept}) and events after it were pruned. "
             "Watch again with snapshot: true.",
-            [("since", "older than WATCH_RETENTION")],
+            [("since", "events after it were pruned (WATCH_RETENTION)")],
         )
     return position
 

@@ -211,12 +211,25 @@ def test_snapshot_with_concurrent_writes_has_no_gap_and_no_duplicate(url, asynci
 
 
 def test_out_of_range_past_retention_and_bad_inputs(url):
+    """OUT_OF_RANGE: events after the cursor were pruned. An old cursor after which nothing
+    was pruned resumes (a quiet model is not an error)."""
     with running_server(url, env=bus_env(WATCH_RETENTION=1)) as server:
         with Watching(server.target) as watch:
             watch.wait_started()
             stub(server).Create(book("oor-1"), timeout=5)
-            (event,) = watch.wait_for(1)
-        time.sleep(1.5)
+            stub(server).Create(book("oor-2"), timeout=5)
+            event, _ = watch.wait_for(2)
+            orm(
+                url,
+                "import datetime as dt\nfrom django_grpc_bus.watch import prune_events\n"
+                "prune_events(dt.timedelta(0))",
+            )  # oor-2, after event's cursor, pruned
+            stub(server).Create(book("oor-3"), timeout=5)
+            quiet = watch.wait_for(3)[2]
+        time.sleep(1.1)  # both cursors older than WATCH_RETENTION
+        with Watching(server.target, since=quiet.cursor) as resumed:
+            stub(server).Create(book("oor-4"), timeout=5)
+            assert [e.data.isbn for e in resumed.wait_for(1)] == ["oor-4"]
         cases = [
             ({"since": event.cursor}, grpc.StatusCode.OUT_OF_RANGE, "since"),
             ({"since": "not-a-cursor"}, grpc.StatusCode.INVALID_ARGUMENT, "since"),

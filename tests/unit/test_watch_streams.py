@@ -158,3 +158,33 @@ def test_the_event_type_numbers_are_stable():
         ("SNAPSHOT_COMPLETE", 4),
         ("BOOKMARK", 5),
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_old_cursor_is_out_of_range_only_when_events_after_it_were_pruned():
+    """OUT_OF_RANGE means "events after this cursor were pruned", not "this cursor is old"."""
+    import grpc
+
+    from django_grpc_bus.errors import GrpcError
+    from django_grpc_bus.models import WatchEvent
+
+    author = Author.objects.create(name="A")
+    begin = current_position("default")
+    Book.objects.create(title="seen", author=author, isbn="o1")
+    (seen,) = read_after("default", "catalog.book", begin).rows
+    old = cursors.Position(seen.cursor.lo, seen.cursor.hi, seen.cursor.last, 1000).encode()
+    Book.objects.create(title="after", author=author, isbn="o2")
+
+    def resume() -> list[str]:
+        resumed = stream(BookService, since=old)
+        resumed.start()
+        return [e.data.title for e in poll_all(resumed)]
+
+    assert resume() == ["after"]  # a year old, nothing pruned: in range
+    WatchEvent.objects.filter(id=seen.id).delete()  # pruning takes the oldest first
+    if connection.vendor == "sqlite":
+        assert resume() == ["after"]  # SQLite's ids show nothing after it is gone
+    WatchEvent.objects.all().delete()  # "after" pruned too
+    with pytest.raises(GrpcError) as caught:
+        resume()
+    assert caught.value.code == grpc.StatusCode.OUT_OF_RANGE and "since" in str(caught.value)
