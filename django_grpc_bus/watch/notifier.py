@@ -1,7 +1,8 @@
 """Wake a process's watchers when events of their model commit: one listener per process.
 
 On PostgreSQL one thread holds a connection that LISTENs on the recording's NOTIFY channel
-(NOTIFY is sent by the inserting statement and delivered at commit); elsewhere one thread polls
+(NOTIFY is sent by the inserting statement and delivered at commit; this needs psycopg 3: a
+project on psycopg2 polls, with one warning); elsewhere one thread polls
 the outbox's highest id every ``POLL_INTERVAL`` while anyone watches. Either way a write in this
 process wakes its watchers at commit, and each wake-up reaches every waiter of the model: a
 ``threading.Event`` (threaded server) or an ``asyncio.Event`` set on its loop (asyncio server).
@@ -59,7 +60,8 @@ class Notifier:
         # The servers of this process (their Traffic): when one drains, its watchers end
         # UNAVAILABLE at once, to resume elsewhere, rather than hold the drain to its end.
         self._servers: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._stop_told = False
+        self._stop_told: weakref.WeakSet[Any] = weakref.WeakSet()  # draining servers woken
+        self._no_listen_told = False
 
     def track(self, traffic: Any) -> None:
         self._servers.add(traffic)
@@ -68,9 +70,32 @@ class Notifier:
         return any(traffic.draining for traffic in list(self._servers))
 
     def _tell_stopping(self) -> None:
-        if not self._stop_told and self.stopping():
-            self._stop_told = True
+        """Wake every watcher once per server that starts draining (each server of the
+        process, one after another, ends its streams)."""
+        draining = [t for t in list(self._servers) if t.draining and t not in self._stop_told]
+        if draining:
+            for traffic in draining:
+                self._stop_told.add(traffic)
             self.wake_all()
+
+    def listens(self, alias: str) -> bool:
+        """Whether to LISTEN (PostgreSQL with psycopg 3); else poll. A PostgreSQL project on
+        psycopg2 polls, with one warning."""
+        if connections[alias].vendor != "postgresql":
+            return False
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            if not self._no_listen_told:
+                self._no_listen_told = True
+                logger.warning(
+                    "Watch: psycopg (3) is not installed, so watchers are woken by polling "
+                    "the outbox every %.1f s instead of LISTEN/NOTIFY; install psycopg to be "
+                    "woken at commit.",
+                    POLL_INTERVAL,
+                )
+            return False
+        return True
 
     def version(self, label: str) -> int:
         return self._versions[label]
@@ -116,7 +141,7 @@ class Notifier:
         last_prune = 0.0
         while True:
             try:
-                if connections[alias].vendor == "postgresql":
+                if self.listens(alias):
                     self._listen(alias)
                 else:
                     last_prune = self._poll(alias, last_prune)

@@ -188,3 +188,49 @@ def test_an_old_cursor_is_out_of_range_only_when_events_after_it_were_pruned():
     with pytest.raises(GrpcError) as caught:
         resume()
     assert caught.value.code == grpc.StatusCode.OUT_OF_RANGE and "since" in str(caught.value)
+
+
+# -- the notifier -------------------------------------------------------------------------------
+
+
+class Draining:
+    draining = False
+
+
+def test_each_server_that_drains_ends_the_watch_streams():
+    """Two servers in one process, drained one after the other: each wakes the watchers (so
+    the second's streams end at once too, not after IDLE_RECHECK)."""
+    from django_grpc_bus.watch.notifier import Notifier, Waiter
+
+    notifier, waiter, first, second = Notifier(), Waiter(), Draining(), Draining()
+    notifier._waiters["catalog.book"].add(waiter)
+    notifier.track(first)
+    notifier.track(second)
+    notifier._tell_stopping()
+    assert not waiter.event.is_set()
+    first.draining = True
+    notifier._tell_stopping()
+    assert waiter.event.is_set()
+    waiter.event.clear()
+    notifier._tell_stopping()  # told once per server
+    assert not waiter.event.is_set()
+    first.draining = False  # the first server is gone; a second one drains
+    second.draining = True
+    notifier._tell_stopping()
+    assert waiter.event.is_set()
+
+
+def test_postgresql_without_psycopg3_polls_with_one_warning(monkeypatch, caplog):
+    import sys
+    from types import SimpleNamespace
+
+    from django_grpc_bus.watch import notifier as module
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg: ImportError
+    monkeypatch.setattr(module, "connections", {"pg": SimpleNamespace(vendor="postgresql")})
+    notifier = module.Notifier()
+    with caplog.at_level("WARNING", logger="django_grpc_bus.watch"):
+        assert notifier.listens("pg") is False
+        assert notifier.listens("pg") is False
+    warnings = [r for r in caplog.records if "psycopg" in r.getMessage()]
+    assert len(warnings) == 1 and "polling" in warnings[0].getMessage()
