@@ -138,6 +138,9 @@ class WatchState:
         self.cursor: str = self.original.since
         self.in_snapshot = bool(getattr(self.original, "snapshot", False))
         self.failures = 0
+        # Called with a BOOKMARK's cursor once it is the resume point (a durable consumer
+        # stores it: a restart before the first event then resumes from there).
+        self.on_bookmark: Callable[[str], None] | None = None
 
     def request(self) -> Any:
         """The original request, resuming from the last cursor once no snapshot is pending."""
@@ -156,6 +159,8 @@ class WatchState:
         if message.type == 5:  # BOOKMARK: only a position (sent at the start and while idle)
             if message.cursor and not self.in_snapshot:
                 self.cursor = message.cursor
+                if self.on_bookmark is not None:
+                    self.on_bookmark(message.cursor)
             return None
         event = message_to_dict(message)
         if event.get("type") == SNAPSHOT_COMPLETE:
@@ -212,6 +217,15 @@ class Watch(Iterator[dict[str, Any]]):
     @property
     def cursor(self) -> str:
         return self.state.cursor
+
+    @property
+    def on_bookmark(self) -> Callable[[str], None] | None:
+        """A function called (on the iterating thread) with each BOOKMARK's cursor."""
+        return self.state.on_bookmark
+
+    @on_bookmark.setter
+    def on_bookmark(self, function: Callable[[str], None] | None) -> None:
+        self.state.on_bookmark = function
 
     def __next__(self) -> dict[str, Any]:
         return next(self._events)

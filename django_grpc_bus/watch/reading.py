@@ -3,7 +3,8 @@
 On PostgreSQL a read first takes the oldest transaction still running (``xmin`` of the current
 snapshot), then reads only events of transactions below it: those have all ended, so any of
 them that committed is visible, and no event can later appear below a position handed out (see
-:mod:`.cursor`). Events of one transaction stay together, in the order they were written.
+:mod:`.cursor`). A read's events are in id order (two concurrent transactions' events may
+interleave; one row's changes keep their commit order, which its row lock gives).
 Elsewhere the database lets one transaction write at a time (SQLite), so ids are in commit
 order and a read is ``id > last``.
 """

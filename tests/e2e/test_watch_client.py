@@ -135,6 +135,8 @@ def test_a_reconnect_before_the_first_event_resumes_from_the_start_bookmark(fake
     fake.bookmarks = True
     events = registry.fake.Book.watch({}, reconnect=FAST)
     got: list[dict] = []
+    kept: list[str] = []
+    events.on_bookmark = kept.append  # what a durable consumer stores
     reader = threading.Thread(target=lambda: got.extend(events), daemon=True)
     reader.start()
     try:
@@ -153,6 +155,7 @@ def test_a_reconnect_before_the_first_event_resumes_from_the_start_bookmark(fake
         reader.join(5)
     assert [(e["type"], e["data"]["title"]) for e in got] == [("CREATED", "while down")]
     assert fake.calls[0] == ("", False) and ("1", False) in fake.calls[1:]
+    assert kept[0] == "1"
 
 
 def test_a_bookmark_moves_the_cursor_but_not_during_a_snapshot(fake, watch_modules):
