@@ -203,9 +203,9 @@ def _track_refresh(model: type[models.Model]) -> None:
     original = model.refresh_from_db
 
     def refresh_from_db(
-        self: models.Model, using: str | None = None, fields: Any = None, **kwargs: Any
+        self: models.Model, using: str | None = None, fields: Any = None, *args: Any, **kwargs: Any
     ) -> Any:
-        result = original(self, using=using, fields=fields, **kwargs)
+        result = original(self, using, fields, *args, **kwargs)
         _remember(self, None if fields is None else set(fields))
         return result
 

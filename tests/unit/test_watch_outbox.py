@@ -468,3 +468,17 @@ def test_many_to_many_changes_of_an_exposed_field_are_updates_naming_it(extra_mo
         ("catalog.shelf", WatchEvent.UPDATED, s, ["tags"]),
         ("catalog.shelf", WatchEvent.UPDATED, o, ["tags"]),
     ]
+
+
+def test_a_many_to_many_field_not_exposed_records_nothing(extra_models, tmp_path, settings):
+    _, _, shelf_model = extra_models
+    meta = tmp_path / "without_tags.yaml"
+    meta.write_text(
+        "apps:\n- name: catalog\n  models:\n  - name: Shelf\n    watch: true\n"
+        "    exclude: [tags]\n  - name: Tag\n"
+    )
+    with override_settings(MESSAGE_BUS={**settings.MESSAGE_BUS, "SERVICE_META": str(meta)}):
+        shelf = shelf_model.objects.create(name="s")
+        shelf.tags.add(Tag.objects.create(name="red"))
+        shelf.tags.clear()
+    assert [e[1] for e in events()] == [WatchEvent.CREATED]
