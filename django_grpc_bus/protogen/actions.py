@@ -273,6 +273,8 @@ def _pair_plans(
         at = f"{where} {role} field {field_name!r}"
         _check_field_name(field_name, at, seen)
         proto, optional, repeated = resolver.type_of(type_text, at)
+        # A request's scalars have presence (HasField tells "not given" from 0, "" or false).
+        optional = optional or (role == "request" and proto in SCALARS and not repeated)
         plans.append(_FieldPlan(field_name, proto, optional, repeated, "", set()))
     return plans
 
@@ -317,7 +319,9 @@ def _serializer_plans(
         if ptype.import_path:
             resolver.imports.add(ptype.import_path)
         type_name = f".{ptype.proto}" if ptype.is_message else ptype.proto
-        presence = field.allow_null or (role == "request" and not field.required)
+        # Every scalar of a request has presence: an omitted value is "not given" (DRF's
+        # "required", a partial update leaving it alone), never 0, "" or false.
+        presence = field.allow_null or role == "request"
         plans.append(
             _FieldPlan(
                 field_name,

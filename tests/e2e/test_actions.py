@@ -270,6 +270,11 @@ def test_unary_action_validates_its_serializer(lib):
     with pytest.raises(grpc.RpcError) as missing:
         lib.Book.discount({"id": 10**9, "percent": "10"})
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    # An omitted id is "not given" (the request's scalars have presence), not id 0.
+    with pytest.raises(grpc.RpcError) as no_id:
+        lib.Book.discount({"percent": "10"})
+    assert no_id.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert no_id.value.violations == [("id", "This field is required.")]
     assert lib.Book.retrieve({"id": book["id"]})["price"] == "15.00"
 
 

@@ -7,8 +7,11 @@ import textwrap
 
 import pytest
 from django.core.management.base import CommandError
-from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from rest_framework import serializers
 
+from django_grpc_bus.decorators import validate_request
+from django_grpc_bus.protogen.protoc import run_protoc
 from unit.test_protogen import book_meta, descriptor, find_buf, message, numbers, reserved_numbers
 
 HANDLER_MODULE = """
@@ -106,8 +109,8 @@ def test_every_kind_of_action_becomes_an_rpc_with_its_messages(project, make_mod
     # read-only fields are not in a request, write-only ones not in a response
     assert list(fields) == ["title", "copies", "when", "tags", "price", "kind", "secret"]
     assert fields["title"].type == FieldProto.TYPE_STRING
-    assert not fields["title"].proto3_optional  # required: no presence needed
-    assert fields["copies"].proto3_optional  # not required: unset is "not given"
+    # Every scalar of a request has presence, required or not: unset is "not given".
+    assert fields["title"].proto3_optional and fields["copies"].proto3_optional
     assert fields["when"].type_name == ".google.protobuf.Timestamp"
     assert fields["tags"].label == FieldProto.LABEL_REPEATED
     assert fields["price"].type == FieldProto.TYPE_STRING and fields["price"].proto3_optional
@@ -305,3 +308,81 @@ def test_only_action_messages_are_retired_not_what_other_features_generate():
     )
     assert retired.reserved_names == ("title",)
     assert built.rpcs == ()
+
+
+RESTOCK = """
+@grpc_action(request=RestockSerializer)
+def restock(self, request, context):
+    pass
+
+@grpc_action(request=[("year", "int32"), ("tags", "repeated string"), ("book", "BookData")])
+def report(self, request, context):
+    pass
+"""
+RESTOCK_SERIALIZER = """
+class RestockSerializer(serializers.Serializer):
+    copies = serializers.IntegerField()
+    title = serializers.CharField()
+    active = serializers.BooleanField()
+    note = serializers.CharField(required=False)
+"""
+
+
+def message_classes(project, relpath):
+    """The generated file's message classes, compiled by protoc into a pool of their own."""
+    out = project.base / "with_imports.pb"
+    run_protoc([f"-I{project.root}", "--include_imports", f"--descriptor_set_out={out}", relpath])
+    pool = descriptor_pool.DescriptorPool()
+    for file_proto in descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file:
+        pool.Add(file_proto)
+    return lambda name: message_factory.GetMessageClass(pool.FindMessageTypeByName(name))
+
+
+def test_a_requests_scalars_have_presence_so_omitted_is_not_zero(project, make_module):
+    """An action's request message, from a serializer or from pairs: every scalar is
+    ``optional``, so an omitted required field is DRF's "required" (not 0, "" or false) and a
+    partial validation changes only what was given."""
+    module = make_module(
+        HANDLER_MODULE.format(
+            body=textwrap.indent(textwrap.dedent(RESTOCK), "    "), extra=RESTOCK_SERIALIZER
+        )
+    )
+    project.write_meta(book_meta())
+    project.configure(ROOT_HANDLERS_HOOK=f"{module}.handler")
+    project.call("generateproto")
+    proto = parsed(project)
+    restock = {f.name: f for f in message(proto, "BookRestockRequest").field}
+    assert all(f.proto3_optional for f in restock.values()), restock
+    report = {f.name: f for f in message(proto, "BookReportRequest").field}
+    assert report["year"].proto3_optional
+    assert report["tags"].label == FieldProto.LABEL_REPEATED and not report["tags"].proto3_optional
+    assert report["book"].type_name == ".catalog.BookData" and not report["book"].proto3_optional
+
+    request_class = message_classes(project, "catalog/Book.proto")("catalog.BookRestockRequest")
+    service_class = __import__(module).BookService
+    service = type("Calling", (), {"action": "restock", "restock": service_class.restock})()
+    with pytest.raises(serializers.ValidationError) as missing:
+        validate_request(service, request_class())
+    assert {name: [str(e) for e in errors] for name, errors in missing.value.detail.items()} == {
+        name: ["This field is required."] for name in ("copies", "title", "active")
+    }
+    zeros = validate_request(service, request_class(copies=0, title="t", active=False))
+    assert dict(zeros.validated_data) == {"copies": 0, "title": "t", "active": False}
+    partial = validate_request(service, request_class(title="new"), partial=True)
+    assert dict(partial.validated_data) == {"title": "new"}
+
+
+def test_presence_added_to_an_older_request_keeps_its_numbers(project, make_module):
+    """A file written before request scalars had presence (no ``optional``) regenerates with
+    the same numbers: ``optional`` is no change of wire type."""
+    generate(project, make_module, RESTOCK, extra=RESTOCK_SERIALIZER)
+    path = project.root / "catalog/Book.proto"
+    before = numbers(message(parsed(project), "BookRestockRequest"))
+    older = path.read_text().replace("optional int64 copies", "int64 copies")
+    older = older.replace("optional bool active", "bool active")
+    assert older != path.read_text()
+    path.write_text(older)
+    project.call("generateproto")
+    restock = message(parsed(project), "BookRestockRequest")
+    assert numbers(restock) == before
+    assert all(f.proto3_optional for f in restock.field)
