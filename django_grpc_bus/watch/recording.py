@@ -50,7 +50,7 @@ PG_ROW = "(%s::uuid, %s, %s, %s, %s::jsonb, %s::jsonb, %s, pg_current_xact_id():
 _watched: dict[type[models.Model], tuple[models.Field, ...]] | None = None
 _watched_lock = threading.Lock()
 # Through model -> the (watched model, exposed many-to-many field) pairs it stores.
-_m2m: dict[type[models.Model], list[tuple[type[models.Model], models.Field]]] = {}
+_m2m: dict[type[models.Model], list[tuple[type[models.Model], models.ManyToManyField]]] = {}
 # Model -> the watched models its saves change (its concrete model, its multi-table parents).
 _targets: dict[type[models.Model], tuple[type[models.Model], ...]] = {}
 # Model -> the fields whose loaded values its instances keep (those of all its targets).
@@ -82,8 +82,8 @@ def watched_models() -> dict[type[models.Model], tuple[models.Field, ...]]:
                     fields = tuple(f for f in selected.fields if f.concrete and f.column)
                     found[selected.model] = fields
                     for field in selected.fields:
-                        if field.many_to_many:
-                            through = field.remote_field.through  # type: ignore[union-attr]
+                        through = getattr(field.remote_field, "through", None)
+                        if isinstance(field, models.ManyToManyField) and through is not None:
                             _m2m.setdefault(through, []).append((selected.model, field))
             _watched = found
             # From now on only the instances of watched models, their proxies and their
@@ -387,8 +387,9 @@ def _on_m2m(
         else:  # instance is the other side; the watched rows are pk_set (or the cleared ones)
             key = f"{CLEARING}.{field.name}"
             if action == "pre_clear":
-                own = sender._meta.get_field(field.m2m_field_name()).attname  # type: ignore[attr-defined]
-                other = sender._meta.get_field(field.m2m_reverse_field_name()).attname  # type: ignore[attr-defined]
+                # The through model's two foreign keys (a ForeignKey's attname is "<name>_id").
+                own = f"{field.m2m_field_name()}_id"
+                other = f"{field.m2m_reverse_field_name()}_id"
                 instance.__dict__[key] = list(
                     sender._base_manager.using(using)
                     .filter(**{other: instance.pk})
@@ -399,7 +400,9 @@ def _on_m2m(
             if not pks:
                 continue
             rows = list(model._base_manager.using(using).filter(pk__in=pks).order_by("pk"))
-        changes = [(WatchEvent.UPDATED, row, [field.name]) for row in rows]
+        changes: list[tuple[int, models.Model, list[str] | None]] = [
+            (WatchEvent.UPDATED, row, [field.name]) for row in rows
+        ]
         write_events(model, changes, watched_models()[model], using)
 
 
