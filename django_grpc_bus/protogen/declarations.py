@@ -3,8 +3,9 @@
 The handler module is imported with the compiled package replaced by placeholders
 (:mod:`~django_grpc_bus.protogen.placeholders`), so this works whether that package is missing,
 stale or current; nothing of the services is run, only their class attributes are read. Without
-a hook, or with one that cannot be imported, generation goes on without query fields and says
-so in one line (``Declarations.note``).
+a hook, or before its module exists, generation goes on without query fields and says so in one
+line (``Declarations.note``); a handler module that exists but fails to import stops it, since
+going on would retire the fields and numbers of every action, filter and declared field.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import models
 from django.utils.module_loading import import_string
 
@@ -48,6 +50,15 @@ def read_declarations(selection: Selection) -> Declarations:
     try:
         services = registered_services(hook)
     except Exception as exc:  # the project's code may raise anything while it is imported
+        if not _handler_module_missing(hook, exc):
+            # Going on would drop every action, filter and declared field from the files, and
+            # their numbers would change when they came back: stop, write nothing.
+            raise DeclarationsUnreadable(
+                f"ROOT_HANDLERS_HOOK {hook!r} cannot be imported ({_one_line(exc)}). Nothing "
+                "was written: the actions, filters and declared fields of its services are read "
+                "from it, and generating without them would retire their field numbers. Fix "
+                "the error and run the command again."
+            ) from exc
         return Declarations(
             note=NO_QUERY_FIELDS + f"ROOT_HANDLERS_HOOK {hook!r} cannot be imported "
             f"({_one_line(exc)}), and they are read from the services its handler registers."
@@ -95,6 +106,19 @@ def _add_actions(
                 "one of them only."
             )
     found[model] = ModelActions(earlier.service, tuple(merged.values()))
+
+
+class DeclarationsUnreadable(ImproperlyConfigured):
+    """The handler module exists but cannot be imported: generation must not go on without it."""
+
+
+def _handler_module_missing(hook: Any, exc: BaseException) -> bool:
+    """Whether `exc` says the hook's own module does not exist yet (before ``generateservices
+    --handler`` wrote it): the one import failure generation goes on after, with a note."""
+    if not isinstance(hook, str) or not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return False
+    module = hook.rpartition(".")[0]
+    return module == exc.name or module.startswith(exc.name + ".")
 
 
 def registered_services(hook: Any) -> list[type]:

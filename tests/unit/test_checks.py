@@ -459,14 +459,18 @@ def test_generateproto_works_without_an_importable_handlers_hook(
         hook = f"{make_module('raise RuntimeError(1)')}.handler"
     project.configure(ROOT_HANDLERS_HOOK=hook)
 
-    assert run_cli("generateproto") == 0
+    # A module not written yet: generation goes on, with a note. One that raises: it stops,
+    # writing nothing (going on would retire the numbers of what its services declare).
+    assert run_cli("generateproto") == (0 if broken == "missing" else 1)
 
     captured = capsys.readouterr()
     assert "django_grpc_bus.E010" not in captured.err
     assert "django_grpc_bus.W001" not in captured.err
-    assert "No filters" in captured.err and "cannot be imported" in captured.err
+    assert "cannot be imported" in captured.err
     assert "Traceback" not in captured.err
-    assert (project.root / "catalog" / "Book.proto").is_file()
+    if broken == "missing":
+        assert "No filters" in captured.err
+    assert (project.root / "catalog" / "Book.proto").is_file() == (broken == "missing")
 
 
 def test_call_command_with_skip_checks_false_runs_config_checks(project):

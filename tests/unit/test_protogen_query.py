@@ -376,16 +376,31 @@ def test_no_hook_or_a_broken_one_is_one_line_and_no_query_fields(project, make_m
         "MESSAGE_BUS['ROOT_HANDLERS_HOOK'] "
         "is not set, and they are read from the services its handler registers."
     ]
-    broken = make_module("import catalog.models\nhandler = undefined_name\n")
-    project.configure(ROOT_HANDLERS_HOOK=f"{broken}.handler")
+    # A handler module that does not exist yet (before generateservices --handler): a note.
+    project.configure(ROOT_HANDLERS_HOOK="not_written_yet_handlers.handler")
     _, err = project.call("generateproto")
     (line,) = err.strip().splitlines()
-    assert f"ROOT_HANDLERS_HOOK '{broken}.handler' cannot be imported" in line
-    assert "NameError: name 'undefined_name' is not defined, at modules/" in line
+    assert "ROOT_HANDLERS_HOOK 'not_written_yet_handlers.handler' cannot be imported" in line
     assert numbers(message(parsed_book(project), "BookListRequest")) == {
         "page_size": 1,
         "page_token": 2,
     }
+
+
+def test_a_handler_module_that_fails_to_import_stops_generation(project, make_module):
+    """Going on without its services would retire their actions', filters' and declared
+    fields' numbers (a new user's NameError renumbered a served field): nothing is written."""
+    generate_with(project, make_module, 'filterset_fields = ["title"]')
+    before = (project.root / "catalog/Book.proto").read_text()
+    broken = make_module("import catalog.models\nhandler = undefined_name\n")
+    project.configure(ROOT_HANDLERS_HOOK=f"{broken}.handler")
+    with pytest.raises(CommandError) as stopped:
+        project.call("generateproto")
+    text = str(stopped.value)
+    assert f"ROOT_HANDLERS_HOOK '{broken}.handler' cannot be imported" in text
+    assert "NameError: name 'undefined_name' is not defined, at modules/" in text
+    assert "Nothing was written" in text
+    assert (project.root / "catalog/Book.proto").read_text() == before
 
 
 def test_errors_in_declarations_stop_generation(project, make_module):
