@@ -314,7 +314,38 @@ def check_handlers_hook(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
         if exc.not_generated_yet:
             return [Warning(exc.message, hint=exc.hint, id="django_grpc_bus.W001")]
         return [Error(exc.message, hint=exc.hint, id="django_grpc_bus.E010")]
-    return [] if handler is None else _serializer_errors(handler)
+    return [] if handler is None else [*_serializer_errors(handler), *_watch_errors(handler)]
+
+
+def _watch_errors(handler: Any) -> list[CheckMessage]:
+    """Models marked ``watch: true`` whose served, compiled proto has no Watch yet: the server
+    would start without it (``generategrpc`` alone compiles the .proto files on disk)."""
+    from django_grpc_bus.watch.recording import watched_models
+
+    watched = watched_models()
+    errors: list[CheckMessage] = []
+    for service in getattr(handler, "services", []):
+        model = getattr(getattr(service, "queryset", None), "model", None)
+        serializer_class = getattr(service, "serializer_class", None)
+        if model not in watched or not callable(getattr(service, "watch", None)):
+            continue
+        try:
+            file = serializer_class.get_proto_class().DESCRIPTOR.file  # type: ignore[union-attr]
+        except Exception:  # E018 reports a serializer that cannot be built
+            continue
+        if any("Watch" in s.methods_by_name for s in file.services_by_name.values()):
+            continue
+        errors.append(
+            Error(
+                f"{model._meta.label} is marked `watch: true` in service_meta.yaml, but its "
+                f"compiled proto ({file.name}) has no Watch RPC, so {service.__qualname__} "
+                "cannot serve it.",
+                hint="Run `manage.py generateproto` and `manage.py generategrpc`.",
+                obj=service,
+                id="django_grpc_bus.E036",
+            )
+        )
+    return errors
 
 
 def _serializer_errors(handler: Any) -> list[CheckMessage]:

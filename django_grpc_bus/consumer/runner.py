@@ -93,7 +93,7 @@ def watch_method(subscription: Subscription) -> WatchMethod:
         raise SubscriptionError(
             f"{where}: {subscription.model} on servlet {subscription.servlet!r} has no Watch. "
             "The producer must set `watch: true` for the model in its service_meta.yaml and "
-            "regenerate (manage.py generategrpc)."
+            "regenerate (manage.py generateproto, then generategrpc)."
         )
     return method
 

@@ -743,3 +743,25 @@ def test_e018_a_serializer_that_cannot_be_built(project):
 
 def test_the_test_projects_own_serializers_match_their_messages(settings):
     assert messages(SERVER) == []
+
+
+def test_a_watched_model_served_from_a_proto_without_watch_is_e036(monkeypatch):
+    """`watch: true` added but only generategrpc run (it compiles the files on disk): the
+    server would start without Watch; the checks, which rungrpcserver runs, say what to run."""
+    from catalog.models import Author, Book
+    from catalog.services import AuthorService, BookService
+
+    from django_grpc_bus.checks import _watch_errors
+    from django_grpc_bus.handlers import BasicHandler
+    from django_grpc_bus.watch import recording
+
+    handler = BasicHandler()
+    handler.register(AuthorService)
+    handler.register(BookService)
+    assert _watch_errors(handler) == []  # Book is watched and its proto has Watch
+    monkeypatch.setattr(recording, "watched_models", lambda: {Book: (), Author: ()})
+    (error,) = _watch_errors(handler)
+    assert error.id == "django_grpc_bus.E036"
+    assert "catalog.Author is marked `watch: true`" in error.msg
+    assert "has no Watch RPC" in error.msg
+    assert error.hint == "Run `manage.py generateproto` and `manage.py generategrpc`."
