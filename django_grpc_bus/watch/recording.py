@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import decimal
 import json
 import logging
 import threading
@@ -260,7 +261,18 @@ class _Uncopyable:
     __hash__ = None  # type: ignore[assignment]
 
 
-_IMMUTABLE = (str, int, float, bytes, dt.date, dt.time, dt.timedelta, uuid.UUID, type(None))
+_IMMUTABLE = (
+    str,
+    int,
+    float,
+    decimal.Decimal,
+    bytes,
+    dt.date,
+    dt.time,
+    dt.timedelta,
+    uuid.UUID,
+    type(None),
+)
 
 
 def _comparable(value: Any) -> Any:
