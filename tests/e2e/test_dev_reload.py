@@ -213,3 +213,50 @@ def test_dev_server_reloads_with_calls_in_flight(fresh_database, watched_setting
         assert "Traceback" not in server.output, server.output
     finally:
         stop_server(server, timeout=15)
+
+
+def test_dev_server_waits_for_a_fix_instead_of_exiting(fresh_database, tmp_path):
+    """A handler module that fails to import under --dev (a NameError in the project's code):
+    the server says why and keeps watching, as runserver does; fixing the file starts it."""
+    name = f"dev_handlers_{uuid.uuid4().hex[:8]}"
+    module = tmp_path / f"{name}.py"
+    module.write_text("handler = undefined_name\n")
+    server = server_process(
+        fresh_database,
+        "--dev",
+        env={
+            "TEST_MESSAGE_BUS": f'{{"ROOT_HANDLERS_HOOK": "{name}.handler"}}',
+            "PYTHONPATH": f"{tmp_path}{os.pathsep}{TESTS_DIR}",
+        },
+        start_timeout=60,
+    )
+    started: list[BaseException | None] = []
+
+    def start() -> None:
+        try:
+            server.start()
+            started.append(None)
+        except BaseException as exc:  # reported by the assertions below
+            started.append(exc)
+
+    starter = threading.Thread(target=start, daemon=True)
+    starter.start()
+    try:
+        waiting = "Waiting for a file to change to start again (--dev)."
+        assert wait_for(lambda: waiting in server.output, timeout=30), server.output
+        assert "NameError: name 'undefined_name' is not defined" in server.output
+        assert server.process is not None and server.process.poll() is None  # still running
+        time.sleep(1.5)  # the reloader's baseline look at the file
+        module.write_text("from handlers import handler  # noqa: F401\n")
+        later = module.stat().st_mtime + 5
+        os.utime(module, (later, later))
+        starter.join(timeout=60)
+        assert started == [None], server.output
+        assert answers_health(server.target), server.output
+    finally:
+        stop_server(server, timeout=15)
+
+
+def answers_health(target: str) -> bool:
+    with grpc.insecure_channel(target) as channel:
+        return health_status(channel) == SERVING

@@ -1,11 +1,13 @@
 import argparse
 import logging
-import os
 import sys
 import threading
+import traceback
 from typing import Any
 
-from django.core.management.base import CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser, SystemCheckError
+from django.utils import autoreload
+from django.utils.module_loading import import_string
 
 from django_grpc_bus import transport
 from django_grpc_bus.conf import bus_settings
@@ -108,7 +110,10 @@ class Command(BusCommand):
         if workers > 1 and dev:
             raise CommandError("--dev runs one process; leave out --workers.")
         metrics_address = self.metrics_address(metrics_port, host, workers)
-        handler = load_handler_hook(required=True)
+        reloading = dev and not noreload
+        # Under the autoreloader the handler is imported, and the checks run, in the reloader's
+        # child (serve_once below): a mistake there waits for the fix, as runserver does.
+        handler = None if reloading else load_handler_hook(required=True)
         if bus_settings.ACCESS_LOG if access_log is None else access_log:
             # As runserver logs each request; unless LOGGING already decides about the logger.
             # First, so that --dev's handler below does not change the line's format.
@@ -128,7 +133,7 @@ class Command(BusCommand):
                 reloader_handler = logging.StreamHandler()
                 reloader_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
                 reloader_logger.addHandler(reloader_handler)
-        if not skip_checks:
+        if not skip_checks and not reloading:
             # As runserver does: a serializer that would drop fields (E016) must not serve.
             self.check(display_num_errors=dev)
         config = ServerConfig(
@@ -139,7 +144,7 @@ class Command(BusCommand):
             metrics_address=metrics_address,
         )
 
-        reloading = dev and not noreload
+        reported: tuple[type[Exception], ...] = (SystemCheckError, *self.user_errors)
         run = serve_aio if (bus_settings.ASYNCIO if asyncio is None else asyncio) else serve
 
         def serve_worker(index: int) -> int:
@@ -152,17 +157,20 @@ class Command(BusCommand):
                 return run(handler, config, announce=self.announce, exit_when_cut_short=True)
             try:  # stopped by serve_with_reloader, which also ends the process
                 return run(
-                    handler,
+                    self.load_in_reloader(skip_checks),
                     config,
                     announce=self.announce,
                     stop_event=stop_event,
                     grace=RELOAD_GRACE,
                 )
-            except self.user_errors as exc:
-                # In the autoreloader's thread an exception would only print a traceback and
-                # leave the process serving nothing: say why, and end, as runserver does.
+            except reported as exc:
                 self.stderr.write(f"Error: {exc}")
-                os._exit(1)
+            except Exception:  # the project's code may raise anything while it is imported
+                self.stderr.write(traceback.format_exc())
+            # As runserver does: the reloader goes on watching, the files imported so far and
+            # the one the error came from, and starts a new process once one changes.
+            self.stderr.write("Waiting for a file to change to start again (--dev).")
+            return 1
 
         if workers > 1:
             ensure_port_free(addrport)
@@ -174,6 +182,19 @@ class Command(BusCommand):
             code = serve_once()
         if code:
             sys.exit(code)
+
+    def load_in_reloader(self, skip_checks: bool) -> Any:
+        """The handler, imported in the reloader's child, then the system checks."""
+        hook = bus_settings.raw("ROOT_HANDLERS_HOOK")
+        if isinstance(hook, str):
+            try:  # first as is, so that the reloader also watches the file an error came from
+                autoreload.check_errors(import_string)(hook)
+            except Exception:  # load_handler_hook says why, in a sentence
+                pass
+        handler = load_handler_hook(required=True)
+        if not skip_checks:
+            self.check(display_num_errors=True)
+        return handler
 
     @staticmethod
     def metrics_address(value: str | None, host: str, workers: int) -> tuple[str, int] | None:
