@@ -428,6 +428,12 @@ def test_an_unmigrated_database_is_named_with_the_fix(fake, tmp_path):
     assert "its cursor cannot be read from database 'default'" in result.stderr
     assert "Run `manage.py migrate`" in result.stderr
     assert fake.calls == []
+    # --list and --reset read the same table: the same remedy, no traceback.
+    for args in (("--list",), ("--reset", "storefront.consumers.book_changed")):
+        result = storefront(url, fake.port, "runconsumers", *args)
+        assert result.returncode == 1, result.stderr
+        assert "Run `manage.py migrate`" in result.stderr
+        assert "Traceback" not in result.stderr
 
 
 @requires_postgres

@@ -1,7 +1,7 @@
 from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
-from django.db import router
+from django.db import DatabaseError, router
 
 from django_grpc_bus.client.exceptions import ClientError
 from django_grpc_bus.consumer import autodiscover, subscriptions
@@ -63,13 +63,19 @@ class Command(BusCommand):
     ) -> None:
         autodiscover()
         chosen = self.choose(subscriptions)
-        if show:
-            self.show(chosen)
-            return
-        if forget:
-            if not subscriptions:
-                raise CommandError("--reset needs the names of the subscriptions to reset.")
-            self.forget(chosen)
+        if forget and not subscriptions:
+            raise CommandError("--reset needs the names of the subscriptions to reset.")
+        if show or forget:
+            try:
+                if show:
+                    self.show(chosen)
+                else:
+                    self.forget(chosen)
+            except DatabaseError as exc:
+                raise CommandError(
+                    f"The subscriptions' cursors cannot be read ({exc}). Run `manage.py "
+                    "migrate` (django_grpc_bus's SubscriptionCursor table)."
+                ) from None
             return
         if until_idle is not None and until_idle <= 0:
             raise CommandError("--until-idle must be a number of seconds above 0.")
