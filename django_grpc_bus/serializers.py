@@ -602,19 +602,30 @@ class ModelProtoSerializer(ProtoSerializerMixin, serializers.ModelSerializer):
 
     def to_internal_value(self, data: Any) -> Any:
         """DRF's, through the class's validation plan where it applies (``validation_plan``)."""
-        if type(data) is dict and self._planned():
+        # Fields built by now (by an override of the user's that ran first) may be changed.
+        planned = type(data) is dict and "fields" not in self.__dict__ and self._planned()
+        self._validated_by_plan = planned
+        if planned:
             return validation_plan.plan_for(type(self)).to_internal_value(self, data)
         return super().to_internal_value(data)
 
     def run_validators(self, value: Any) -> None:
-        if self._planned() and not validation_plan.plan_for(type(self)).checks_whole:
+        if (
+            self.__dict__.get("_validated_by_plan")
+            and "_validators" not in self.__dict__
+            and not validation_plan.plan_for(type(self)).checks_whole
+        ):
             return  # no validators, no read-only defaults: DRF's would build every field
         super().run_validators(value)
 
     def create(self, validated_data: Any) -> Any:
-        """DRF's ``ModelSerializer.create``; where the plan knows no field can be a nested or
-        to-many write, without its per-call checks for those (which build every field)."""
-        if not (self._planned() and validation_plan.plan_for(type(self)).plain_create):
+        """DRF's ``ModelSerializer.create``; where the plan validated the data and knows no
+        field can be a nested or to-many write, without DRF's per-call checks for those (which
+        build every field)."""
+        if not (
+            self.__dict__.get("_validated_by_plan")
+            and validation_plan.plan_for(type(self)).plain_create
+        ):
             return super().create(validated_data)
         model: type[models.Model] = self.Meta.model
         manager = model._default_manager
