@@ -228,7 +228,8 @@ def fields_fixed_per_class(serializer_class: type[serializers.Serializer[Any]]) 
     ``get_fields``/``get_validators``), and no ``__init__``, ``__new__``, ``fields`` or
     ``validators`` other than DRF's, any of which may change the fields per instance (make one
     read-only for some users, pop one, add a validator). Fields changed after construction are
-    caught per instance (``ProtoSerializerMixin.is_valid``)."""
+    caught per instance: built before validation reaches ``ModelProtoSerializer.to_internal_value``
+    (see ``ProtoSerializerMixin.fields_as_class``), they are validated by DRF."""
     from django_grpc_bus.serializers import ProtoSerializerMixin  # it imports this module
 
     if not getattr(serializer_class, "cache_fields", False):
