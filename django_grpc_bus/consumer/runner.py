@@ -13,6 +13,8 @@ snapshot again. ``stop()`` (SIGTERM, SIGINT) lets the current event finish and c
 A Watch that fails with a status that may pass (RESOURCE_EXHAUSTED, INTERNAL, UNAVAILABLE...) is
 logged at WARNING and called again from the stored cursor after a backoff (``WATCH_RECONNECT``);
 one that will not pass by itself (:data:`FAIL_FAST`) ends ``runconsumers`` with a sentence.
+A BOOKMARK (the producer's position when the watch starts, and while it idles) is stored as
+the cursor, so a consumer restarted before its first event resumes from where it started.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 import grpc
 from django.db import DatabaseError, connections, router, transaction
+from django.utils import timezone
 
 from django_grpc_bus.client.exceptions import (
     CallError,
@@ -152,6 +155,7 @@ class SubscriptionRunner(threading.Thread):
                 self.watch = watch = method(
                     subscription.first_request(cursor), reconnect=self.reconnect
                 )
+                watch.on_bookmark = self.store_bookmark
                 if self.stopping.is_set():
                     watch.stop()
                 try:
@@ -214,6 +218,22 @@ class SubscriptionRunner(threading.Thread):
                     f"Subscription {subscription.name!r}: {exc.method} failed: "
                     f"{exc.code().name}: {exc.details()}"
                 ) from None
+
+    def store_bookmark(self, cursor: str) -> None:
+        """Keep a BOOKMARK's cursor (the watch gives none mid-snapshot); a failure is only
+        logged: the next event or bookmark stores a later one."""
+        try:
+            connections[self.database].close_if_unusable_or_obsolete()
+            rows = cursor_model().objects.using(self.database)
+            rows.filter(name=self.subscription.name).update(cursor=cursor, updated=timezone.now())
+        except DatabaseError as exc:
+            logger.warning(
+                "Subscription %r: cannot store the bookmark %r in database %r (%s)",
+                self.subscription.name,
+                cursor,
+                self.database,
+                exc,
+            )
 
     def stored_cursor(self) -> str:
         row, _ = (

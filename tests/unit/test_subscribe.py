@@ -80,11 +80,16 @@ class FakeWatch:
 
     def __init__(self, outcome):
         self.outcome = outcome
+        self.on_bookmark = None
 
     def __iter__(self):
         if isinstance(self.outcome, Exception):
             raise self.outcome
-        yield from self.outcome
+        for event in self.outcome:
+            if event.get("type") == "BOOKMARK":  # as the client: not yielded, given to the hook
+                self.on_bookmark(event["cursor"])
+            else:
+                yield event
 
     def stop(self):
         pass
@@ -162,3 +167,15 @@ def test_a_watch_status_that_cannot_pass_stops_the_subscription_with_its_name(mo
         runner.follow()
     assert len(calls) == 1 and handled == []
     assert code in str(failed.value) or "WATCH_RETENTION" in str(failed.value)
+
+
+@pytest.mark.django_db(transaction=True)  # the runner closes stale connections
+def test_a_bookmark_is_stored_as_the_cursor(monkeypatch):
+    """A consumer started from now that is stopped before its first event resumes from the
+    producer's start position, not from "now" again (events in between would be lost)."""
+    handled = []
+    bookmark = {"type": "BOOKMARK", "cursor": "12"}
+    runner, calls = runner_of(monkeypatch, [[bookmark]], handled)
+    runner.follow()
+    assert handled == [] and calls == [{"since": "", "snapshot": False}]
+    assert runner.stored_cursor() == "12"
