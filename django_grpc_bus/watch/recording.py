@@ -21,6 +21,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from django.apps import apps
@@ -64,11 +65,15 @@ def watched_models() -> dict[type[models.Model], tuple[models.Field, ...]]:
     """The models marked ``watch: true``, each with the fields (columns) its events carry."""
     global _watched
     if _watched is None:
+        from django_grpc_bus.conf import bus_settings
         from django_grpc_bus.meta import ServiceMetaError, load_selection
 
         with _watched_lock:
+            path = bus_settings.SERVICE_META
             try:
-                selection = load_selection()
+                # Only a service_meta.yaml can say `watch: true`: without one (a consumer, a
+                # project before generatemetayaml) nothing is watched, and nothing is said.
+                selection = load_selection() if path is not None and Path(path).exists() else None
             except ServiceMetaError as exc:
                 # The system checks report the file's error (E009); until it is fixed no
                 # model is watched.

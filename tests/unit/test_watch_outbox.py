@@ -482,3 +482,15 @@ def test_a_many_to_many_field_not_exposed_records_nothing(extra_models, tmp_path
         shelf.tags.add(Tag.objects.create(name="red"))
         shelf.tags.clear()
     assert [e[1] for e in events()] == [WatchEvent.CREATED]
+
+
+@pytest.mark.parametrize("meta", ["unset", "absent"])
+def test_no_service_meta_watches_nothing_and_says_nothing(tmp_path, caplog, meta):
+    """A consumer project, or a producer before generatemetayaml: no `watch: true` can exist,
+    so no error is logged on every command (a new user saw one on makemigrations and check)."""
+    from django_grpc_bus.watch.recording import watched_models
+
+    bus = {} if meta == "unset" else {"SERVICE_META": tmp_path / "absent.yaml"}
+    with override_settings(MESSAGE_BUS=bus), caplog.at_level("DEBUG", "django_grpc_bus.watch"):
+        assert watched_models() == {}
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
