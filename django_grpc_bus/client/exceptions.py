@@ -34,7 +34,13 @@ class UnknownService(NotFoundError):
 
 
 class UnknownMethod(NotFoundError):
-    pass
+    def __init__(self, what: str, name: str, available: Iterable[str], where: str = "") -> None:
+        super().__init__(what, name, available, where)
+        if name == "watch":  # the one generated RPC a producer serves only when asked to
+            self.args = (
+                f"{self.args[0]} A producer serves Watch for a model its service_meta.yaml "
+                "marks `watch: true` (then generateproto, generategrpc and a restart).",
+            )
 
 
 class AmbiguousService(ClientError, AttributeError):

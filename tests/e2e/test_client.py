@@ -235,6 +235,10 @@ def test_unknown_names_raise_attribute_errors_listing_what_exists():
     assert "nope" in str(method.value)
     assert all(name in str(method.value) for name in ("create", "partial_update", "destroy"))
     assert not hasattr(registry.one.Author, "nope")
+    # Author is not watched: the error says what would serve its Watch.
+    with pytest.raises(exceptions.UnknownMethod) as watch:
+        registry.one.Author.watch  # noqa: B018
+    assert "marks `watch: true`" in str(watch.value)
 
 
 def test_error_texts_name_the_servlet_and_the_service_once(settings, servers):
