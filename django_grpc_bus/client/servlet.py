@@ -25,6 +25,7 @@ from django_grpc_bus.client.discovery import Catalog, ReflectionError, fetch_cat
 from django_grpc_bus.client.watch import Reconnect, Watch, WatchState, is_watch
 from django_grpc_bus.conversion.messages import (
     ConversionError,
+    dict_reader,
     fill_message,
     message_to_dict,
     repeated,
@@ -300,7 +301,11 @@ class RPC:
     def results(self, response: Any, flatten: bool | None = None) -> list[dict[str, Any]]:
         """One stream message as dicts: its rows for a generated List, else itself."""
         if self.flattens if flatten is None else flatten:
-            return [message_to_dict(row) for row in response.results]
+            rows = response.results
+            if not rows:
+                return []
+            read = dict_reader(rows[0].DESCRIPTOR)  # one type: its compiled reader, looked up once
+            return [read(row) for row in rows]
         return [self.convert(response)]
 
     def resume_request(
