@@ -79,3 +79,22 @@ def manage(
             f"manage.py {' '.join(args)}:\n{result.stdout}{result.stderr}"
         )
     return result
+
+
+def start_project(project: Path) -> Path:
+    """``django-admin startproject mysite`` in `project`, the tutorial's two apps and their
+    models, as a new user has them; the settings module's path, not yet changed."""
+    import textwrap
+
+    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
+    subprocess.run(
+        [sys.executable, "-m", "django", "startproject", "mysite", str(project)],
+        check=True,
+        env=env,
+        timeout=60,
+    )
+    manage(project, "startapp", "library")
+    manage(project, "startapp", "shop")
+    (project / "library/models.py").write_text(textwrap.dedent(LIBRARY_MODELS))
+    (project / "shop/models.py").write_text(textwrap.dedent(SHOP_MODELS))
+    return project / "mysite/settings.py"

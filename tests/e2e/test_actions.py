@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import uuid
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import grpc
 import pytest
 from django.core.management import call_command
 from support import add_servlets, servlet_entry
-from tutorial_project import CLEAN_ENV, LIBRARY_MODELS, SETTINGS_TAIL, SHOP_MODELS, manage
+from tutorial_project import CLEAN_ENV, SETTINGS_TAIL, manage, start_project
 
 from django_grpc_bus.client.aio import aregistry
 from django_grpc_bus.client.registry import registry
@@ -191,21 +190,10 @@ def _postgres_database():
 def action_project(tmp_path_factory):
     project = tmp_path_factory.mktemp("actions")
     database_url, database_name = _postgres_database()
-    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
     if database_url:
         os.environ["ACTIONS_DATABASE_URL"] = database_url
     try:
-        subprocess.run(
-            [sys.executable, "-m", "django", "startproject", "mysite", str(project)],
-            check=True,
-            env=env,
-            timeout=60,
-        )
-        manage(project, "startapp", "library")
-        manage(project, "startapp", "shop")
-        (project / "library/models.py").write_text(textwrap.dedent(LIBRARY_MODELS))
-        (project / "shop/models.py").write_text(textwrap.dedent(SHOP_MODELS))
-        settings = project / "mysite/settings.py"
+        settings = start_project(project)
         settings.write_text(settings.read_text() + SETTINGS_TAIL + DATABASE_TAIL)
         manage(project, "makemigrations", "library", "shop")
         manage(project, "migrate")

@@ -14,13 +14,12 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import uuid
 from pathlib import Path
 
 import pytest
 from support import DATABASE_URL, ON_POSTGRES, pg_connect
-from tutorial_project import CLEAN_ENV, LIBRARY_MODELS, SETTINGS_TAIL, SHOP_MODELS, manage
+from tutorial_project import CLEAN_ENV, SETTINGS_TAIL, manage, start_project
 
 from django_grpc_bus.testing import ServerProcess
 
@@ -138,18 +137,7 @@ print("RESULT " + json.dumps(result))
 @pytest.fixture(scope="module")
 def new_project(tmp_path_factory):
     project = tmp_path_factory.mktemp("nested")
-    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
-    subprocess.run(
-        [sys.executable, "-m", "django", "startproject", "mysite", str(project)],
-        check=True,
-        env=env,
-        timeout=60,
-    )
-    manage(project, "startapp", "library")
-    manage(project, "startapp", "shop")
-    (project / "library/models.py").write_text(textwrap.dedent(LIBRARY_MODELS))
-    (project / "shop/models.py").write_text(textwrap.dedent(SHOP_MODELS))
-    settings = project / "mysite/settings.py"
+    settings = start_project(project)
     tail = SETTINGS_TAIL
     if ASYNCIO:
         tail += 'MESSAGE_BUS["ASYNCIO"] = True\n'

@@ -21,12 +21,10 @@ on 2 shared cores, most of it in manage.py start-ups.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
 import sqlite3
-import subprocess
 import sys
 import textwrap
 import threading
@@ -39,7 +37,7 @@ from typing import Any
 import grpc
 import pytest
 from support import add_servlets, free_port, servlet_entry
-from tutorial_project import CLEAN_ENV, LIBRARY_MODELS, SETTINGS_TAIL, SHOP_MODELS, manage
+from tutorial_project import CLEAN_ENV, SETTINGS_TAIL, manage, start_project
 
 from django_grpc_bus.client.registry import registry
 from django_grpc_bus.testing import ServerProcess
@@ -96,18 +94,7 @@ def new_project(base: Path) -> Path:
     """startproject, the tutorial's apps, models and settings, migrated and scaffolded."""
     project = base / "mysite"
     project.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
-    subprocess.run(
-        [sys.executable, "-m", "django", "startproject", "mysite", str(project)],
-        check=True,
-        env=env,
-        timeout=60,
-    )
-    manage(project, "startapp", "library")
-    manage(project, "startapp", "shop")
-    (project / "library/models.py").write_text(textwrap.dedent(LIBRARY_MODELS))
-    (project / "shop/models.py").write_text(textwrap.dedent(SHOP_MODELS))
-    settings = project / "mysite/settings.py"
+    settings = start_project(project)
     text = settings.read_text()
     (databases,) = re.findall(r"^DATABASES = \{.*?^\}", text, re.M | re.S)
     assert "sqlite3" in databases and "OPTIONS" not in databases, databases  # Django's default

@@ -8,7 +8,6 @@ nothing but the address: services, methods and messages come from server reflect
 import os
 import subprocess
 import sys
-import textwrap
 
 import grpc
 import pytest
@@ -17,14 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from tutorial_project import (
-    CLEAN_ENV,
-    CONSUMER_SNIPPET,
-    LIBRARY_MODELS,
-    SETTINGS_TAIL,
-    SHOP_MODELS,
-    manage,
-)
+from tutorial_project import CLEAN_ENV, CONSUMER_SNIPPET, SETTINGS_TAIL, manage, start_project
 
 from django_grpc_bus.testing import ServerProcess
 
@@ -32,18 +24,7 @@ from django_grpc_bus.testing import ServerProcess
 @pytest.fixture(scope="module")
 def new_project(tmp_path_factory):
     project = tmp_path_factory.mktemp("walkthrough")
-    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
-    subprocess.run(
-        [sys.executable, "-m", "django", "startproject", "mysite", str(project)],
-        check=True,
-        env=env,
-        timeout=60,
-    )
-    manage(project, "startapp", "library")
-    manage(project, "startapp", "shop")
-    (project / "library/models.py").write_text(textwrap.dedent(LIBRARY_MODELS))
-    (project / "shop/models.py").write_text(textwrap.dedent(SHOP_MODELS))
-    settings = project / "mysite/settings.py"
+    settings = start_project(project)
     settings.write_text(settings.read_text() + SETTINGS_TAIL)
     manage(project, "makemigrations", "library", "shop")
     manage(project, "migrate")
