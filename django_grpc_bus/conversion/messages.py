@@ -1,7 +1,8 @@
 """Python values <-> protobuf messages, driven by descriptors and never through JSON.
 
 One plan per message descriptor is built on first use and cached, so each conversion is a
-loop over precomputed per-field functions. Shared by the serializer (DRF data -> message,
+loop over precomputed per-field functions; reading a whole message is one compiled function
+per type (a dict display, see ``_compiled_reader``). Shared by the serializer (DRF data -> message,
 message -> data for validation) and the client (request dicts, response dicts).
 
 Conversion rules (both directions):
@@ -21,9 +22,9 @@ Conversion rules (both directions):
 
 from __future__ import annotations
 
+import keyword
 import threading
 from collections.abc import Callable, Mapping
-from operator import attrgetter
 from typing import Any
 
 from google.protobuf import descriptor as _descriptor
@@ -78,47 +79,43 @@ class MessagePlan:
 def _compiled_reader(plan: MessagePlan) -> Callable[[Any], dict[str, Any]]:
     """``message_to_dict`` of one message type, compiled from its plan.
 
-    One C ``attrgetter`` fetches every field's attribute in field order; then a field with
-    presence that is unset becomes None, and a value that is not a plain scalar is converted
-    (enums, repeated fields, maps, messages) by the conversions the field-by-field readers use,
-    so the dicts are the same, keys in the same order. A value that does not convert is read
-    again field by field, which raises the ConversionError naming the first field that fails.
+    The reader is the source of one function, as ``dataclasses`` writes ``__init__``: a dict
+    display with a key per field in field order, each value the attribute itself, None for a
+    field with presence that is unset, or the attribute converted (enums, repeated fields,
+    maps, messages) by the conversions the field-by-field readers use; so the dicts are the
+    same, keys in the same order. A value that does not convert is read again field by field,
+    which raises the ConversionError naming the first field that fails. A field name (which a
+    client takes from the server's descriptors) is written into the source only as a string
+    literal (``repr``) or, when it is an identifier, as an attribute name: it cannot be code.
     """
     names = plan.field_names
-    if not names:
-        return lambda message: {}
-    fetch_all = attrgetter(*names)
-    fetch = fetch_all if len(names) > 1 else lambda message: (fetch_all(message),)
-    unset_none: list[str] = []  # presence, value as it is
-    present: list[tuple[str, Reader]] = []  # presence, value converted
-    converted: list[tuple[str, Reader]] = []  # no presence, value converted
-    for name, field in plan.fields.items():
+    namespace: dict[str, Any] = {
+        "fallback": lambda message: _read_each(plan, names, message),
+    }
+    items = []
+    for index, (name, field) in enumerate(plan.fields.items()):
+        value = (
+            f"message.{name}"
+            if name.isidentifier() and not keyword.iskeyword(name)
+            else f"getattr(message, {name!r})"
+        )
         convert = _fetched_value_reader(field)
+        if convert is not None:
+            namespace[f"convert_{index}"] = convert
+            value = f"convert_{index}({value})"
         if field.has_presence:
-            if convert is None:
-                unset_none.append(name)
-            else:
-                present.append((name, convert))
-        elif convert is not None:
-            converted.append((name, convert))
-    has_presence = bool(unset_none or present)
-
-    def read(message: Any) -> dict[str, Any]:
-        try:
-            result = dict(zip(names, fetch(message), strict=True))
-            if has_presence:
-                has = message.HasField
-                for name in unset_none:
-                    if not has(name):
-                        result[name] = None
-                for name, convert in present:
-                    result[name] = convert(result[name]) if has(name) else None
-            for name, convert in converted:
-                result[name] = convert(result[name])
-        except (ValueError, OverflowError, TypeError):
-            return _read_each(plan, names, message)
-        return result
-
+            value = f"{value} if has({name!r}) else None"
+        items.append(f"            {name!r}: {value},\n")
+    source = (
+        "def read(message):\n"
+        "    try:\n"
+        "        has = message.HasField\n"
+        "        return {\n" + "".join(items) + "        }\n"
+        "    except (ValueError, OverflowError, TypeError):\n"
+        "        return fallback(message)\n"
+    )
+    exec(compile(source, f"<message reader of {plan.descriptor.full_name}>", "exec"), namespace)
+    read: Callable[[Any], dict[str, Any]] = namespace["read"]
     return read
 
 

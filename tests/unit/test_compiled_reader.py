@@ -301,3 +301,28 @@ def test_a_struct_message_itself_reads_the_same():
     struct = struct_pb2.Struct()
     json_to_value(JSON, struct.fields["a"])
     assert assert_same(struct) == {"fields": {"a": JSON}}
+
+
+def test_field_names_that_are_keywords_or_the_readers_own_names_read_the_same():
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    file = descriptor_pb2.FileDescriptorProto(
+        name="reader_names.proto", package="reader_names", syntax="proto3"
+    )
+    odd = file.message_type.add(name="Odd")
+    names = ("from", "class", "message", "has", "fallback", "convert_0", "read")
+    for number, name in enumerate(names, start=1):
+        odd.field.add(name=name, number=number, type=FD.TYPE_INT32, label=FD.LABEL_OPTIONAL)
+    odd.field.add(name="lambda", number=20, type=FD.TYPE_STRING, label=FD.LABEL_REPEATED)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    odd_class = message_factory.GetMessageClass(pool.FindMessageTypeByName("reader_names.Odd"))
+    message = odd_class()
+    for number, name in enumerate(names, start=1):
+        setattr(message, name, number)
+    getattr(message, "lambda").extend(["x", "y"])
+    assert assert_same(message) == {
+        **dict(zip(names, range(1, 8), strict=True)),
+        "lambda": ["x", "y"],
+    }
+    assert assert_same(odd_class()) == {**dict.fromkeys(names, 0), "lambda": []}
