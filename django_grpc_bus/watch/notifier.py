@@ -67,7 +67,10 @@ class Notifier:
         self._servers.add(traffic)
 
     def stopping(self) -> bool:
-        return any(traffic.draining for traffic in list(self._servers))
+        """Whether a server of this process is draining with calls still in flight (its Watch
+        streams among them). A server that has stopped has none: another one started later in
+        the same process (tests' in-process servers) serves Watch as usual."""
+        return any(traffic.draining and traffic.active for traffic in list(self._servers))
 
     def _tell_stopping(self) -> None:
         """Wake every watcher once per server that starts draining (each server of the
@@ -147,7 +150,10 @@ class Notifier:
                     last_prune = self._poll(alias, last_prune)
             except Exception:
                 logger.exception("Watch notifier failed; starting again in 1 s")
-                close_old_connections()
+                try:
+                    close_old_connections()
+                except Exception:  # the database is still down: the next round tries again
+                    logger.debug("Closing the notifier's connections failed", exc_info=True)
                 time.sleep(1.0)
                 self.wake_all()  # anything may have been missed meanwhile
 

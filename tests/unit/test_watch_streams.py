@@ -220,6 +220,24 @@ def test_each_server_that_drains_ends_the_watch_streams():
     assert waiter.event.is_set()
 
 
+def test_a_stopped_server_does_not_refuse_a_later_servers_watch():
+    """Only a draining server with calls in flight makes Watch refuse (UNAVAILABLE): once it has
+    stopped, a server started later in the same process (a test suite's in-process servers)
+    serves Watch. Before, one stopped server broke every later Watch in the process."""
+    from django_grpc_bus.serving.traffic import Traffic
+    from django_grpc_bus.watch.notifier import Notifier
+
+    notifier, stopped = Notifier(), Traffic()
+    notifier.track(stopped)
+    stopped.active = 1  # a Watch stream in flight while it drains
+    stopped.draining = True
+    assert notifier.stopping()
+    stopped.active = 0  # the stream ended, the server stopped
+    assert not notifier.stopping()
+    notifier.track(Traffic())  # the next server
+    assert not notifier.stopping()
+
+
 def test_postgresql_without_psycopg3_polls_with_one_warning(monkeypatch, caplog):
     import sys
     from types import SimpleNamespace
