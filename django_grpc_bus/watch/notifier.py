@@ -145,6 +145,7 @@ class Notifier:
         while True:
             try:
                 if self.listens(alias):
+                    self._someone.wait()  # no listening connection while no one watches
                     self._listen(alias)
                 else:
                     last_prune = self._poll(alias, last_prune)
@@ -186,6 +187,11 @@ class Notifier:
                 self._tell_stopping()
                 last_prune = self._prune_due(last_prune)
                 connections[alias].close_if_unusable_or_obsolete()
+                if not self._someone.is_set():
+                    # The last watcher left: let go of the database (a test database can then
+                    # be dropped; a server keeps no idle session); listen again when one comes.
+                    connections[alias].close()
+                    return
 
     def _poll(self, alias: str, last_prune: float) -> float:
         connection = connections[alias]

@@ -252,3 +252,34 @@ def test_postgresql_without_psycopg3_polls_with_one_warning(monkeypatch, caplog)
         assert notifier.listens("pg") is False
     warnings = [r for r in caplog.records if "psycopg" in r.getMessage()]
     assert len(warnings) == 1 and "polling" in warnings[0].getMessage()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_postgresql_listener_lets_go_of_the_database_when_no_one_watches():
+    """Its LISTEN connection (and the notifier thread's own) close once the last watcher
+    leaves: a test database can be dropped after the tests (before, a leftover session made
+    the teardown fail and left the database behind), and an idle server holds no session."""
+    if connection.vendor != "postgresql":
+        pytest.skip("set DATABASE_URL to a PostgreSQL database to run this test")
+    from django_grpc_bus.watch.notifier import Notifier, Waiter
+
+    def others() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            return cursor.fetchone()[0]
+
+    before = others()  # sessions of earlier tests' threads, if any
+    notifier, waiter = Notifier(), Waiter()
+    notifier.add("catalog.book", "default", waiter)
+    deadline = time.monotonic() + 10
+    while others() == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert others() > before  # listening
+    notifier.remove("catalog.book", waiter)
+    deadline = time.monotonic() + 10
+    while others() > before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert others() <= before
