@@ -29,13 +29,16 @@ from rest_framework import relations, serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.fields import SkipField, empty, get_error_detail
 
+# DRF 3.16 added BigIntegerField; on 3.15 the set simply lacks it.
+_BIG_INTEGER = getattr(drf_fields, "BigIntegerField", drf_fields.IntegerField)
+
 # Field classes (exactly these, not subclasses: a subclass may change any step) whose
 # ``to_internal_value`` reads only the field's own configuration, never its parent or context.
 CONVERTED_BY_DRF = frozenset(
     {
         drf_fields.BooleanField,
         drf_fields.IntegerField,
-        drf_fields.BigIntegerField,
+        _BIG_INTEGER,
         drf_fields.FloatField,
         drf_fields.DecimalField,
         drf_fields.DateField,
@@ -97,7 +100,7 @@ def field_step(field: serializers.Field) -> Callable[[Any], Any]:
     allow_blank = getattr(field, "allow_blank", False)
     decimal = kind is drf_fields.DecimalField
     related = kind is relations.PrimaryKeyRelatedField
-    integer = kind in (drf_fields.IntegerField, drf_fields.BigIntegerField)
+    integer = kind in (drf_fields.IntegerField, _BIG_INTEGER)
     convert = None if kind in PLAIN_TEXT else field.to_internal_value
 
     def step(value: Any) -> Any:
