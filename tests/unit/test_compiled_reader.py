@@ -293,7 +293,9 @@ def test_everything_rows_read_the_same(serializer_class, make_row, overrides):  
     message = serializer_class.to_message(make_row(**overrides))
     result = assert_same(type(message).FromString(message.SerializeToString()))
     assert isinstance(result["f_decimal"], str)  # Decimal as text (its digits: the database's)
-    assert result["f_datetime"] == dt.datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=dt.UTC)
+    assert result["f_datetime"] == dt.datetime(
+        2024, 2, 29, 23, 59, 59, 999999, tzinfo=dt.timezone.utc
+    )
     assert (result["f_null_int"] is None) == bool(overrides)
 
 
