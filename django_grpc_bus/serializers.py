@@ -254,7 +254,9 @@ def _relation(model: type[models.Model], attr: str) -> Any:
             if isinstance(relation, models.ForeignObjectRel)
             else relation.name
         )
-        if accessor == attr and (relation.concrete or relation.auto_created):
+        # (Django 6 no longer counts a ManyToManyField as concrete: it has no column.)
+        many_to_many = isinstance(relation, models.ManyToManyField)
+        if accessor == attr and (relation.concrete or relation.auto_created or many_to_many):
             return relation
     return None
 
