@@ -143,8 +143,8 @@ def forget_watched_models(*, setting: str, **kwargs: Any) -> None:
                 post_init.disconnect(sender=model, dispatch_uid=_init_uid(model))
             _initialised.clear()
             for model in _watched or ():
-                _restore_save(model)
-                _restore_refresh(model)
+                _restore(model, "save_base")
+                _restore(model, "refresh_from_db")
             _watched = None
             _m2m.clear()
             _targets.clear()
@@ -163,7 +163,7 @@ def _make_save_atomic(model: type[models.Model]) -> None:
     a process dying between the two would lose the event. Inside the caller's
     ``transaction.atomic()`` this adds nothing (``savepoint=False``).
     """
-    if getattr(model.__dict__.get("save_base"), "_grpc_bus_atomic", False):
+    if _installed(model, "save_base"):
         return
     original = model.save_base
 
@@ -186,25 +186,37 @@ def _make_save_atomic(model: type[models.Model]) -> None:
                 update_fields=update_fields,
             )
 
-    save_base._grpc_bus_atomic = True  # type: ignore[attr-defined]
-    save_base._grpc_bus_original = model.__dict__.get("save_base")  # type: ignore[attr-defined]
-    model.save_base = save_base  # type: ignore[method-assign]
+    _install(model, "save_base", save_base)
 
 
-def _restore_save(model: type[models.Model]) -> None:
-    ours = model.__dict__.get("save_base")
-    if not getattr(ours, "_grpc_bus_atomic", False):
+# A method of a watched model replaced by ours keeps what the class itself had defined (None:
+# inherited), so that it can be put back when the watched models change (settings in tests).
+ORIGINAL = "_grpc_bus_original"
+
+
+def _installed(model: type[models.Model], name: str) -> bool:
+    return hasattr(model.__dict__.get(name), ORIGINAL)
+
+
+def _install(model: type[models.Model], name: str, method: Any) -> None:
+    setattr(method, ORIGINAL, model.__dict__.get(name))
+    setattr(model, name, method)
+
+
+def _restore(model: type[models.Model], name: str) -> None:
+    ours = model.__dict__.get(name)
+    if not hasattr(ours, ORIGINAL):
         return
-    original = ours._grpc_bus_original  # type: ignore[union-attr]
+    original = getattr(ours, ORIGINAL)
     if original is None:
-        delattr(model, "save_base")
+        delattr(model, name)
     else:
-        model.save_base = original  # type: ignore[method-assign]
+        setattr(model, name, original)
 
 
 def _track_refresh(model: type[models.Model]) -> None:
     """After ``refresh_from_db()`` the refreshed fields' loaded values are the database's."""
-    if getattr(model.__dict__.get("refresh_from_db"), "_grpc_bus_refresh", False):
+    if _installed(model, "refresh_from_db"):
         return
     original = model.refresh_from_db
 
@@ -215,20 +227,7 @@ def _track_refresh(model: type[models.Model]) -> None:
         _remember(self, None if fields is None else set(fields))
         return result
 
-    refresh_from_db._grpc_bus_refresh = True  # type: ignore[attr-defined]
-    refresh_from_db._grpc_bus_original = model.__dict__.get("refresh_from_db")  # type: ignore[attr-defined]
-    model.refresh_from_db = refresh_from_db  # type: ignore[method-assign]
-
-
-def _restore_refresh(model: type[models.Model]) -> None:
-    ours = model.__dict__.get("refresh_from_db")
-    if not getattr(ours, "_grpc_bus_refresh", False):
-        return
-    original = ours._grpc_bus_original  # type: ignore[union-attr]
-    if original is None:
-        delattr(model, "refresh_from_db")
-    else:
-        model.refresh_from_db = original  # type: ignore[method-assign]
+    _install(model, "refresh_from_db", refresh_from_db)
 
 
 def _init_uid(model: type[models.Model]) -> str:
