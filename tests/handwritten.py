@@ -14,7 +14,6 @@ method, so it stays UNIMPLEMENTED.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 from catalog.models import Author
@@ -60,24 +59,9 @@ service BookActions {
 
 def compile_proto(folder: Path) -> Path:
     """Write ``PROTO`` under `folder` and compile it there (grpc_tools' protoc); `folder`."""
-    from grpc_tools import protoc
+    from support import compile_proto_text  # test-only: not when a server imports the handler
 
-    source = folder / PROTO_FILE
-    source.parent.mkdir(parents=True, exist_ok=True)
-    source.write_text(PROTO)
-    include = str(resources.files("grpc_tools") / "_proto")
-    code = protoc.main(
-        [
-            "protoc",
-            f"-I{include}",
-            f"-I{folder}",
-            f"--python_out={folder}",
-            f"--grpc_python_out={folder}",
-            PROTO_FILE,
-        ]
-    )
-    assert code == 0, f"protoc failed on {PROTO_FILE}"
-    return folder
+    return compile_proto_text(folder, PROTO_FILE, PROTO)
 
 
 class BookActionsService(GenericService):

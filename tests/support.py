@@ -300,3 +300,28 @@ def counting_load_catalog(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(servlet_module, "load_catalog", load_catalog)
     return fetches
+
+
+def compile_proto_text(folder: Path, relpath: str, text: str) -> Path:
+    """Write `text` as the proto `relpath` under `folder` and compile it there with grpc_tools'
+    protoc (its well-known types on the include path); `folder`."""
+    from importlib import resources
+
+    from grpc_tools import protoc
+
+    source = folder / relpath
+    source.parent.mkdir(parents=True, exist_ok=True)
+    source.write_text(text)
+    include = str(resources.files("grpc_tools") / "_proto")
+    code = protoc.main(
+        [
+            "protoc",
+            f"-I{include}",
+            f"-I{folder}",
+            f"--python_out={folder}",
+            f"--grpc_python_out={folder}",
+            relpath,
+        ]
+    )
+    assert code == 0, f"protoc failed on {relpath}"
+    return folder

@@ -12,12 +12,12 @@ import importlib
 import sys
 import threading
 from concurrent import futures
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_reflection.v1alpha import reflection
+from support import compile_proto_text
 
 PROTO_FILE = "fakebus/book.proto"
 PROTO = """
@@ -73,23 +73,7 @@ service Author {
 
 def compile_proto(folder: Path) -> Any:
     """Compile ``PROTO`` into `folder` (on sys.path) and import its modules; (pb2, pb2_grpc)."""
-    from grpc_tools import protoc
-
-    source = folder / PROTO_FILE
-    source.parent.mkdir(parents=True, exist_ok=True)
-    source.write_text(PROTO)
-    include = str(resources.files("grpc_tools") / "_proto")
-    code = protoc.main(
-        [
-            "protoc",
-            f"-I{include}",
-            f"-I{folder}",
-            f"--python_out={folder}",
-            f"--grpc_python_out={folder}",
-            PROTO_FILE,
-        ]
-    )
-    assert code == 0, f"protoc failed on {PROTO_FILE}"
+    compile_proto_text(folder, PROTO_FILE, PROTO)
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
     return (
