@@ -6,6 +6,7 @@ The two are measured alternately, A then B, in each of ROUNDS rounds; a cell sho
 over rounds and [min–max], and a ratio is taken within each round before its median is.
 The table also goes to ``bench/results/latest.md``. See bench/README.md for what each row means.
 
+``run.py list`` runs only the 1,000-row list against both servers and prints its row.
 Environment: BENCH_ROUNDS (default 3) and BENCH_SECONDS (measured seconds per closed-loop run,
 default 5) shorten a trial run; the numbers in the README use the defaults.
 """
@@ -249,6 +250,28 @@ def against_handwritten(samples: Samples, first_errors: dict[str, str]) -> None:
                 got = load("client-cpu", bus, "--client", client, "--calls", 2000)
                 samples[f"client.cpu.{client}"].append(got["cpu_us_per_call"])
             print(f"  round {round_number}/{ROUNDS} done in {time.monotonic() - began:.0f}s")
+    finally:
+        bus.stop(timeout=15)
+        hand.stop(timeout=15)
+
+
+def list_only(samples: Samples) -> None:
+    """``run.py list``: only the 1,000-row list, A then B in every round (no table, no file)."""
+    bus = bus_server(SMALL_DB)
+    try:
+        hand = handwritten_server(SMALL_DB)
+    except BaseException:
+        bus.stop(timeout=15)
+        raise
+    try:
+        load("verify", bus, "--handwritten", hand.target, "--rows", LIST_ROWS)
+        for round_number in range(1, ROUNDS + 1):
+            for side, server, client in (("bus", bus, "registry"), ("hand", hand, "stub")):
+                got = load("list", server, "--client", client, "--rows", LIST_ROWS)
+                samples[f"list.ms.{side}"].append(got["ms"])
+            bus_ms, hand_ms = samples["list.ms.bus"][-1], samples["list.ms.hand"][-1]
+            print(f"  round {round_number}/{ROUNDS}: {bus_ms:.2f} ms against {hand_ms:.2f} ms, "
+                  f"{bus_ms / hand_ms:.2f}×")  # fmt: skip
     finally:
         bus.stop(timeout=15)
         hand.stop(timeout=15)
@@ -623,6 +646,16 @@ def main() -> int:
     print(f"  load average before: {load_before}")
     samples: Samples = defaultdict(list)
     first_errors: dict[str, str] = {}
+    if sys.argv[1:] == ["list"]:  # a quick look at one workload: no table, no results file
+        try:
+            prepare()
+            list_only(samples)
+        except BenchError as exc:
+            print(f"bench failed: {exc}", file=sys.stderr)
+            return 1
+        listed = [row for row in rows_of(samples) if row.workload.startswith("list 1,000 rows")]
+        print(table(listed[:1]))
+        return 0
     try:
         prepare()
         against_handwritten(samples, first_errors)
