@@ -82,7 +82,25 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     errors += _check_server_settings(user, invalid)
     if "WATCH_RETENTION" in user and "WATCH_RETENTION" not in invalid:
         errors += _check_watch_retention(user["WATCH_RETENTION"])
+    if "WATCH_BACKEND" in user and "WATCH_BACKEND" not in invalid:
+        errors += _check_watch_backend(user["WATCH_BACKEND"])
     return errors
+
+
+def _check_watch_backend(value: Any) -> list[CheckMessage]:
+    from django_grpc_bus.watch.nats.config import problem as backend_problem
+
+    problem = backend_problem(value)
+    if problem is None:
+        return []
+    return [
+        Error(
+            f"{SETTING}['WATCH_BACKEND'] {problem}.",
+            hint='Write "database" (the default), "nats://127.0.0.1:4222", or {"url": '
+            '"nats://...", "stream": "GRPC_BUS", "subject_prefix": "grpcbus"}.',
+            id="django_grpc_bus.E037",
+        )
+    ]
 
 
 def _check_watch_retention(value: Any) -> list[CheckMessage]:

@@ -41,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "WATCH_RECONNECT": {},
     "WATCH_RETENTION": datetime.timedelta(days=7),
     "WATCH_BOOKMARK_INTERVAL": 30.0,
+    "WATCH_BACKEND": "database",
 }
 
 # The Python types each key accepts; `None` in a tuple means the key may be left unset.
@@ -70,6 +71,7 @@ EXPECTED_TYPES: dict[str, tuple[type | None, ...]] = {
     "WATCH_RECONNECT": (dict,),
     "WATCH_RETENTION": (datetime.timedelta, int, float),
     "WATCH_BOOKMARK_INTERVAL": (int, float),
+    "WATCH_BACKEND": (str, list, tuple, dict),
 }
 
 # Keys whose value is a dotted path, imported on first access.

@@ -26,6 +26,7 @@ from django_grpc_bus.serving.aio_calls import CallThreads, aio_behavior, is_asyn
 from django_grpc_bus.serving.calls import BEHAVIORS, Route, unimplemented_behavior
 from django_grpc_bus.serving.requests import lenient_parser
 from django_grpc_bus.serving.traffic import Traffic
+from django_grpc_bus.watch.nats.relay import start_relay
 from django_grpc_bus.watch.notifier import notifier
 
 if TYPE_CHECKING:
@@ -220,6 +221,7 @@ def bind_services(
     """
     names = []
     notifier.track(traffic)  # its Watch streams end UNAVAILABLE when it drains
+    start_relay(traffic)  # WATCH_BACKEND NATS: the outbox to JetStream, while it serves
     for service_class in service_classes:
         descriptor = service_descriptor(service_class)
         handlers = method_handlers(

@@ -48,9 +48,17 @@ def decode(text: str) -> Position:
     """The position `text` encodes, or BadCursor."""
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadCursor("not a cursor of this server") from None
+    if raw.startswith("n1."):
+        raise BadCursor(
+            "a cursor of the NATS backend (WATCH_BACKEND), and this server reads Watch from "
+            "its database: watch again with snapshot: true"
+        )
+    try:
         prefix, *numbers = raw.split(".")
         lo, hi, last, made_ms = (int(n) for n in numbers)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+    except ValueError:
         raise BadCursor("not a cursor of this server") from None
     if prefix != PREFIX or min(lo, hi, last, made_ms) < 0 or lo > hi:
         raise BadCursor("not a cursor of this server")

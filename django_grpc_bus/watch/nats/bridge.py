@@ -1,0 +1,172 @@
+"""One NATS connection per process, on an event loop thread of its own.
+
+nats-py is asyncio; the threaded server's calls and the relay are not on a loop, and the asyncio
+server's loop should not carry the connection's own work. So the connection lives on one daemon
+thread's loop, and everything else hands it coroutines: :meth:`Bridge.call` waits for the result
+(threads), :meth:`Bridge.acall` awaits it (another loop). nats-py reconnects by itself; a call
+made while NATS is unreachable fails with :class:`NatsUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+from django_grpc_bus.watch.nats.config import NatsConfig
+
+logger = logging.getLogger("django_grpc_bus.watch")
+
+T = TypeVar("T")
+CONNECT_TIMEOUT = 2.0  # seconds
+STREAM_DUPLICATE_WINDOW = 120.0  # seconds: JetStream's default
+
+
+class NatsUnavailable(Exception):
+    """NATS could not be reached (or answered with an error) in time."""
+
+
+class Bridge:
+    def __init__(self, config: NatsConfig) -> None:
+        self.config = config
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="grpc-bus-nats", daemon=True
+        )
+        self._thread.start()
+        self._nc: Any = None
+        self._js: Any = None
+        self._connecting: asyncio.Lock | None = None
+        self._stream_ready = False
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+
+    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+        """Run `coroutine` on the bridge's loop and wait for its result (from a thread)."""
+        future = self.submit(coroutine)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise NatsUnavailable(f"NATS did not answer within {timeout:g} s") from None
+
+    async def acall(self, coroutine: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+        """Run `coroutine` on the bridge's loop, awaited from another loop."""
+        future = self.submit(coroutine)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except asyncio.TimeoutError:
+            raise NatsUnavailable(f"NATS did not answer within {timeout:g} s") from None
+
+    def call_soon(self, callback: Callable[[], Awaitable[Any] | None]) -> None:
+        self._loop.call_soon_threadsafe(callback)
+
+    # -- on the bridge's loop -------------------------------------------------------------------
+
+    async def jetstream(self) -> Any:
+        """The JetStream context, connecting (and creating the stream) the first time."""
+        if self._js is not None and self._nc.is_connected:
+            return self._js
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._js is not None and self._nc.is_connected:
+                return self._js
+            if self._nc is None or self._nc.is_closed:
+                self._nc = await self._connect()
+                self._js = self._nc.jetstream()
+            elif not self._nc.is_connected:
+                raise NatsUnavailable(
+                    f"NATS at {', '.join(self.config.servers)} is unreachable (reconnecting)"
+                )
+            if not self._stream_ready:
+                await self._ensure_stream()
+                self._stream_ready = True
+            return self._js
+
+    async def _connect(self) -> Any:
+        import nats
+        from nats.errors import NoServersError
+
+        async def disconnected() -> None:
+            logger.warning("Watch: NATS disconnected; reconnecting")
+
+        async def reconnected() -> None:
+            logger.info("Watch: NATS reconnected")
+
+        async def error(exc: Exception) -> None:
+            logger.debug("Watch: NATS error: %s", exc)
+
+        try:
+            return await nats.connect(
+                servers=list(self.config.servers),
+                connect_timeout=CONNECT_TIMEOUT,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                error_cb=error,
+                name="django-grpc-bus",
+            )
+        except (NoServersError, OSError, asyncio.TimeoutError) as exc:
+            servers = ", ".join(self.config.servers)
+            reason = str(exc) or type(exc).__name__
+            raise NatsUnavailable(f"NATS at {servers} is unreachable ({reason})") from None
+
+    async def _ensure_stream(self) -> None:
+        """Create the stream (or bring its subjects and age limit to the settings')."""
+        from nats.js.api import StreamConfig
+        from nats.js.errors import BadRequestError, NotFoundError
+
+        from django_grpc_bus.watch.settings import retention
+
+        max_age = retention().total_seconds()
+        wanted = StreamConfig(
+            name=self.config.stream,
+            subjects=[self.config.subjects],
+            max_age=max_age,
+            # JetStream refuses a duplicate window longer than the stream's max_age.
+            duplicate_window=min(STREAM_DUPLICATE_WINDOW, max_age),
+        )
+        try:
+            info = await self._js.stream_info(self.config.stream)
+        except NotFoundError:
+            try:
+                await self._js.add_stream(wanted)
+            except BadRequestError:  # another process made it meanwhile
+                pass
+            return
+        current = info.config
+        if current.subjects != wanted.subjects or current.max_age != wanted.max_age:
+            current.subjects = wanted.subjects
+            current.max_age = wanted.max_age
+            current.duplicate_window = wanted.duplicate_window
+            await self._js.update_stream(current)
+
+    async def close(self) -> None:
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.close()
+        self._nc = self._js = None
+        self._stream_ready = False
+
+
+_bridges: dict[NatsConfig, Bridge] = {}
+_lock = threading.Lock()
+
+
+def bridge_for(config: NatsConfig) -> Bridge:
+    """The process's bridge to the NATS servers of `config`."""
+    with _lock:
+        found = _bridges.get(config)
+        if found is None:
+            found = _bridges[config] = Bridge(config)
+        return found

@@ -1,0 +1,104 @@
+"""What the relay publishes, and the cursor of an event read back from the stream.
+
+A message on ``<prefix>.<app_label>.<Model>`` (the documented format, for consumers that
+subscribe to NATS directly):
+
+- headers: ``Nats-Msg-Id`` (the event's id: JetStream drops a second copy within the stream's
+  duplicate window), ``Grpc-Bus-Cursor`` (the outbox position after the event: where the relay
+  resumes);
+- body, JSON: ``id`` (the event's id, a UUID), ``type`` (``CREATED``, ``UPDATED``, ``DELETED``),
+  ``model`` (``catalog.book``), ``pk`` (the primary key as text), ``data`` (the row's column
+  values by attname, as recorded at the change; before a delete, the row as it was), ``changed``
+  (the fields an update changed, or null when not known), ``time`` (ISO 8601, UTC) and
+  ``outbox`` (``{"id": ..., "txid": ...}``: the event's place in the producer's outbox).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+from dataclasses import dataclass
+
+from django_grpc_bus.models import WatchEvent
+from django_grpc_bus.watch.reading import Row
+
+MSG_ID = "Nats-Msg-Id"
+CURSOR = "Grpc-Bus-Cursor"
+TYPES = {
+    WatchEvent.CREATED: "CREATED",
+    WatchEvent.UPDATED: "UPDATED",
+    WatchEvent.DELETED: "DELETED",
+}
+KINDS = {name: kind for kind, name in TYPES.items()}
+PREFIX = "n1"
+
+
+class BadMessage(ValueError):
+    """A message on the stream that the relay did not write."""
+
+
+def encode(row: Row, label: str) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of `row`'s message."""
+    body = {
+        "id": row.uid,
+        "type": TYPES[row.kind],
+        "model": label,
+        "pk": row.object_pk,
+        "data": row.data,
+        "changed": row.changed,
+        "time": row.time.astimezone(dt.timezone.utc).isoformat(),
+        "outbox": {"id": row.id, "txid": row.txid},
+    }
+    headers = {MSG_ID: row.uid, CURSOR: row.cursor.encode()}
+    return json.dumps(body, separators=(",", ":")).encode(), headers
+
+
+def decode(data: bytes, sequence: int) -> Row:
+    """The event a message at stream sequence `sequence` carries (its cursor: that sequence)."""
+    try:
+        body = json.loads(data)
+        outbox = body["outbox"]
+        return Row(
+            id=int(outbox["id"]),
+            uid=str(body["id"]),
+            kind=KINDS[body["type"]],
+            object_pk=str(body["pk"]),
+            data=body["data"],
+            changed=body["changed"],
+            txid=int(outbox["txid"]),
+            time=dt.datetime.fromisoformat(body["time"]),
+            cursor=StreamPosition(sequence),  # type: ignore[arg-type]
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadMessage(f"message {sequence} is not a django-grpc-bus event ({exc})") from None
+
+
+@dataclass(frozen=True)
+class StreamPosition:
+    """A place in the stream: every message up to stream sequence `sequence` was delivered."""
+
+    sequence: int
+
+    def encode(self) -> str:
+        text = f"{PREFIX}.{self.sequence}"
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> StreamPosition:
+    """The stream position `text` encodes; ValueError when it is not one."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ValueError("not a cursor of this server") from None
+    prefix, _, number = raw.partition(".")
+    if prefix == "w1":
+        raise ValueError(
+            "a cursor of the database backend, and this server reads Watch from NATS "
+            "(WATCH_BACKEND): watch again with snapshot: true"
+        )
+    if prefix != PREFIX or not number.isdigit():
+        raise ValueError("not a cursor of this server")
+    sequence = int(number)
+    return StreamPosition(sequence)

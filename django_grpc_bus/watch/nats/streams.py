@@ -1,0 +1,308 @@
+"""The ``Watch`` RPC served from JetStream (``WATCH_BACKEND`` NATS).
+
+Each call reads its model's subject through an ordered push consumer of its own (JetStream
+resends what a gap or a reconnect lost), starting after the cursor it resumes from. A snapshot is
+read from the database as with the database backend; the stream's last sequence, taken before
+it, is where the changes start, and the events that the snapshot already showed (their outbox
+transaction was visible to it) are left out: no gap, no duplicate.
+
+A cursor is a stream sequence: a resumed call whose next message the stream no longer holds
+(past ``WATCH_RETENTION``, the stream's ``max_age``) is OUT_OF_RANGE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+from django.db import close_old_connections
+
+from django_grpc_bus.errors import GrpcError
+from django_grpc_bus.watch.nats.bridge import Bridge, NatsUnavailable, bridge_for
+from django_grpc_bus.watch.nats.config import NatsConfig
+from django_grpc_bus.watch.nats.payload import (
+    BadMessage,
+    StreamPosition,
+    decode,
+    decode_cursor,
+)
+from django_grpc_bus.watch.nats.relay import subject_of
+from django_grpc_bus.watch.notifier import Waiter, notifier
+from django_grpc_bus.watch.reading import Position, Row, current_position, is_postgresql
+from django_grpc_bus.watch.streams import (
+    BOOKMARK,
+    IDLE_RECHECK,
+    WatchStream,
+    _data_cached,
+    _pool,
+    _refuse_if_stopping,
+    bookmark_interval,
+)
+
+MAX_BUFFERED = 2000  # messages a call holds before it stops its consumer (a slow client)
+OPEN_TIMEOUT = 10.0  # seconds
+
+
+class Feed:
+    """One call's ordered consumer: the messages it pushed and not yet taken."""
+
+    def __init__(self, bridge: Bridge, config: NatsConfig, subject: str, waiter: Waiter) -> None:
+        self.bridge = bridge
+        self.config = config
+        self.subject = subject
+        self.waiter = waiter
+        self.items: collections.deque[Any] = collections.deque()
+        self.full = False  # the consumer was stopped: reopen after the taken messages
+        self._subscription: Any = None
+        self._closing: asyncio.Future[None] | None = None
+
+    async def open(self, start: int) -> None:
+        """Deliver the subject's messages from stream sequence `start` on."""
+        from nats.js.api import ConsumerConfig, DeliverPolicy
+
+        js = await self.bridge.jetstream()
+
+        async def arrived(message: Any) -> None:
+            if self.full:
+                return
+            self.items.append(message)
+            if len(self.items) >= MAX_BUFFERED:
+                # A slow client: stop the consumer; the call reopens it after what it took.
+                self.full = True
+                self._closing = asyncio.ensure_future(self.close())
+            self.waiter.set()
+
+        try:
+            self._subscription = await js.subscribe(
+                self.subject,
+                stream=self.config.stream,
+                cb=arrived,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                config=ConsumerConfig(opt_start_seq=max(start, 1)),
+                inactive_threshold=30.0,
+            )
+        except NatsUnavailable:
+            raise
+        except Exception as exc:
+            raise NatsUnavailable(f"NATS: subscribing to {self.subject} failed ({exc})") from None
+
+    async def reopen(self, start: int) -> None:
+        await self.close()
+        self.full = False
+        await self.open(start)
+
+    async def close(self) -> None:
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            try:
+                await subscription.unsubscribe()
+            except Exception:  # the connection is gone: the server drops the consumer itself
+                pass
+
+    def take(self) -> list[Any]:
+        taken = []
+        while self.items:
+            taken.append(self.items.popleft())
+        return taken
+
+
+async def _bounds(bridge: Bridge, config: NatsConfig) -> tuple[int, int]:
+    """The stream's (first, last) sequence."""
+    js = await bridge.jetstream()
+    try:
+        info = await js.stream_info(config.stream)
+    except Exception as exc:
+        raise NatsUnavailable(f"NATS: reading stream {config.stream} failed ({exc})") from None
+    return info.state.first_seq, info.state.last_seq
+
+
+class NatsWatchStream(WatchStream):
+    """A Watch call whose changes come from the stream."""
+
+    def __init__(self, service: Any, request: Any, config: NatsConfig) -> None:
+        super().__init__(service, request)
+        self.config = config
+        self.bridge = bridge_for(config)
+        self.subject = subject_of(config, self.label)
+        self.sequence = 0  # every message up to it is delivered
+        # Outbox events the call must not send: committed before it started (a relay may
+        # publish them after the stream position it starts from).
+        self.before: Position | None = None
+
+    def start(self) -> list[Any]:
+        since, snapshot = self.check_request()
+        first, last = self.bridge.call(_bounds(self.bridge, self.config))
+        if since:
+            try:
+                self.sequence = decode_cursor(since).sequence
+            except ValueError as exc:
+                raise GrpcError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"since is {exc}: pass the cursor of an event this server sent, or leave "
+                    "it empty.",
+                    [("since", str(exc))],
+                ) from None
+            if self.sequence > last or self.sequence + 1 < first:
+                why = (
+                    "the stream no longer holds the events after it (WATCH_RETENTION)"
+                    if self.sequence + 1 < first
+                    else "the stream was reset since (it ends before it)"
+                )
+                raise GrpcError(
+                    grpc.StatusCode.OUT_OF_RANGE,
+                    f"since is out of range: {why}. Watch again with snapshot: true.",
+                    [("since", why)],
+                )
+            return []
+        self.sequence = last
+        if not snapshot:
+            self.before = current_position(self.alias)
+            return []
+        events = self._snapshot()  # PostgreSQL: seen_in_snapshot says what it showed
+        if not is_postgresql(self.alias):
+            self.before = self.position
+        mark = StreamPosition(last).encode()
+        for event in events:
+            event.cursor = mark
+        return events
+
+    def _shown_in_snapshot(self, row: Row) -> bool:
+        """Whether the row's event committed before the call started (from now) or was shown
+        by its snapshot."""
+        if self.before is not None and self.before.covers(row.txid, row.id):
+            return True
+        return super()._shown_in_snapshot(row)
+
+    def rows(self, messages: list[Any]) -> list[Row]:
+        rows = []
+        for message in messages:
+            sequence = message.metadata.sequence.stream
+            self.sequence = max(self.sequence, sequence)
+            try:
+                rows.append(decode(message.data, sequence))
+            except BadMessage:
+                continue  # not ours (someone published on our subject): not an event
+        return rows
+
+    def events(self, rows: list[Row]) -> list[Any]:
+        rows = [row for row in rows if not self._shown_in_snapshot(row)]
+        if self.scoped and rows:
+            rows = self._matching(rows)
+        return [self._event(row) for row in rows]
+
+    def ready(self, rows: list[Row]) -> bool:
+        """Whether :meth:`events` needs no database (it may run on the loop)."""
+        return not self.scoped and all(_data_cached(self.serializer_class, r) for r in rows)
+
+    def bookmark(self) -> Any:
+        return self.event_class(type=BOOKMARK, cursor=StreamPosition(self.sequence).encode())
+
+
+def _unavailable(exc: NatsUnavailable) -> GrpcError:
+    return GrpcError(
+        grpc.StatusCode.UNAVAILABLE,
+        f"{exc}. Watch again from your last cursor.",
+    )
+
+
+def _pause(sent: float, every: float) -> float:
+    return max(min(IDLE_RECHECK, sent + every - time.monotonic()), 0.01)
+
+
+# -- the threaded server ----------------------------------------------------------------------
+
+
+def watch(service: Any, request: Any, context: Any, config: NatsConfig) -> Iterator[Any]:
+    stream = NatsWatchStream(service, request, config)
+    try:
+        yield from stream.start()
+    except NatsUnavailable as exc:
+        raise _unavailable(exc) from None
+    every = bookmark_interval()
+    if not request.since and not request.snapshot:
+        yield stream.bookmark()
+    waiter = Waiter()
+    feed = Feed(stream.bridge, config, stream.subject, waiter)
+    notifier.add(stream.label, stream.alias, waiter)  # a draining server wakes it
+    context.add_callback(waiter.set)
+    sent = time.monotonic()
+    try:
+        stream.bridge.call(feed.open(stream.sequence + 1), OPEN_TIMEOUT)
+        while context.is_active():
+            _refuse_if_stopping()
+            waiter.event.clear()
+            if feed.full and not feed.items:
+                stream.bridge.call(feed.reopen(stream.sequence + 1), OPEN_TIMEOUT)
+            events = stream.events(stream.rows(feed.take()))
+            yield from events
+            now = time.monotonic()
+            if events:
+                sent = now
+            elif now - sent >= every:
+                yield stream.bookmark()
+                sent = now
+            if not events and not feed.items:
+                close_old_connections()
+                waiter.event.wait(_pause(sent, every))
+    except NatsUnavailable as exc:
+        raise _unavailable(exc) from None
+    finally:
+        notifier.remove(stream.label, waiter)
+        stream.bridge.submit(feed.close())
+
+
+# -- the asyncio server -----------------------------------------------------------------------
+
+
+async def awatch(
+    service: Any, request: Any, context: Any, config: NatsConfig
+) -> AsyncIterator[Any]:
+    loop = asyncio.get_running_loop()
+    stream = NatsWatchStream(service, request, config)
+    try:
+        for event in await _pool.run(stream.start):
+            yield event
+    except NatsUnavailable as exc:
+        raise _unavailable(exc) from None
+    every = bookmark_interval()
+    if not request.since and not request.snapshot:
+        yield stream.bookmark()
+    waiter = Waiter(loop)
+    feed = Feed(stream.bridge, config, stream.subject, waiter)
+    notifier.add(stream.label, stream.alias, waiter)
+    sent = time.monotonic()
+    try:
+        await stream.bridge.acall(feed.open(stream.sequence + 1), OPEN_TIMEOUT)
+        while True:
+            _refuse_if_stopping()
+            waiter.event.clear()
+            if feed.full and not feed.items:
+                await stream.bridge.acall(feed.reopen(stream.sequence + 1), OPEN_TIMEOUT)
+            rows = stream.rows(feed.take())
+            if stream.ready(rows):
+                events = stream.events(rows)
+            else:
+                events = await _pool.run(stream.events, rows)
+            for event in events:
+                yield event
+            now = time.monotonic()
+            if events:
+                sent = now
+            elif now - sent >= every:
+                yield stream.bookmark()
+                sent = now
+            if not events and not feed.items:
+                try:
+                    await asyncio.wait_for(waiter.event.wait(), _pause(sent, every))
+                except asyncio.TimeoutError:
+                    pass
+    except NatsUnavailable as exc:
+        raise _unavailable(exc) from None
+    finally:
+        notifier.remove(stream.label, waiter)
+        stream.bridge.submit(feed.close())
