@@ -4,8 +4,10 @@ On PostgreSQL one thread holds a connection that LISTENs on the recording's NOTI
 (NOTIFY is sent by the inserting statement and delivered at commit; this needs psycopg 3: a
 project on psycopg2 polls, with one warning); elsewhere one thread polls
 the outbox's highest id every ``POLL_INTERVAL`` while anyone watches. Either way a write in this
-process wakes its watchers at commit, and each wake-up reaches every waiter of the model: a
-``threading.Event`` (threaded server) or an ``asyncio.Event`` set on its loop (asyncio server).
+process wakes its watchers at commit (while the listener listens, by its NOTIFY alone: one
+wake-up per commit, not two), and each wake-up reaches every waiter of the model: a
+``threading.Event`` (threaded server) or an ``asyncio.Event`` set on its loop (asyncio server),
+all of a loop's in one call into it.
 The same thread prunes events past ``WATCH_RETENTION`` every ``PRUNE_EVERY`` seconds.
 """
 
@@ -59,23 +61,35 @@ class Notifier:
         self._someone = threading.Event()  # anyone watching (the poller sleeps otherwise)
         # The servers of this process (their Traffic): when one drains, its watchers end
         # UNAVAILABLE at once, to resume elsewhere, rather than hold the drain to its end.
-        self._servers: weakref.WeakSet[Any] = weakref.WeakSet()
+        # (A list of references: every watcher looks at it on every round, and a WeakSet's
+        # iteration costs ten times as much.)
+        self._servers: list[weakref.ref[Any]] = []
+        self._listening = False  # the PostgreSQL listener's LISTEN is in place
         self._stop_told: weakref.WeakSet[Any] = weakref.WeakSet()  # draining servers woken
         self._no_listen_told = False
 
     def track(self, traffic: Any) -> None:
-        self._servers.add(traffic)
+        with self._lock:
+            self._servers = [*self._traffics_refs(), weakref.ref(traffic)]
+
+    def _traffics_refs(self) -> list[weakref.ref[Any]]:
+        return [ref for ref in self._servers if ref() is not None]
 
     def stopping(self) -> bool:
         """Whether a server of this process is draining with calls still in flight (its Watch
         streams among them). A server that has stopped has none: another one started later in
         the same process (tests' in-process servers) serves Watch as usual."""
-        return any(traffic.draining and traffic.active for traffic in list(self._servers))
+        for ref in self._servers:
+            traffic = ref()
+            if traffic is not None and traffic.draining and traffic.active:
+                return True
+        return False
 
     def _tell_stopping(self) -> None:
         """Wake every watcher once per server that starts draining (each server of the
         process, one after another, ends its streams)."""
-        draining = [t for t in list(self._servers) if t.draining and t not in self._stop_told]
+        servers = [traffic for ref in self._servers if (traffic := ref()) is not None]
+        draining = [t for t in servers if t.draining and t not in self._stop_told]
         if draining:
             for traffic in draining:
                 self._stop_told.add(traffic)
@@ -125,17 +139,33 @@ class Notifier:
             return sum(len(w) for w in self._waiters.values())
 
     def wake(self, label: str) -> None:
+        """A transaction of this process committed events of `label`: wake its watchers,
+        unless the listener listens (the transaction's NOTIFY wakes them then, at the same
+        commit; a second wake-up would have every watcher read again for nothing)."""
+        if not self._listening:
+            self._wake(label)
+
+    def _wake(self, label: str) -> None:
         with self._lock:
             self._versions[label] += 1
             waiters = list(self._waiters.get(label, ()))
+        on_loops: dict[asyncio.AbstractEventLoop, list[asyncio.Event]] = defaultdict(list)
         for waiter in waiters:
-            waiter.set()
+            if waiter.loop is None:
+                waiter.event.set()
+            else:
+                on_loops[waiter.loop].append(waiter.event)
+        for loop, events in on_loops.items():
+            try:
+                loop.call_soon_threadsafe(_set_all, events)  # one call per loop, not per waiter
+            except RuntimeError:  # its loop is closed
+                pass
 
     def wake_all(self) -> None:
         with self._lock:
             labels = list(self._waiters)
         for label in labels:
-            self.wake(label)
+            self._wake(label)
 
     # -- the process's one listener thread ---------------------------------------------------
 
@@ -174,24 +204,31 @@ class Notifier:
         params.pop("cursor_factory", None)
         params.pop("context", None)
         with psycopg.connect(**params, autocommit=True) as listener:
-            listener.add_notify_handler(lambda note: self.wake(note.payload))
+            listener.add_notify_handler(lambda note: self._wake(note.payload))
             listener.execute(f"LISTEN {CHANNEL}")
-            self.wake_all()  # events may have come while no one listened
-            last_prune = 0.0
-            while True:
-                # (select + a query delivers notifications on psycopg 3.1 too, which has no
-                # notifies(timeout=...))
-                readable, _, _ = select.select([listener.fileno()], [], [], LISTEN_TIMEOUT)
-                if readable:
-                    listener.execute("SELECT 1")  # runs the notify handler for each arrival
-                self._tell_stopping()
-                last_prune = self._prune_due(last_prune)
-                connections[alias].close_if_unusable_or_obsolete()
-                if not self._someone.is_set():
-                    # The last watcher left: let go of the database (a test database can then
-                    # be dropped; a server keeps no idle session); listen again when one comes.
-                    connections[alias].close()
-                    return
+            self._listening = True
+            try:
+                self.wake_all()  # events may have come while no one listened
+                self._listen_until_idle(alias, listener)
+            finally:
+                self._listening = False
+
+    def _listen_until_idle(self, alias: str, listener: Any) -> None:
+        last_prune = 0.0
+        while True:
+            # (select + a query delivers notifications on psycopg 3.1 too, which has no
+            # notifies(timeout=...))
+            readable, _, _ = select.select([listener.fileno()], [], [], LISTEN_TIMEOUT)
+            if readable:
+                listener.execute("SELECT 1")  # runs the notify handler for each arrival
+            self._tell_stopping()
+            last_prune = self._prune_due(last_prune)
+            connections[alias].close_if_unusable_or_obsolete()
+            if not self._someone.is_set():
+                # The last watcher left: let go of the database (a test database can then
+                # be dropped; a server keeps no idle session); listen again when one comes.
+                connections[alias].close()
+                return
 
     def _poll(self, alias: str, last_prune: float) -> float:
         connection = connections[alias]
@@ -209,6 +246,11 @@ class Notifier:
             last_prune = self._prune_due(last_prune)
             connection.close_if_unusable_or_obsolete()
             time.sleep(POLL_INTERVAL)
+
+
+def _set_all(events: list[asyncio.Event]) -> None:
+    for event in events:
+        event.set()
 
 
 notifier = Notifier()

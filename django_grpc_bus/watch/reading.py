@@ -52,6 +52,7 @@ class Read:
     rows: tuple[Row, ...]
     position: Position  # after the last row (or where the reader was, if none)
     held_back: bool  # committed events wait behind an older transaction still running
+    full: bool = False  # as many rows as asked for: more may follow at once (else caught up)
     # The rows as event messages, by message class: built once for the watchers sharing them.
     events: dict[Any, list[Any]] = dataclasses.field(default_factory=dict, compare=False)
 
@@ -138,7 +139,7 @@ def read_after(alias: str, label: str, position: Position, limit: int = BATCH) -
             rows = [_row(r, Position(0, 1, r[0], made), connection) for r in cursor.fetchall()]
             # Nothing new: the same place, known complete up to now (a BOOKMARK says so).
             after = rows[-1].cursor if rows else dataclasses.replace(position, made_ms=made)
-            return Read(tuple(rows), after, False)
+            return Read(tuple(rows), after, False, len(rows) >= limit)
         w = _xmin(cursor)  # before the read: every transaction below it has ended
         lo, hi = position.lo, position.hi
         cursor.execute(
@@ -164,7 +165,7 @@ def read_after(alias: str, label: str, position: Position, limit: int = BATCH) -
             held_back = bool(cursor.fetchone()[0])
         else:
             after, held_back = rows[-1].cursor, False
-        return Read(tuple(rows), after, held_back)
+        return Read(tuple(rows), after, held_back, len(rows) >= limit)
 
 
 def _row(record: tuple, cursor: Position, connection: Any = None) -> Row:

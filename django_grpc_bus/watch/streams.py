@@ -27,6 +27,7 @@ from django_grpc_bus.watch import cursor as cursors
 from django_grpc_bus.watch.notifier import Waiter, notifier
 from django_grpc_bus.watch.reading import (
     Position,
+    Read,
     Row,
     current_position,
     database_alias,
@@ -64,6 +65,7 @@ class WatchStream:
         # Whether the stream sends only some rows (a filter, or a service's get_queryset()
         # narrower than every row): each change is then checked against the queryset.
         self.scoped = False
+        self.caught_up = False  # the last read was not a full batch: wait for a wake-up
 
     # -- the first answer ------------------------------------------------------------------
 
@@ -132,14 +134,29 @@ class WatchStream:
             return None
         return self._take(read)
 
-    def _take(self, read: Any) -> tuple[list[Any], bool]:
+    def shares_events(self) -> bool:
+        """Whether this stream sends a read's events as they are (so do its peers)."""
+        return not self.scoped and self.seen_in_snapshot is None
+
+    def read_shared(self, version: int) -> Read:
+        """The read :meth:`poll` takes, its event messages built for the peers sharing it."""
+        assert self.position is not None and self.shares_events()
+        read = shared_reads.read(self.alias, self.label, self.position, version)
+        self._shared_events(read)
+        return read
+
+    def _shared_events(self, read: Read) -> list[Any]:
+        # Every caught-up watcher sends the same messages: build them once.
+        events = read.events.get(self.event_class)
+        if events is None:
+            events = read.events[self.event_class] = [self._event(r) for r in read.rows]
+        return events
+
+    def _take(self, read: Read) -> tuple[list[Any], bool]:
         self.position = read.position
-        if not self.scoped and self.seen_in_snapshot is None:
-            # Every caught-up watcher sends the same messages: build them once.
-            events = read.events.get(self.event_class)
-            if events is None:
-                events = read.events[self.event_class] = [self._event(r) for r in read.rows]
-            return events, read.held_back
+        self.caught_up = not read.full
+        if self.shares_events():
+            return self._shared_events(read), read.held_back
         rows = [row for row in read.rows if not self._shown_in_snapshot(row)]
         if self.scoped and rows:
             rows = self._matching(rows)
@@ -299,7 +316,7 @@ def watch(service: Any, request: Any, context: Any) -> Iterator[Any]:
             elif now - sent >= every:
                 yield stream.bookmark()
                 sent = now
-            if not events:
+            if stream.caught_up:
                 close_old_connections()  # no connection held while waiting
                 waiter.event.wait(_pause(held_back, sent + every - now))
     finally:
@@ -326,8 +343,7 @@ async def awatch(service: Any, request: Any, context: Any) -> AsyncIterator[Any]
             _refuse_if_stopping()
             waiter.event.clear()  # first: a wake-up from now on is kept
             version = notifier.version(stream.label)
-            ready = stream.poll_ready(version)
-            events, held_back = ready or await _pool.run(stream.poll, version)
+            events, held_back = stream.poll_ready(version) or await _apoll(stream, version)
             for event in events:
                 yield event
             now = time.monotonic()
@@ -336,15 +352,35 @@ async def awatch(service: Any, request: Any, context: Any) -> AsyncIterator[Any]
             elif now - sent >= every:
                 yield stream.bookmark()
                 sent = now
-            if not events:
+            if stream.caught_up:
+                # (A timer, not wait_for(): that makes a task per wait, for every watcher.)
+                timer = loop.call_later(_pause(held_back, sent + every - now), waiter.event.set)
                 try:
-                    await asyncio.wait_for(
-                        waiter.event.wait(), _pause(held_back, sent + every - now)
-                    )
-                except asyncio.TimeoutError:  # TimeoutError from Python 3.11
-                    pass
+                    await waiter.event.wait()
+                finally:
+                    timer.cancel()
     finally:
         notifier.remove(stream.label, waiter)
+
+
+# The pool trips under way, by question: the watchers of a model that wake together ask the
+# same one, and wait for its answer on the loop rather than each in a pool thread.
+_trips: dict[tuple[Any, ...], asyncio.Task[Read]] = {}
+
+
+async def _apoll(stream: WatchStream, version: int) -> tuple[list[Any], bool]:
+    """:meth:`WatchStream.poll` in the pool, one trip for the watchers sharing its answer."""
+    if not stream.shares_events():
+        return await _pool.run(stream.poll, version)
+    assert stream.position is not None
+    loop = asyncio.get_running_loop()
+    key = (loop, stream.alias, stream.label, stream.position.key(), version, stream.event_class)
+    trip = _trips.get(key)
+    if trip is None:
+        trip = _trips[key] = loop.create_task(_pool.run(stream.read_shared, version))
+        trip.add_done_callback(lambda _: _trips.pop(key, None))
+    read = await asyncio.shield(trip)  # a watcher that leaves does not cancel the others' trip
+    return stream._take(read)
 
 
 def _pause(held_back: bool, until_bookmark: float) -> float:
