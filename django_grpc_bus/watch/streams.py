@@ -24,6 +24,7 @@ from django_grpc_bus.conf import bus_settings
 from django_grpc_bus.errors import GrpcError
 from django_grpc_bus.models import WatchEvent
 from django_grpc_bus.watch import cursor as cursors
+from django_grpc_bus.watch.nats.config import nats_config
 from django_grpc_bus.watch.notifier import Waiter, notifier
 from django_grpc_bus.watch.reading import (
     Position,
@@ -71,6 +72,17 @@ class WatchStream:
 
     def start(self) -> list[Any]:
         """Check the request; the snapshot's events (or none); the position to read from."""
+        since, snapshot = self.check_request()
+        if since:
+            self.position = _resumed(since, self.alias)
+            return []
+        if snapshot:
+            return self._snapshot()
+        self.position = current_position(self.alias)
+        return []
+
+    def check_request(self) -> tuple[str, bool]:
+        """Refuse what cannot be watched; set the scope. The request's (since, snapshot)."""
         if self.model not in watched_models():
             raise GrpcError(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -88,13 +100,7 @@ class WatchStream:
                 "Set either since (resume) or snapshot (start over), not both.",
                 [("snapshot", "cannot be set with since")],
             )
-        if since:
-            self.position = _resumed(since, self.alias)
-            return []
-        if snapshot:
-            return self._snapshot()
-        self.position = current_position(self.alias)
-        return []
+        return since, snapshot
 
     def _snapshot(self) -> list[Any]:
         with transaction.atomic(using=self.alias), connections[self.alias].cursor() as cursor:
@@ -446,8 +452,20 @@ class WatchModelMixin:
     """Serve ``Watch`` (generated for a model with ``watch: true``): its committed changes."""
 
     def watch(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        config = nats_config()
+        if config is not None:
+            from django_grpc_bus.watch.nats import streams as nats_streams
+
+            return nats_streams.watch(self, request, context, config)
         return watch(self, request, context)
 
     async def awatch(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        config = nats_config()
+        if config is not None:
+            from django_grpc_bus.watch.nats import streams as nats_streams
+
+            async for event in nats_streams.awatch(self, request, context, config):
+                yield event
+            return
         async for event in awatch(self, request, context):
             yield event
