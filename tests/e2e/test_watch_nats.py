@@ -345,3 +345,66 @@ def test_a_database_server_names_the_backend_of_a_nats_cursor(url, backend):
             time.sleep(0.02)
     assert bad.error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "NATS backend" in bad.error.details()
+
+
+@pytest.mark.parametrize("asyncio", SERVERS)
+def test_nats_restarted_mid_watch_loses_nothing(url, tmp_path, asyncio):
+    """A NATS server of the test's own, stopped while a watcher is connected and writes go on,
+    then started again on its store: every event arrives (the call may end UNAVAILABLE and be
+    resumed from its last cursor, as the client's watch() does)."""
+    import subprocess
+
+    from support import free_port
+
+    port = free_port()
+    command = ["/usr/sbin/nats-server", "-a", "127.0.0.1", "-p", str(port), "-js"]
+    command += ["-sd", str(tmp_path / "nats")]
+    if not os.path.exists(command[0]):
+        pytest.skip("no /usr/sbin/nats-server to start a NATS of the test's own")
+
+    def start_nats() -> subprocess.Popen:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return process
+            except OSError:
+                assert time.monotonic() < deadline, "the test's NATS did not start"
+                time.sleep(0.05)
+
+    tag = f"nr{int(asyncio)}"
+    own = {"url": f"nats://127.0.0.1:{port}", "stream": "RESTARTED", "subject_prefix": tag}
+    nats_process = start_nats()
+    got: list = []
+    try:
+        with running_server(url, env=env(own, ASYNCIO=asyncio)) as server:
+            books = stub(server)
+            watch = Watching(server.target)
+            try:
+                watch.wait_started()
+                books.Create(book(f"{tag}-1"), timeout=5)
+                got += watch.wait_for(1)
+                nats_process.terminate()
+                nats_process.wait(10)
+                books.Create(book(f"{tag}-2"), timeout=5)  # NATS away: the outbox keeps it
+                nats_process = start_nats()
+                books.Create(book(f"{tag}-3"), timeout=5)
+                restarted = time.monotonic()
+                deadline = time.monotonic() + 30
+                while len(got) < 3:
+                    assert time.monotonic() < deadline, [e.data.isbn for e in got]
+                    if watch.error is not None:
+                        assert watch.error.code() == grpc.StatusCode.UNAVAILABLE, watch.error
+                        watch.close()
+                        watch = Watching(server.target, since=got[-1].cursor)
+                    fresh = [e for e in watch.events if e.id not in {g.id for g in got}]
+                    got += fresh
+                    time.sleep(0.05)
+                print(f"after NATS restarted: every event in {time.monotonic() - restarted:.1f} s")
+            finally:
+                watch.close()
+    finally:
+        nats_process.terminate()
+        nats_process.wait(10)
+    assert [e.data.isbn for e in got] == [f"{tag}-{n}" for n in (1, 2, 3)]

@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -41,6 +42,14 @@ class Bridge:
         self._js: Any = None
         self._connecting: asyncio.Lock | None = None
         self._stream_ready = False
+        # Counts reconnections: a Watch call's consumer (in memory on the server that was
+        # left) is opened again at once, rather than when its heartbeats are found missing.
+        self.generation = 0
+        self._on_reconnect: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def on_reconnect(self, listener: Any) -> None:
+        """Call ``listener.reconnected()`` (from the bridge's loop) after each reconnection."""
+        self._on_reconnect.add(listener)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -101,6 +110,9 @@ class Bridge:
 
         async def reconnected() -> None:
             logger.info("Watch: NATS reconnected")
+            self.generation += 1
+            for listener in list(self._on_reconnect):
+                listener.reconnected()
 
         async def error(exc: Exception) -> None:
             logger.debug("Watch: NATS error: %s", exc)

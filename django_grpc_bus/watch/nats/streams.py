@@ -58,6 +58,7 @@ class Feed:
         self.items: collections.deque[Any] = collections.deque()
         self.full = False  # the consumer was stopped: reopen after the taken messages
         self._subscription: Any = None
+        self.generation = -1  # the bridge's reconnection count when the consumer was opened
         self._closing: asyncio.Future[None] | None = None
 
     async def open(self, start: int) -> None:
@@ -65,6 +66,8 @@ class Feed:
         from nats.js.api import ConsumerConfig, DeliverPolicy
 
         js = await self.bridge.jetstream()
+        self.generation = self.bridge.generation
+        self.bridge.on_reconnect(self)
 
         async def arrived(message: Any) -> None:
             if self.full:
@@ -91,8 +94,19 @@ class Feed:
         except Exception as exc:
             raise NatsUnavailable(f"NATS: subscribing to {self.subject} failed ({exc})") from None
 
+    def reconnected(self) -> None:
+        self.waiter.set()
+
+    def stale(self) -> bool:
+        """Whether the consumer must be opened again: stopped (a slow client) with every
+        message taken, or NATS reconnected since it was opened."""
+        return (self.full and not self.items) or self.generation != self.bridge.generation
+
     async def reopen(self, start: int) -> None:
+        """A new consumer from `start`; what the old one pushed and was not taken is dropped
+        (the new one sends it again)."""
         await self.close()
+        self.items.clear()
         self.full = False
         await self.open(start)
 
@@ -236,7 +250,7 @@ def watch(service: Any, request: Any, context: Any, config: NatsConfig) -> Itera
         while context.is_active():
             _refuse_if_stopping()
             waiter.event.clear()
-            if feed.full and not feed.items:
+            if feed.stale():
                 stream.bridge.call(feed.reopen(stream.sequence + 1), OPEN_TIMEOUT)
             events = stream.events(stream.rows(feed.take()))
             yield from events
@@ -281,7 +295,7 @@ async def awatch(
         while True:
             _refuse_if_stopping()
             waiter.event.clear()
-            if feed.full and not feed.items:
+            if feed.stale():
                 await stream.bridge.acall(feed.reopen(stream.sequence + 1), OPEN_TIMEOUT)
             rows = stream.rows(feed.take())
             if stream.ready(rows):
