@@ -46,6 +46,24 @@ class WatchEvent(models.Model):
         return f"{self.model} {self.get_kind_display()} {self.object_pk} (#{self.id})"
 
 
+class WatchPruned(models.Model):
+    """What pruning removed from the outbox: the outermost ``(txid, id)`` of the removed events.
+
+    Each row is a removed event that no other removed event is at or past in both ``txid`` and
+    ``id``; they are a few rows, rewritten by each pruning in the transaction of its delete. A
+    cursor misses removed events exactly when one of these rows is past it (a cursor's
+    undelivered events are every event at or past one of them), so resuming an old cursor is
+    refused only when events after it were removed (:func:`~.watch.reading.pruned_after`).
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    txid = models.BigIntegerField()  # 0 on databases other than PostgreSQL, as in WatchEvent
+    event_id = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return f"pruned up to ({self.txid}, #{self.event_id})"
+
+
 class SubscriptionCursor(models.Model):
     """Where a durable consumer (``consumer.subscribe``) is: the last event it handled.
 

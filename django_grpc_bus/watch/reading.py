@@ -22,7 +22,7 @@ from typing import Any
 
 from django.db import connections, router
 
-from django_grpc_bus.models import WatchEvent
+from django_grpc_bus.models import WatchEvent, WatchPruned
 from django_grpc_bus.watch.cursor import Position
 
 BATCH = 500
@@ -82,40 +82,23 @@ def current_position(alias: str) -> Position:
 
 
 def pruned_after(alias: str, position: Position) -> bool:
-    """Whether events after `position` may have been pruned.
+    """Whether pruning removed events after `position` (which it would then have missed).
 
-    Pruning removes the oldest events first (by the time they were recorded): while the outbox
-    keeps an event at or before `position` (of any model), none after it was removed. (On
-    PostgreSQL, barring a transaction writing watched rows that stays open across the
-    retention boundary.) With none kept, SQLite can tell by its ids (no gaps); elsewhere
-    events after it are assumed pruned.
+    :func:`~.recording.prune_events` records the outermost ``(txid, id)`` of what it removed
+    (:class:`WatchPruned`), in the transaction of the delete; the events a position has not
+    covered are every event at or past one of its corners, so the answer is exact: an old
+    cursor whose later events are all kept resumes.
     """
     connection = connections[alias]
-    table = connection.ops.quote_name(WatchEvent._meta.db_table)
+    table = connection.ops.quote_name(WatchPruned._meta.db_table)
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(
-                f"SELECT EXISTS (SELECT 1 FROM {table} WHERE txid < %s "
-                "OR (txid < %s AND id <= %s))",
-                [position.lo, position.hi, position.last],
-            )
-            return not cursor.fetchone()[0]
-        cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {table} WHERE id <= %s)", [position.last])
-        if cursor.fetchone()[0]:
-            return False
-        if connection.vendor != "sqlite":
-            return True
-        # SQLite gives ids in commit order without gaps (AUTOINCREMENT; a rollback takes its
-        # ids back): a missing id after `position` is a pruned event.
-        cursor.execute(f"SELECT MIN(id) FROM {table} WHERE id > %s", [position.last])
-        first = cursor.fetchone()[0]
-        if first is not None:
-            return bool(first != position.last + 1)
+        # Not covered (see Position.covers): txid >= hi, or txid >= lo and id > last.
         cursor.execute(
-            "SELECT seq FROM sqlite_sequence WHERE name = %s", [WatchEvent._meta.db_table]
+            f"SELECT EXISTS (SELECT 1 FROM {table} WHERE txid >= %s "
+            "OR (txid >= %s AND event_id > %s))",
+            [position.hi, position.lo, position.last],
         )
-        found = cursor.fetchone()
-        return found is not None and found[0] > position.last
+        return bool(cursor.fetchone()[0])
 
 
 def _decode_json(value: Any) -> Any:

@@ -32,7 +32,7 @@ from django.db.models.fields.files import FieldFile
 from django.db.models.signals import m2m_changed, post_delete, post_init, post_save
 from django.utils import timezone
 
-from django_grpc_bus.models import WatchEvent
+from django_grpc_bus.models import WatchEvent, WatchPruned
 
 logger = logging.getLogger("django_grpc_bus.watch")
 
@@ -522,6 +522,8 @@ def prune_events(
     """Delete the events older than `retention` (default ``WATCH_RETENTION``); how many.
 
     In batches of `batch` rows, each its own short transaction, so writers never wait long.
+    Each batch's transaction also records what it removed (:class:`WatchPruned`), which tells
+    whether a resumed cursor missed removed events.
     """
     from django_grpc_bus.watch.settings import retention as configured
 
@@ -531,16 +533,46 @@ def prune_events(
     table = connection.ops.quote_name(WatchEvent._meta.db_table)
     total = 0
     while True:
-        ids = list(
+        found = list(
             WatchEvent.objects.using(alias)
             .filter(time__lt=cutoff)
             .order_by("id")
-            .values_list("id", flat=True)[:batch]
+            .values_list("id", "txid")[:batch]
         )
-        if not ids:
+        if not found:
             return total
+        ids = [id_ for id_, _ in found]
         # Plain SQL: a QuerySet.delete() would load each row to send it signals.
         with transaction.atomic(using=alias), connection.cursor() as cursor:
             marks = ", ".join(["%s"] * len(ids))
             cursor.execute(f"DELETE FROM {table} WHERE id IN ({marks})", ids)
+            _mark_pruned(cursor, connection, [(txid, id_) for id_, txid in found])
         total += len(ids)
+
+
+def _mark_pruned(cursor: Any, connection: Any, removed: list[tuple[int, int]]) -> None:
+    """Merge the removed events' (txid, id) into WatchPruned's outermost pairs."""
+    table = connection.ops.quote_name(WatchPruned._meta.db_table)
+    if connection.vendor == "postgresql":
+        # One pruner merges at a time (plain reads of the mark do not wait; writers of events
+        # never touch it). SQLite lets one transaction write at a time anyway.
+        cursor.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+    cursor.execute(f"SELECT txid, event_id FROM {table}")
+    kept = [(int(txid), int(id_)) for txid, id_ in cursor.fetchall()]
+    outermost = outermost_pairs([*kept, *removed])
+    if set(outermost) != set(kept):
+        cursor.execute(f"DELETE FROM {table}")
+        cursor.executemany(f"INSERT INTO {table} (txid, event_id) VALUES (%s, %s)", outermost)
+
+
+def outermost_pairs(pairs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The pairs that no other pair is at or past in both parts.
+
+    A cursor's undelivered events are every (txid, id) at or past one of them, so these alone
+    tell whether any of `pairs` is undelivered.
+    """
+    outermost: list[tuple[int, int]] = []
+    for txid, id_ in sorted(set(pairs), reverse=True):
+        if not outermost or id_ > outermost[-1][1]:
+            outermost.append((txid, id_))
+    return outermost

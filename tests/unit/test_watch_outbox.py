@@ -17,11 +17,12 @@ from support import requires_postgres
 
 from django_grpc_bus.checks import check_settings
 from django_grpc_bus.meta import ModelSelection, ServiceMetaError, load_selection, selectable_fields
-from django_grpc_bus.models import WatchEvent
+from django_grpc_bus.models import WatchEvent, WatchPruned
 from django_grpc_bus.protogen.schema import build_file
 from django_grpc_bus.watch import prune_events, record_changes
 from django_grpc_bus.watch.cursor import BadCursor, Position, decode
-from django_grpc_bus.watch.reading import current_position, read_after
+from django_grpc_bus.watch.reading import current_position, pruned_after, read_after
+from django_grpc_bus.watch.recording import outermost_pairs
 
 # -- service_meta.yaml ----------------------------------------------------------------------------
 
@@ -228,6 +229,60 @@ def test_prune_events_deletes_only_older_than_retention(author):
     ).update(time=timezone.now() - dt.timedelta(days=8))
     assert prune_events(batch=1) == 2
     assert WatchEvent.objects.count() == 1
+
+
+def test_prune_events_records_the_outermost_of_what_it_removed(author):
+    for isbn in "xyz":
+        Book.objects.create(title="t", author=author, isbn=isbn)
+    removed = list(WatchEvent.objects.order_by("id").values_list("txid", "id")[:2])
+    WatchEvent.objects.filter(id__in=[id_ for _, id_ in removed]).update(
+        time=timezone.now() - dt.timedelta(days=8)
+    )
+    assert prune_events(batch=1) == 2
+    assert list(WatchPruned.objects.values_list("txid", "event_id")) == outermost_pairs(removed)
+    assert prune_events() == 0 and WatchPruned.objects.count() == 1
+
+
+def test_outermost_pairs_are_those_no_other_pair_is_at_or_past_in_both():
+    pairs = [(1, 5), (2, 3), (1, 2), (2, 1), (0, 9), (2, 3), (0, 4)]
+    assert outermost_pairs(pairs) == [(2, 3), (1, 5), (0, 9)]
+    assert outermost_pairs([]) == []
+
+
+@pytest.mark.django_db
+def test_pruned_after_is_exact_for_every_position():
+    """Whatever was pruned, a position is told "pruned after it" exactly when one of the removed
+    events is not covered by it (checked on a grid of positions and removed sets)."""
+    grid = [(t, i) for t in range(4) for i in range(4)]
+    positions = [
+        Position(lo, hi, last, 0)
+        for lo, hi in [(0, 0), (1, 2), (2, 2), (0, 3)]
+        for last in range(4)
+    ]
+    for removed in ([(1, 1)], [(0, 3), (2, 0)], [(3, 0), (1, 2), (0, 3)], grid):
+        WatchPruned.objects.all().delete()
+        WatchPruned.objects.bulk_create(
+            WatchPruned(txid=t, event_id=i) for t, i in outermost_pairs(removed)
+        )
+        for position in positions:
+            expected = any(not position.covers(t, i) for t, i in removed)
+            assert pruned_after("default", position) == expected, (removed, position)
+
+
+@pytest.mark.django_db(transaction=True)  # PostgreSQL: our own open transaction holds reads
+def test_a_cursor_between_two_events_is_out_of_range_only_once_the_later_one_is_pruned():
+    author = Author.objects.create(name="A")
+    start = current_position("default")
+    Book.objects.create(title="a", author=author, isbn="a")
+    Book.objects.create(title="b", author=author, isbn="b")
+    (a,) = read_after("default", "catalog.book", start, limit=1).rows  # a full batch: mid-way
+    aged = timezone.now() - dt.timedelta(days=8)
+    WatchEvent.objects.filter(id=a.id).update(time=aged)
+    assert prune_events() == 1
+    assert not pruned_after("default", a.cursor)
+    WatchEvent.objects.update(time=aged)
+    assert prune_events() == 1
+    assert pruned_after("default", a.cursor)
 
 
 @pytest.mark.django_db(transaction=True)  # PostgreSQL: our own open transaction holds reads

@@ -3,6 +3,7 @@ BOOKMARK events, and the SQLite outbox read's plan."""
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import time
 
@@ -11,9 +12,11 @@ from catalog.models import Author, Book
 from catalog.services import BookService
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from generated_grpc.grpc import catalog_Book_pb2 as pb
 
 from django_grpc_bus.watch import cursor as cursors
+from django_grpc_bus.watch import prune_events
 from django_grpc_bus.watch.reading import current_position, read_after
 from django_grpc_bus.watch.streams import BOOKMARK, WatchStream, watch
 
@@ -181,13 +184,36 @@ def test_an_old_cursor_is_out_of_range_only_when_events_after_it_were_pruned():
         return [e.data.title for e in poll_all(resumed)]
 
     assert resume() == ["after"]  # a year old, nothing pruned: in range
-    WatchEvent.objects.filter(id=seen.id).delete()  # pruning takes the oldest first
-    if connection.vendor == "sqlite":
-        assert resume() == ["after"]  # SQLite's ids show nothing after it is gone
-    WatchEvent.objects.all().delete()  # "after" pruned too
+    age(WatchEvent.objects.filter(id=seen.id))
+    assert prune_events() == 1  # the event before the cursor
+    assert resume() == ["after"]  # nothing after it was pruned
+    age(WatchEvent.objects.all())
+    assert prune_events() == 1  # "after" pruned too
     with pytest.raises(GrpcError) as caught:
         resume()
     assert caught.value.code == grpc.StatusCode.OUT_OF_RANGE and "since" in str(caught.value)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_old_cursor_resumes_from_an_outbox_that_pruning_emptied():
+    """Every event is pruned, all of them before the cursor: nothing is missing."""
+    from django_grpc_bus.models import WatchEvent
+
+    author = Author.objects.create(name="A")
+    Book.objects.create(title="gone", author=author, isbn="g1")
+    now = current_position("default")
+    old = cursors.Position(now.lo, now.hi, now.last, 1000).encode()
+    age(WatchEvent.objects.all())
+    assert prune_events() == 1 and not WatchEvent.objects.exists()
+    resumed = stream(BookService, since=old)
+    assert resumed.start() == []  # not OUT_OF_RANGE
+    Book.objects.create(title="new", author=author, isbn="g2")
+    assert [e.data.title for e in poll_all(resumed)] == ["new"]
+
+
+def age(events) -> None:
+    """Date `events` past WATCH_RETENTION (7 days), for prune_events() to take."""
+    events.update(time=timezone.now() - dt.timedelta(days=8))
 
 
 # -- the notifier -------------------------------------------------------------------------------
