@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import tempfile
 
 import grpc
 import pytest
-from django.db import connection, connections
+from django.db import IntegrityError, connection, connections
 from django.test.utils import CaptureQueriesContext
 
 from django_grpc_bus import transactions, validation_plan
@@ -101,6 +103,96 @@ def test_a_create_makes_the_statements_a_hand_written_create_makes(open_author_s
         ["BEGIN IMMEDIATE", "COMMIT"],
         ["BEGIN", "COMMIT", "SET CONSTRAINTS ALL IMMEDIATE"],
     ), control
+
+
+@contextlib.contextmanager
+def postgresql_round_trips():
+    """A list that, after the block, holds the statements of each round trip to PostgreSQL made
+    in it, one string per trip (libpq's trace: a trip ends with the server's ReadyForQuery)."""
+    connection.ensure_connection()
+    pgconn = connection.connection.pgconn
+    from psycopg import pq
+
+    trips: list[str] = []
+    with tempfile.TemporaryFile("w+") as trace:
+        pgconn.trace(trace.fileno())
+        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            yield trips
+        finally:
+            pgconn.untrace()
+        trace.seek(0)
+        sent: list[str] = []
+        for line in trace.read().splitlines():
+            direction, _length, kind, *rest = line.split("\t")
+            if direction == "F" and kind in ("Query", "Parse"):
+                text = " ".join(rest).strip()
+                if kind == "Parse":
+                    text = text.split(" ", 1)[1]  # after the statement's name, ""
+                sent.append(text.strip('"')[:40])
+            elif direction == "B" and kind == "ReadyForQuery":
+                trips.append("; ".join(sent))
+                sent = []
+
+
+needs_postgresql = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="PostgreSQL's deferred constraints"
+)
+
+
+@needs_postgresql
+@pytest.mark.django_db(transaction=True)
+def test_a_write_that_leaves_no_deferred_check_makes_no_round_trip_for_one(compiled):
+    from catalog.models import Author
+
+    Author.objects.create(name="warm-up")  # the connection, the table of deferrables
+    with postgresql_round_trips() as trips:
+        with transactions.write_transaction() as write:
+            Author.objects.create(name="Ursula")  # no foreign key, none refers to a new row
+            write.check_deferred_constraints()
+    assert len(trips) == 3, trips  # BEGIN; INSERT; COMMIT
+    assert "SET CONSTRAINTS" not in " ".join(trips)
+
+
+@needs_postgresql
+@pytest.mark.django_db(transaction=True)
+def test_a_foreign_key_written_is_checked_before_commit(compiled):
+    from catalog.models import Author, Book
+
+    author = Author.objects.create(name="Ursula")
+    with postgresql_round_trips() as trips:
+        with transactions.write_transaction() as write:
+            Book.objects.create(title="t", author=author, isbn="1")
+            write.check_deferred_constraints()
+    # BEGIN; the INSERT (and its watch event); the check; COMMIT
+    assert trips[0] == "BEGIN" and trips[-2:] == ["SET CONSTRAINTS ALL IMMEDIATE", "COMMIT"]
+    checked = []
+    with pytest.raises(IntegrityError), transactions.write_transaction() as write:
+        Book.objects.create(title="t", author_id=author.pk + 1000, isbn="2")
+        with pytest.raises(IntegrityError):
+            write.check_deferred_constraints()  # not left for COMMIT
+        checked.append(True)
+        raise IntegrityError("the check failed")
+    assert checked and not Book.objects.filter(isbn="2").exists()
+
+
+@pytest.mark.django_db
+def test_what_can_leave_a_deferred_check(compiled):
+    may = transactions.may_defer_checks
+    assert not may('SELECT "catalog_book"."id" FROM "catalog_book" FOR UPDATE')
+    assert not may('INSERT INTO "catalog_author" ("name") VALUES (%s) RETURNING "id"')
+    assert may('INSERT INTO "catalog_book" ("title", "author_id") VALUES (%s, %s)')  # its FK
+    assert may('UPDATE "catalog_author" SET "id" = %s')  # books refer to authors
+    assert may('DELETE FROM "catalog_author" WHERE "id" = %s')
+    assert not may('INSERT INTO "catalog_tag" ("name") VALUES (%s)')
+    assert may('UPDATE "not_a_model" SET "x" = 1')  # not known
+    assert may('WITH moved AS (DELETE FROM "catalog_author") SELECT 1')  # books refer to it
+    assert not may('WITH added AS (INSERT INTO "catalog_tag" ("name") VALUES (%s)) SELECT 1')
+    assert may('WITH added AS (INSERT INTO "catalog_tag" ("name") VALUES (%s)), '
+               'b AS (DELETE FROM catalog_author) SELECT 1')  # fmt: skip
+    assert may('INSERT INTO "catalog_tag" ("name") VALUES (%s) ON CONFLICT DO UPDATE SET x=1')
+    assert may("CALL my_procedure()")  # not read
+    assert not may("SET CONSTRAINTS ALL IMMEDIATE")
 
 
 @pytest.fixture
