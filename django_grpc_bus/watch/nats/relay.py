@@ -62,7 +62,6 @@ class Relay:
         self._servers: weakref.WeakSet[Any] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._wake = Waiter()
         self.published = 0  # events this relay stored (duplicates not counted)
 
     def serve_for(self, traffic: Any) -> None:
@@ -77,16 +76,20 @@ class Relay:
 
     def _serving(self) -> bool:
         with self._lock:
-            return any(not traffic.draining for traffic in list(self._servers))
+            if any(not traffic.draining for traffic in list(self._servers)):
+                return True
+            self._thread = None  # a server bound from now on starts another relay thread
+            return False
 
     def _run(self) -> None:
         alias = database_alias()
         labels = [label_of(model) for model in watched_models()]
+        wake = Waiter()
         for label in labels:
-            notifier.add(label, alias, self._wake)
+            notifier.add(label, alias, wake)
         try:
             while self._serving():
-                self._wake.event.clear()
+                wake.event.clear()
                 pause = IDLE_RECHECK
                 for label in labels:
                     try:
@@ -106,10 +109,10 @@ class Relay:
                         pause = min(pause, HELD_BACK_RETRY)
                 if pause:
                     close_old_connections()
-                    self._wake.event.wait(pause)
+                    wake.event.wait(pause)
         finally:
             for label in labels:
-                notifier.remove(label, self._wake)
+                notifier.remove(label, wake)
             _close_connections()
 
     def relay_once(self, alias: str, label: str) -> tuple[bool, bool]:
