@@ -369,9 +369,11 @@ async def awatch(service: Any, request: Any, context: Any) -> AsyncIterator[Any]
         notifier.remove(stream.label, waiter)
 
 
-# The pool trips under way, by question: the watchers of a model that wake together ask the
-# same one, and wait for its answer on the loop rather than each in a pool thread.
-_trips: dict[tuple[Any, ...], asyncio.Task[Read]] = {}
+# The pool trips under way, by question, with the futures of the watchers waiting for the
+# answer: the watchers of a model that wake together ask the same question, and wait for its
+# answer on the loop rather than each in a pool thread. (Not asyncio.shield() on one task: a
+# thousand shields of one task cost more than the read.)
+_trips: dict[tuple[Any, ...], list[asyncio.Future[Read]]] = {}
 
 
 async def _apoll(stream: WatchStream, version: int) -> tuple[list[Any], bool]:
@@ -381,12 +383,33 @@ async def _apoll(stream: WatchStream, version: int) -> tuple[list[Any], bool]:
     assert stream.position is not None
     loop = asyncio.get_running_loop()
     key = (loop, stream.alias, stream.label, stream.position.key(), version, stream.event_class)
-    trip = _trips.get(key)
-    if trip is None:
-        trip = _trips[key] = loop.create_task(_pool.run(stream.read_shared, version))
-        trip.add_done_callback(lambda _: _trips.pop(key, None))
-    read = await asyncio.shield(trip)  # a watcher that leaves does not cancel the others' trip
-    return stream._take(read)
+    answer: asyncio.Future[Read] = loop.create_future()
+    waiting = _trips.get(key)
+    if waiting is None:
+        waiting = _trips[key] = []
+        trip = _pool.submit(stream.read_shared, version)
+        trip.add_done_callback(lambda done: _answer_soon(loop, key, done))
+    waiting.append(answer)
+    return stream._take(await answer)
+
+
+def _answer_soon(loop: asyncio.AbstractEventLoop, key: tuple[Any, ...], done: Future[Read]) -> None:
+    try:
+        loop.call_soon_threadsafe(_answer, key, done)
+    except RuntimeError:  # its loop is closed
+        pass
+
+
+def _answer(key: tuple[Any, ...], done: Future[Read]) -> None:
+    """On the loop: a pool trip's answer to each watcher still waiting for it."""
+    error = done.exception()
+    for answer in _trips.pop(key):
+        if answer.done():  # its call ended meanwhile
+            continue
+        if error is None:
+            answer.set_result(done.result())
+        else:
+            answer.set_exception(error)
 
 
 def _pause(held_back: bool, until_bookmark: float) -> float:
@@ -411,10 +434,13 @@ class WatchPool:
         self._lock = threading.Lock()
 
     async def run(self, function: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.wrap_future(self.submit(function, *args))
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> Future[Any]:
         self._ensure_threads()
         future: Future[Any] = Future()
         self._jobs.put((future, function, args))
-        return await asyncio.wrap_future(future)
+        return future
 
     def _ensure_threads(self) -> None:
         if len(self._threads) >= self.SIZE:

@@ -83,6 +83,42 @@ def test_an_empty_read_keeps_the_position_and_dates_it_now():
     assert read.position.covers(0, start.last) and not read.position.covers(start.hi, 10**12)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_watchers_at_one_position_share_one_pool_trip_and_one_leaving_does_not_end_it(
+    monkeypatch,
+):
+    import asyncio
+
+    from django_grpc_bus.watch import streams as streams_module
+
+    author = Author.objects.create(name="A")
+    watchers = [stream(BookService) for _ in range(3)]
+    for watching in watchers:
+        watching.start()
+    position = current_position("default")
+    for watching in watchers:
+        watching.position = position
+    Book.objects.create(title="shared", author=author, isbn="t1")
+    trips = []
+    submit = streams_module._pool.submit
+    monkeypatch.setattr(
+        streams_module._pool, "submit", lambda *args: trips.append(args) or submit(*args)
+    )
+
+    async def all_poll() -> list:
+        version = next(_versions)
+        calls = [asyncio.ensure_future(streams_module._apoll(w, version)) for w in watchers]
+        await asyncio.sleep(0)  # all three waiting for the one trip
+        calls[0].cancel()  # its client left
+        return await asyncio.gather(*calls[1:])
+
+    answers = asyncio.run(all_poll())
+    assert len(trips) == 1
+    assert [[e.data.title for e in events] for events, _ in answers] == [["shared"]] * 2
+    assert watchers[1].position == watchers[2].position != position
+    assert not streams_module._trips
+
+
 class Active:
     def is_active(self) -> bool:
         return True
