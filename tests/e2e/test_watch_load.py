@@ -7,7 +7,10 @@ watchers open (target: within 2x), and latency p50/p99 over every watcher and ev
 moment the Create is sent to the event's arrival here: an upper bound of commit-to-client
 (targets 50 and 250 ms on PostgreSQL), since it includes the Create's own time (also printed),
 and the client's own loop reads all the streams, sharing the CPU with the server on a small
-machine. It asserts only that every watcher gets every event, in order.
+machine: an event reaches the last of them only once this one process has read the other
+999 messages. So it also prints the CPU time each side spent per event (all watchers), which
+shows which side the time went to. It asserts only that every watcher gets every event, in
+order.
 
 ``DJANGO_GRPC_BUS_WATCH_LOAD_WATCHERS`` (default 100) sets the number of watchers; 1,000 is the
 issue's load: ``DJANGO_GRPC_BUS_WATCH_LOAD_WATCHERS=1000 pytest -s tests/e2e/test_watch_load.py``.
@@ -91,6 +94,7 @@ async def load(target: str, pid: int) -> dict[str, float]:
     await asyncio.sleep(IDLE_SECONDS)
     idle_cpu = (cpu_ticks(pid) - ticks) / TICKS_PER_SECOND / IDLE_SECONDS
     busy_retrieve = await retrieve_ms(stub)
+    server_ticks, client_cpu = cpu_ticks(pid), time.process_time()
     sent: dict[str, float] = {}
     creates = []
     for n in range(EVENTS):
@@ -102,6 +106,8 @@ async def load(target: str, pid: int) -> dict[str, float]:
     deadline = time.monotonic() + 60
     while any(len(a) < EVENTS for a in arrivals) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
+    server_cpu = (cpu_ticks(pid) - server_ticks) / TICKS_PER_SECOND
+    client_cpu = time.process_time() - client_cpu
     for call in calls:
         call.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -124,6 +130,8 @@ async def load(target: str, pid: int) -> dict[str, float]:
         "rec_p50": statistics.median(recorded),
         "rec_p99": percentile(recorded, 0.99),
         "idle_cpu": idle_cpu,
+        "server_ms_per_event": server_cpu * 1000 / EVENTS,
+        "client_ms_per_event": client_cpu * 1000 / EVENTS,
     }
 
 
@@ -153,4 +161,7 @@ def test_many_watchers_on_one_asyncio_process(fresh_database):
         f"\n  write-to-client latency p50/p99/max: {figures['lat_p50']:.1f} / "
         f"{figures['lat_p99']:.1f} / {figures['lat_max']:.1f} ms, the Create itself "
         f"{figures['create_p50']:.1f} ms p50"
+        f"\n  CPU per event (its Create and {WATCHERS} messages): server "
+        f"{figures['server_ms_per_event']:.1f} ms, this client "
+        f"{figures['client_ms_per_event']:.1f} ms"
     )
