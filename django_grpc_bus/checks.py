@@ -7,6 +7,8 @@ carries ``grpc_bus_server``, so generation commands can run before the handlers 
 from __future__ import annotations
 
 import difflib
+import os
+import sys
 from typing import Any
 
 from django.conf import settings
@@ -348,22 +350,33 @@ def _watch_errors(handler: Any) -> list[CheckMessage]:
         if model not in watched or not callable(getattr(service, "watch", None)):
             continue
         try:
-            file = serializer_class.get_proto_class().DESCRIPTOR.file  # type: ignore[union-attr]
+            proto_class = serializer_class.get_proto_class()  # type: ignore[union-attr]
         except Exception:  # E018 reports a serializer that cannot be built
             continue
+        file = proto_class.DESCRIPTOR.file
         if any("Watch" in s.methods_by_name for s in file.services_by_name.values()):
             continue
         errors.append(
             Error(
                 f"{model._meta.label} is marked `watch: true` in service_meta.yaml, but its "
-                f"compiled proto ({file.name}) has no Watch RPC, so {service.__qualname__} "
-                "cannot serve it.",
+                f"compiled module ({_module_file(proto_class)}) has no Watch RPC, so "
+                f"{service.__qualname__} cannot serve it.",
                 hint="Run `manage.py generateproto` and `manage.py generategrpc`.",
                 obj=service,
                 id="django_grpc_bus.E036",
             )
         )
     return errors
+
+
+def _module_file(cls: type) -> str:
+    """The file `cls` was loaded from, relative to the working directory when under it."""
+    module = sys.modules.get(cls.__module__)
+    path = getattr(module, "__file__", None)
+    if not path:
+        return cls.__module__
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
 
 
 def _serializer_errors(handler: Any) -> list[CheckMessage]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import pytest
 import yaml
@@ -764,4 +765,7 @@ def test_a_watched_model_served_from_a_proto_without_watch_is_e036(monkeypatch):
     assert error.id == "django_grpc_bus.E036"
     assert "catalog.Author is marked `watch: true`" in error.msg
     assert "has no Watch RPC" in error.msg
+    # the compiled module that lacks it, a file that exists (not the .proto's virtual name)
+    named = error.msg.split("compiled module (")[1].split(")")[0]
+    assert named.endswith("generated_grpc/grpc/Author_pb2.py") and os.path.isfile(named), named
     assert error.hint == "Run `manage.py generateproto` and `manage.py generategrpc`."
