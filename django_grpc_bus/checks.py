@@ -72,6 +72,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 Error(
                     f"{SETTING}[{key!r}] must be {_type_names(allowed)}, "
                     f"not {type(value).__name__} ({value!r}).",
+                    hint=f"Leave {key!r} out for its default, {DEFAULTS[key]!r}.",
                     id="django_grpc_bus.E003",
                 )
             )

@@ -11,6 +11,8 @@ from django.core.checks import run_checks
 from django.core.management import call_command, execute_from_command_line
 from django.core.management.base import SystemCheckError
 
+from django_grpc_bus.conf import DEFAULTS
+
 CONFIG = ["grpc_bus"]
 SERVER = ["grpc_bus_server"]
 VALID_SERVLET = {"host": "127.0.0.1", "port": 50051}
@@ -113,7 +115,16 @@ def test_e003_wrong_type(project, key, value):
     error = only("django_grpc_bus.E003")
     assert f"['{key}']" in error.msg
     assert type(value).__name__ in error.msg
+    assert error.hint == f"Leave {key!r} out for its default, {DEFAULTS[key]!r}."
     assert error.is_serious()
+
+
+def test_e003_for_a_none_watch_backend_names_the_default(project):
+    project.configure(WATCH_BACKEND=None)
+
+    error = only("django_grpc_bus.E003")
+    assert "not NoneType" in error.msg
+    assert "default, 'database'" in error.hint
 
 
 def test_e010_hook_that_is_neither_a_path_nor_a_handler(project):
