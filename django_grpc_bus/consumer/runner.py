@@ -101,6 +101,14 @@ def watch_method(subscription: Subscription) -> WatchMethod:
     return method
 
 
+def _refuses_since(exc: CallError) -> bool:
+    """The producer refused the request's `since` (not a cursor it reads)."""
+    return exc.code() == grpc.StatusCode.INVALID_ARGUMENT and (
+        any(field == "since" for field, _ in exc.violations)
+        or (exc.details() or "").startswith("since")
+    )
+
+
 def cursor_model() -> Any:
     from django_grpc_bus.models import SubscriptionCursor
 
@@ -134,9 +142,8 @@ class SubscriptionRunner(threading.Thread):
             self.follow()
         except Stopped:
             pass
-        except SubscriptionError as exc:
+        except SubscriptionError as exc:  # run_consumers raises it: logged there, not twice
             self.failure = exc
-            logger.error("%s", exc)
         except Exception as exc:  # reported by run_consumers, which stops the others
             self.failure = exc
             logger.exception("Subscription %r failed", self.subscription.name)
@@ -214,9 +221,17 @@ class SubscriptionRunner(threading.Thread):
                     )
                     self.stopping.wait(delay)
                     continue
+                remedy = ""
+                if cursor and _refuses_since(exc):
+                    remedy = (
+                        f" The stored cursor {cursor!r} is not one the producer reads (did its "
+                        "WATCH_BACKEND change?): start the subscription again with "
+                        f"`manage.py runconsumers --reset {subscription.name}` (from a snapshot "
+                        "when it subscribes with snapshot=True, else from now)."
+                    )
                 raise SubscriptionError(
                     f"Subscription {subscription.name!r}: {exc.method} failed: "
-                    f"{exc.code().name}: {exc.details()}"
+                    f"{exc.code().name}: {exc.details()}{remedy}"
                 ) from None
 
     def store_bookmark(self, cursor: str) -> None:

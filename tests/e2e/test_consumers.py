@@ -292,6 +292,21 @@ def test_a_cursor_past_retention_stops_with_the_remedy_and_reset_starts_again(fa
     )
 
 
+def test_a_cursor_the_producer_refuses_stops_once_with_the_reset_remedy(fake, storefront_db):
+    """The producer's WATCH_BACKEND changed: the stored cursor is INVALID_ARGUMENT for `since`.
+    runconsumers says how to go on, in one sentence printed once (not a log line and the
+    CommandError both)."""
+    fake.change("CREATED", 1, "a")
+    until_idle(storefront_db, fake.port)
+    db_query(storefront_db, "UPDATE django_grpc_bus_subscriptioncursor SET cursor = 'n1.7.1'")
+    result = storefront(storefront_db, fake.port, "runconsumers", "--until-idle", "1.5")
+    assert result.returncode == 1
+    assert "runconsumers --reset storefront.consumers.book_changed" in result.stderr
+    assert result.stderr.count("INVALID_ARGUMENT") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert fake.calls[-1][0] == "n1.7.1"
+
+
 def test_an_unreachable_servlet_is_waited_for(fake, storefront_db):
     fake.change("CREATED", 1, "a")
     fake.stop()
