@@ -34,12 +34,23 @@ class UnknownService(NotFoundError):
 
 
 class UnknownMethod(NotFoundError):
-    def __init__(self, what: str, name: str, available: Iterable[str], where: str = "") -> None:
+    def __init__(
+        self, what: str, name: str, available: Iterable[str], where: str = "", servlet: str = ""
+    ) -> None:
         super().__init__(what, name, available, where)
         if name == "watch":  # the one generated RPC a producer serves only when asked to
+            # A client reflects a servlet once: a producer that gained Watch since is not seen.
+            if not servlet:
+                refresh = "the servlet's refresh()"
+            elif servlet.isidentifier():
+                refresh = f"registry.{servlet}.refresh()"
+            else:
+                refresh = f"registry[{servlet!r}].refresh()"
             self.args = (
                 f"{self.args[0]} A producer serves Watch for a model its service_meta.yaml "
-                "marks `watch: true` (then generateproto, generategrpc and a restart).",
+                "marks `watch: true` (then generateproto, generategrpc and a restart). A "
+                "running client keeps the methods it fetched first: then call "
+                f"{refresh}, or restart it.",
             )
 
 

@@ -188,7 +188,11 @@ class Service(Lookup):
         found = self._methods.get(name)
         if found is None:
             raise exceptions.UnknownMethod(
-                "method", name, self.methods, f"{self.full_name} (servlet {self.servlet.name!r})"
+                "method",
+                name,
+                self.methods,
+                f"{self.full_name} (servlet {self.servlet.name!r})",
+                servlet=self.servlet.name,
             )
         return found
 

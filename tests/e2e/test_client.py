@@ -239,6 +239,8 @@ def test_unknown_names_raise_attribute_errors_listing_what_exists():
     with pytest.raises(exceptions.UnknownMethod) as watch:
         registry.one.Author.watch  # noqa: B018
     assert "marks `watch: true`" in str(watch.value)
+    # a client that reflected the producer before it gained Watch: how to see it without a restart
+    assert "then call registry.one.refresh(), or restart it." in str(watch.value)
 
 
 def test_error_texts_name_the_servlet_and_the_service_once(settings, servers):
