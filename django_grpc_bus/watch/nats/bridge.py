@@ -22,12 +22,17 @@ from django_grpc_bus.watch.nats.config import NatsConfig
 logger = logging.getLogger("django_grpc_bus.watch")
 
 T = TypeVar("T")
-CONNECT_TIMEOUT = 2.0  # seconds
+CONNECT_TIMEOUT = 2  # seconds, per server
+RECONNECT_WAIT: Any = 0.5  # seconds (nats-py's annotation says int; it takes a float)
 STREAM_DUPLICATE_WINDOW = 120.0  # seconds: JetStream's default
 
 
 class NatsUnavailable(Exception):
     """NATS could not be reached (or answered with an error) in time."""
+
+
+class StreamConflict(NatsUnavailable):
+    """The stream named in ``WATCH_BACKEND`` exists with other subjects."""
 
 
 class Bridge:
@@ -46,6 +51,9 @@ class Bridge:
         # left) is opened again at once, rather than when its heartbeats are found missing.
         self.generation = 0
         self._on_reconnect: weakref.WeakSet[Any] = weakref.WeakSet()
+        # When the stream was made (ms since the epoch; 0 if the server does not say): a
+        # cursor of a stream deleted and made again since is not resumed in the new one.
+        self.stream_epoch = 0
 
     def on_reconnect(self, listener: Any) -> None:
         """Call ``listener.reconnected()`` (from the bridge's loop) after each reconnection."""
@@ -80,14 +88,22 @@ class Bridge:
 
     # -- on the bridge's loop -------------------------------------------------------------------
 
+    def _ready(self) -> bool:
+        return self._js is not None and self._nc.is_connected and self._stream_ready
+
+    def stream_lost(self) -> None:
+        """The stream is gone (NATS said so): make it again before the next use."""
+        self._stream_ready = False
+
     async def jetstream(self) -> Any:
-        """The JetStream context, connecting (and creating the stream) the first time."""
-        if self._js is not None and self._nc.is_connected:
+        """The JetStream context, connecting (and creating the stream) the first time, and
+        again after a reconnection or the stream's loss."""
+        if self._ready():
             return self._js
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
-            if self._js is not None and self._nc.is_connected:
+            if self._ready():
                 return self._js
             if self._nc is None or self._nc.is_closed:
                 self._nc = await self._connect()
@@ -102,14 +118,14 @@ class Bridge:
             return self._js
 
     async def _connect(self) -> Any:
-        import nats
-        from nats.errors import NoServersError
+        from nats.aio.client import Client
 
         async def disconnected() -> None:
             logger.warning("Watch: NATS disconnected; reconnecting")
 
         async def reconnected() -> None:
             logger.info("Watch: NATS reconnected")
+            self._stream_ready = False  # a server without its store lost the stream
             self.generation += 1
             for listener in list(self._on_reconnect):
                 listener.reconnected()
@@ -117,22 +133,40 @@ class Bridge:
         async def error(exc: Exception) -> None:
             logger.debug("Watch: NATS error: %s", exc)
 
+        client = Client()
+        # Reconnecting for ever once connected; the first connection is given a bounded time
+        # (nats-py would otherwise try the servers for ever).
+        first = CONNECT_TIMEOUT * len(self.config.servers) + 1.0
         try:
-            return await nats.connect(
-                servers=list(self.config.servers),
-                connect_timeout=CONNECT_TIMEOUT,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                disconnected_cb=disconnected,
-                reconnected_cb=reconnected,
-                error_cb=error,
-                name="django-grpc-bus",
+            await asyncio.wait_for(
+                client.connect(
+                    servers=list(self.config.servers),
+                    connect_timeout=CONNECT_TIMEOUT,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=RECONNECT_WAIT,
+                    disconnected_cb=disconnected,
+                    reconnected_cb=reconnected,
+                    error_cb=error,
+                    name="django-grpc-bus",
+                ),
+                first,
             )
-        except (NoServersError, OSError, asyncio.TimeoutError) as exc:
+        except Exception as exc:
+            try:
+                await client.close()
+            except Exception:  # half made: nothing more to close
+                pass
             servers = ", ".join(self.config.servers)
-            reason = str(exc) or type(exc).__name__
-            raise NatsUnavailable(f"NATS at {servers} is unreachable ({reason})") from None
+            reason = (
+                f"no answer within {first:g} s"
+                if isinstance(exc, asyncio.TimeoutError)
+                else str(exc) or type(exc).__name__
+            )
+            raise NatsUnavailable(
+                f"NATS at {servers} (WATCH_BACKEND) is unreachable: {reason}"
+            ) from None
+        return client
 
     async def _ensure_stream(self) -> None:
         """Create the stream (or bring its subjects and age limit to the settings')."""
@@ -153,16 +187,48 @@ class Bridge:
             info = await self._js.stream_info(self.config.stream)
         except NotFoundError:
             try:
-                await self._js.add_stream(wanted)
+                info = await self._js.add_stream(wanted)
+                logger.info(
+                    "Watch: made the JetStream stream %s (subjects %s)",
+                    self.config.stream,
+                    self.config.subjects,
+                )
             except BadRequestError:  # another process made it meanwhile
-                pass
+                info = await self._js.stream_info(self.config.stream)
+            self._made(info)
             return
         current = info.config
-        if current.subjects != wanted.subjects or current.max_age != wanted.max_age:
-            current.subjects = wanted.subjects
+        if current.subjects != wanted.subjects:
+            # Someone else's stream of that name (a typo in "stream"?): not ours to change.
+            raise StreamConflict(
+                f"The JetStream stream {self.config.stream} exists with subjects "
+                f"{current.subjects}, not {wanted.subjects}: WATCH_BACKEND's stream is "
+                "another stream's name. Choose another name (or delete that stream)."
+            )
+        if current.max_age != wanted.max_age:
+            logger.info(
+                "Watch: stream %s's max_age set to WATCH_RETENTION (%g s, was %g s)",
+                self.config.stream,
+                wanted.max_age,
+                current.max_age or 0,
+            )
             current.max_age = wanted.max_age
             current.duplicate_window = wanted.duplicate_window
-            await self._js.update_stream(current)
+            info = await self._js.update_stream(current)
+        self._made(info)
+
+    def _made(self, info: Any) -> None:
+        created = getattr(info, "created", None)
+        epoch = int(created.timestamp() * 1000) if created is not None else 0
+        if self.stream_epoch and epoch != self.stream_epoch:
+            logger.warning(
+                "Watch: the JetStream stream %s was made again (deleted, or lost by a NATS "
+                "server without its store); open Watch calls end, resumed ones start over",
+                self.config.stream,
+            )
+        self.stream_epoch = epoch
+        for listener in list(self._on_reconnect):
+            listener.reconnected()
 
     async def close(self) -> None:
         if self._nc is not None and not self._nc.is_closed:

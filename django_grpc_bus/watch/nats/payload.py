@@ -39,14 +39,15 @@ class BadMessage(ValueError):
     """A message on the stream that the relay did not write."""
 
 
-def encode(row: Row, label: str) -> tuple[bytes, dict[str, str]]:
-    """The body and headers of `row`'s message."""
+def encode(row: Row, label: str, *, with_data: bool = True) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of `row`'s message (`with_data` False: ``"data": null``, for an
+    event too big for NATS)."""
     body = {
         "id": row.uid,
         "type": TYPES[row.kind],
         "model": label,
         "pk": row.object_pk,
-        "data": row.data,
+        "data": row.data if with_data else None,
         "changed": row.changed,
         "time": row.time.astimezone(dt.timezone.utc).isoformat(),
         "outbox": {"id": row.id, "txid": row.txid},
@@ -55,11 +56,13 @@ def encode(row: Row, label: str) -> tuple[bytes, dict[str, str]]:
     return json.dumps(body, separators=(",", ":")).encode(), headers
 
 
-def decode(data: bytes, sequence: int) -> Row:
+def decode(data: bytes, sequence: int, epoch: int = 0) -> Row:
     """The event a message at stream sequence `sequence` carries (its cursor: that sequence)."""
     try:
         body = json.loads(data)
         outbox = body["outbox"]
+        if body["data"] is not None and not isinstance(body["data"], dict):
+            raise TypeError("data is not an object")
         return Row(
             id=int(outbox["id"]),
             uid=str(body["id"]),
@@ -69,7 +72,7 @@ def decode(data: bytes, sequence: int) -> Row:
             changed=body["changed"],
             txid=int(outbox["txid"]),
             time=dt.datetime.fromisoformat(body["time"]),
-            cursor=StreamPosition(sequence),  # type: ignore[arg-type]
+            cursor=StreamPosition(sequence, epoch),  # type: ignore[arg-type]
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise BadMessage(f"message {sequence} is not a django-grpc-bus event ({exc})") from None
@@ -77,12 +80,14 @@ def decode(data: bytes, sequence: int) -> Row:
 
 @dataclass(frozen=True)
 class StreamPosition:
-    """A place in the stream: every message up to stream sequence `sequence` was delivered."""
+    """A place in the stream: every message up to stream sequence `sequence` was delivered.
+    `epoch`: when the stream was made (ms since the epoch; 0 if not known)."""
 
     sequence: int
+    epoch: int = 0
 
     def encode(self) -> str:
-        text = f"{PREFIX}.{self.sequence}"
+        text = f"{PREFIX}.{self.sequence}.{self.epoch}"
         return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
@@ -92,13 +97,14 @@ def decode_cursor(text: str) -> StreamPosition:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise ValueError("not a cursor of this server") from None
-    prefix, _, number = raw.partition(".")
+    prefix, _, rest = raw.partition(".")
+    number, _, epoch = rest.partition(".")
     if prefix == "w1":
         raise ValueError(
             "a cursor of the database backend, and this server reads Watch from NATS "
             "(WATCH_BACKEND): watch again with snapshot: true"
         )
-    if prefix != PREFIX or not number.isdigit():
+    if prefix != PREFIX or not number.isdigit() or not epoch.isdigit():
         raise ValueError("not a cursor of this server")
     sequence = int(number)
-    return StreamPosition(sequence)
+    return StreamPosition(sequence, int(epoch))

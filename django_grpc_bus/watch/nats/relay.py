@@ -1,19 +1,23 @@
 """Relay the outbox to JetStream: every watched model's events, in commit order, once.
 
-One relay thread per server process (started when the first server of the process binds its
-services, ended when every server of the process drains). Each round, per watched model, it asks
-the stream for the subject's last message: its ``Grpc-Bus-Cursor`` header is the outbox position
-everything up to which is published (with no message yet, the outbox's start). It reads the
-outbox after that position (:func:`~django_grpc_bus.watch.reading.read_after`: never past a
-transaction still running) and publishes each event, waiting for JetStream's acknowledgement
-before sending the next, with ``Nats-Msg-Id`` = the event's id.
+One relay thread per server process, from when the first server of the process binds its
+services until every server of the process has stopped (it relays while a server drains: the
+calls still in flight may write). Each round, per watched model whose events may have changed,
+it asks the stream for the subject's last message: its ``Grpc-Bus-Cursor`` header is the
+outbox position up to which everything is published (with no message yet, the outbox's start).
+It reads the outbox after that position (:func:`~django_grpc_bus.watch.reading.read_after`:
+never past a transaction still running) and publishes each event in order, each expecting the
+subject's last sequence to be the previous one's (``Nats-Expected-Last-Subject-Sequence``) and
+carrying the event's id as ``Nats-Msg-Id``.
 
-So several relays (``--workers``, replicas) may run at once: each publishes in order, the first
-copy of an event is stored and the others are dropped as duplicates (within the stream's
-duplicate window, 2 minutes; and since each round starts from the stream's last message, a relay
-that fell behind catches up from there rather than publishing old events again). A publish that
-fails leaves the rest of the round for the next one: nothing is skipped, and the outbox keeps
-every event for ``WATCH_RETENTION`` while NATS is away.
+So several relays (``--workers``, replicas) may run at once: the first to publish an event
+stores it; another's copy is refused (a wrong last sequence: its round ends, and the next one
+starts from the stream's last message) or dropped as a duplicate (within the duplicate window).
+Nothing is stored twice or out of order, however long a relay stalled. A publish that fails
+leaves the rest for the next round: nothing is skipped, and the outbox keeps every event for
+``WATCH_RETENTION`` while NATS is away. An event too big for NATS (its ``max_payload``, 1 MB by
+default) is published without its row (``"data": null``): ``Watch`` reads the row from the
+database then.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 from django.apps import apps
@@ -45,14 +50,31 @@ from django_grpc_bus.watch.settings import retention
 
 logger = logging.getLogger("django_grpc_bus.watch")
 
-IDLE_RECHECK = 5.0  # seconds: a round even without a wake-up
+IDLE_RECHECK = 5.0  # seconds: a round of every model even without a wake-up
 HELD_BACK_RETRY = 0.1  # seconds: events wait behind a transaction still running
 RETRY_AFTER = 1.0  # seconds, after NATS or the database failed
+PUBLISH_TIMEOUT = 5.0  # seconds, per event
+WRONG_LAST_SEQUENCE = 10071  # JetStream: another relay published first
+STREAM_NOT_FOUND = 10059
 
 
 def subject_of(config: NatsConfig, label: str) -> str:
     model = apps.get_model(label)
     return config.subject(model._meta.app_label, model._meta.object_name or model.__name__)
+
+
+@dataclass
+class Last:
+    """The subject's last message in the stream: its sequence and outbox cursor (None: none)."""
+
+    sequence: int
+    cursor: str | None
+
+
+@dataclass
+class Outcome:
+    more: bool = False  # a full batch: more may be waiting
+    held_back: bool = False  # events wait behind a transaction still running
 
 
 class Relay:
@@ -62,10 +84,16 @@ class Relay:
         self._servers: weakref.WeakSet[Any] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self.published = 0  # events this relay stored (duplicates not counted)
+        self._wake: Waiter | None = None
+        # Per model: (the stream's last cursor, the position past events too old to send that
+        # followed it), so that a round does not read them again.
+        self._floors: dict[str, tuple[str | None, Position]] = {}
+        # Per model: the last cursor this relay published (a foreign last message is skipped).
+        self._mine: dict[str, str] = {}
+        self.published = 0  # events this relay stored (copies refused or dropped not counted)
 
     def serve_for(self, traffic: Any) -> None:
-        """Run while `traffic`'s server (or another tracked one) serves."""
+        """Run until `traffic`'s server (and every other one it serves for) has stopped."""
         with self._lock:
             self._servers.add(traffic)
             if self._thread is None or not self._thread.is_alive():
@@ -74,9 +102,21 @@ class Relay:
                 )
                 self._thread.start()
 
+    def stopped(self, traffic: Any, timeout: float = 5.0) -> None:
+        """`traffic`'s server stopped: end the thread (and wait for it) if it was the last."""
+        with self._lock:
+            self._servers.discard(traffic)
+            thread, wake = self._thread, self._wake
+            if self._servers or thread is None:
+                return
+        if wake is not None:
+            wake.set()
+        if thread is not threading.current_thread():
+            thread.join(timeout)
+
     def _serving(self) -> bool:
         with self._lock:
-            if any(not traffic.draining for traffic in list(self._servers)):
+            if len(self._servers):
                 return True
             self._thread = None  # a server bound from now on starts another relay thread
             return False
@@ -85,92 +125,156 @@ class Relay:
         alias = database_alias()
         labels = [label_of(model) for model in watched_models()]
         wake = Waiter()
+        with self._lock:
+            self._wake = wake
         for label in labels:
             notifier.add(label, alias, wake)
+        seen: dict[str, int] = {}  # the notifier's version of each model at its last round
+        due = set(labels)  # models to relay in the next round
         try:
             while self._serving():
                 wake.event.clear()
                 pause = IDLE_RECHECK
                 for label in labels:
+                    if notifier.version(label) != seen.get(label):
+                        due.add(label)
+                for label in sorted(due):
+                    seen[label] = notifier.version(label)
                     try:
-                        more, held_back = self.relay_once(alias, label)
+                        outcome = self.relay_once(alias, label)
                     except NatsUnavailable as exc:
                         logger.warning("Watch relay: %s; trying again in %g s", exc, RETRY_AFTER)
                         pause = RETRY_AFTER
-                        break
+                        break  # NATS is away: every model waits
                     except Exception:
-                        logger.exception("Watch relay failed; trying again in %g s", RETRY_AFTER)
+                        logger.exception(
+                            "Watch relay of %s failed; trying again in %g s", label, RETRY_AFTER
+                        )
                         _close_connections()
-                        pause = RETRY_AFTER
-                        break
-                    if more:
+                        pause = min(pause, RETRY_AFTER)
+                        continue  # the other models go on
+                    due.discard(label)
+                    if outcome.more:
+                        due.add(label)
                         pause = 0.0
-                    elif held_back:
+                    elif outcome.held_back:
+                        due.add(label)
                         pause = min(pause, HELD_BACK_RETRY)
                 if pause:
-                    close_old_connections()
-                    wake.event.wait(pause)
+                    if pause >= IDLE_RECHECK:
+                        _close_connections()  # idle: no connection kept (CONN_MAX_AGE or not)
+                        if not wake.event.wait(pause):
+                            due.update(labels)  # a round of every model now and then
+                    else:
+                        close_old_connections()
+                        wake.event.wait(pause)
         finally:
             for label in labels:
                 notifier.remove(label, wake)
             _close_connections()
 
-    def relay_once(self, alias: str, label: str) -> tuple[bool, bool]:
-        """Publish the events of `label` not yet in the stream: (a full batch was published, so
-        more may be waiting; events are held back behind a running transaction)."""
+    def relay_once(self, alias: str, label: str) -> Outcome:
+        """Publish the events of `label` not yet in the stream."""
         subject = subject_of(self.config, label)
-        published = self.bridge.call(self._last_cursor(subject))
-        position = _start(alias) if published is None else _decoded(published, alias)
+        last = self.bridge.call(self._last(subject))
+        position = self._position(alias, label, last)
         read = read_after(alias, label, position)
-        if read.rows:
-            oldest = now_ms() - retention().total_seconds() * 1000
-            # Events older than the retention are past the stream's max_age: not sent again.
-            rows = [row for row in read.rows if row.time.timestamp() * 1000 >= oldest]
-            if rows:
-                self.published += self.bridge.call(self._publish(subject, label, rows))
-        return len(read.rows) == BATCH, read.held_back
+        oldest = now_ms() - retention().total_seconds() * 1000
+        # Events older than the retention are past the stream's max_age: not sent (they would
+        # be removed at once); the position past them is kept for the next rounds.
+        rows = [row for row in read.rows if row.time.timestamp() * 1000 >= oldest]
+        if read.rows and not rows:
+            self._floors[label] = (last.cursor, read.position)
+            return Outcome(more=len(read.rows) == BATCH, held_back=read.held_back)
+        if rows:
+            timeout = 10.0 + PUBLISH_TIMEOUT * len(rows)
+            self.bridge.call(self._publish(subject, label, rows, last.sequence), timeout)
+        return Outcome(more=len(read.rows) == BATCH, held_back=read.held_back)
 
-    async def _last_cursor(self, subject: str) -> str | None:
+    def _position(self, alias: str, label: str, last: Last) -> Position:
+        text = last.cursor
+        if last.sequence and text is None:
+            text = self._mine.get(label)
+            if text is None:
+                logger.error(
+                    "Watch relay: the last message on %s is not an event of django-grpc-bus "
+                    "(no %s header); relaying from the outbox's start. Publish nothing else "
+                    "on these subjects.",
+                    subject_of(self.config, label),
+                    CURSOR,
+                )
+        floor = self._floors.get(label)
+        if floor is not None and floor[0] == text:
+            return floor[1]
+        if text is None:
+            return _start(alias)
+        try:
+            return cursors.decode(text)
+        except cursors.BadCursor:
+            return _start(alias)
+
+    async def _last(self, subject: str) -> Last:
         from nats.js.errors import NotFoundError
 
         js = await self.bridge.jetstream()
         try:
             message = await js.get_last_msg(self.config.stream, subject)
-        except NotFoundError:
-            return None
+        except NotFoundError as exc:
+            if getattr(exc, "err_code", None) == STREAM_NOT_FOUND:
+                self.bridge.stream_lost()
+                raise NatsUnavailable(f"NATS: the stream {self.config.stream} is gone") from None
+            return Last(0, None)
         except Exception as exc:  # a timeout, a lost connection
             raise NatsUnavailable(
                 f"NATS: reading the stream's last message failed ({exc})"
             ) from None
-        headers = message.headers or {}
-        return headers.get(CURSOR)
+        return Last(message.seq, (message.headers or {}).get(CURSOR))
 
-    async def _publish(self, subject: str, label: str, rows: list[Row]) -> int:
+    async def _publish(self, subject: str, label: str, rows: list[Row], after: int) -> None:
+        """Publish `rows` in order, the first expecting `after` as the subject's last
+        sequence; stops quietly where another relay published first."""
+        from nats.errors import MaxPayloadError
+        from nats.js.errors import APIError, NoStreamResponseError
+
         js = await self.bridge.jetstream()
-        stored = 0
         for row in rows:
             body, headers = encode(row, label)
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(after)
             try:
-                ack = await js.publish(
-                    subject, body, headers=headers, stream=self.config.stream, timeout=5.0
-                )
+                try:
+                    ack = await js.publish(subject, body, headers=headers, timeout=PUBLISH_TIMEOUT)
+                except MaxPayloadError:
+                    logger.warning(
+                        "Watch relay: event %s of %s is bigger than NATS's max_payload; "
+                        "published without its row (Watch reads the row from the database)",
+                        row.uid,
+                        label,
+                    )
+                    body, _ = encode(row, label, with_data=False)
+                    ack = await js.publish(subject, body, headers=headers, timeout=PUBLISH_TIMEOUT)
+            except APIError as exc:
+                if exc.err_code == WRONG_LAST_SEQUENCE:
+                    return  # another relay is ahead: the next round starts from its message
+                if exc.err_code == STREAM_NOT_FOUND:
+                    self.bridge.stream_lost()
+                raise NatsUnavailable(f"NATS: publishing to {subject} failed ({exc})") from None
+            except NoStreamResponseError:
+                self.bridge.stream_lost()
+                raise NatsUnavailable(
+                    f"NATS: no stream answered on {subject} (is {self.config.stream} gone?)"
+                ) from None
             except Exception as exc:
                 raise NatsUnavailable(f"NATS: publishing to {subject} failed ({exc})") from None
-            stored += 0 if ack.duplicate else 1
-        return stored
+            if ack.duplicate:
+                return  # another relay's copy: it is ahead
+            self.published += 1
+            self._mine[label] = headers[CURSOR]
+            after = ack.seq
 
 
 def _start(alias: str) -> Position:
     """The outbox's start: before every event kept."""
     return Position(0, 0, 0, now_ms()) if is_postgresql(alias) else Position(0, 1, 0, now_ms())
-
-
-def _decoded(text: str, alias: str) -> Position:
-    try:
-        return cursors.decode(text)
-    except cursors.BadCursor:
-        logger.warning("Watch relay: the stream's last message has no outbox cursor; from start")
-        return _start(alias)
 
 
 def _close_connections() -> None:
@@ -193,10 +297,18 @@ def relay_for(config: NatsConfig) -> Relay:
 
 
 def start_relay(traffic: Any) -> Relay | None:
-    """With ``WATCH_BACKEND`` NATS and a watched model: relay while `traffic`'s server serves."""
+    """With ``WATCH_BACKEND`` NATS and a watched model: relay until `traffic`'s server stops."""
     config = nats_config()
     if config is None or not watched_models():
         return None
     relay = relay_for(config)
     relay.serve_for(traffic)
     return relay
+
+
+def stop_relay(traffic: Any) -> None:
+    """`traffic`'s server stopped: the relay ends with the process's last server."""
+    with _relays_lock:
+        relays = list(_relays.values())
+    for relay in relays:
+        relay.stopped(traffic)

@@ -1,13 +1,17 @@
 """The ``Watch`` RPC served from JetStream (``WATCH_BACKEND`` NATS).
 
 Each call reads its model's subject through an ordered push consumer of its own (JetStream
-resends what a gap or a reconnect lost), starting after the cursor it resumes from. A snapshot is
-read from the database as with the database backend; the stream's last sequence, taken before
-it, is where the changes start, and the events that the snapshot already showed (their outbox
-transaction was visible to it) are left out: no gap, no duplicate.
+resends what a gap lost; the call opens it again after NATS reconnects), starting after the
+cursor it resumes from, and deletes it when the call ends. A snapshot is read from the database
+as with the database backend; the stream's last sequence, taken before it, is where the changes
+start, and the events that the snapshot already showed (their outbox transaction was visible to
+it) are left out: no gap, no duplicate. A call from now leaves out the events committed before
+it started in the same way.
 
-A cursor is a stream sequence: a resumed call whose next message the stream no longer holds
-(past ``WATCH_RETENTION``, the stream's ``max_age``) is OUT_OF_RANGE.
+A cursor is a stream sequence and the stream's creation time. A resumed call whose next message
+the stream no longer holds (older than ``max_age`` = ``WATCH_RETENTION``), or whose stream was
+deleted and made again since, is OUT_OF_RANGE. An idle call's BOOKMARKs move to the stream's
+last sequence once its consumer has nothing pending, so a quiet model's cursor stays in range.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
-from django.db import close_old_connections
+from django.db import close_old_connections, connections, transaction
 
 from django_grpc_bus.errors import GrpcError
 from django_grpc_bus.watch.nats.bridge import Bridge, NatsUnavailable, bridge_for
@@ -45,6 +49,7 @@ from django_grpc_bus.watch.streams import (
 
 MAX_BUFFERED = 2000  # messages a call holds before it stops its consumer (a slow client)
 OPEN_TIMEOUT = 10.0  # seconds
+CONSUMER_IDLE = 30.0  # seconds: NATS drops a consumer left behind (a process killed)
 
 
 class Feed:
@@ -57,8 +62,10 @@ class Feed:
         self.waiter = waiter
         self.items: collections.deque[Any] = collections.deque()
         self.full = False  # the consumer was stopped: reopen after the taken messages
+        self.received = 0  # messages the current consumer pushed
         self._subscription: Any = None
         self.generation = -1  # the bridge's reconnection count when the consumer was opened
+        self.epoch = 0  # the stream's creation time when it was opened
         self._closing: asyncio.Future[None] | None = None
 
     async def open(self, start: int) -> None:
@@ -67,17 +74,22 @@ class Feed:
 
         js = await self.bridge.jetstream()
         self.generation = self.bridge.generation
+        self.epoch = self.bridge.stream_epoch
         self.bridge.on_reconnect(self)
+        self.received = 0
 
         async def arrived(message: Any) -> None:
             if self.full:
                 return
+            woken = bool(self.items)  # a wake-up is pending while anything is not taken
             self.items.append(message)
+            self.received += 1
             if len(self.items) >= MAX_BUFFERED:
                 # A slow client: stop the consumer; the call reopens it after what it took.
                 self.full = True
                 self._closing = asyncio.ensure_future(self.close())
-            self.waiter.set()
+            if not woken:
+                self.waiter.set()
 
         try:
             self._subscription = await js.subscribe(
@@ -87,7 +99,7 @@ class Feed:
                 ordered_consumer=True,
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                 config=ConsumerConfig(opt_start_seq=max(start, 1)),
-                inactive_threshold=30.0,
+                inactive_threshold=CONSUMER_IDLE,
             )
         except NatsUnavailable:
             raise
@@ -102,6 +114,10 @@ class Feed:
         message taken, or NATS reconnected since it was opened."""
         return (self.full and not self.items) or self.generation != self.bridge.generation
 
+    def stream_remade(self) -> bool:
+        """Whether the stream was deleted and made again since the consumer was opened."""
+        return self.epoch != self.bridge.stream_epoch
+
     async def reopen(self, start: int) -> None:
         """A new consumer from `start`; what the old one pushed and was not taken is dropped
         (the new one sends it again)."""
@@ -112,11 +128,32 @@ class Feed:
 
     async def close(self) -> None:
         subscription, self._subscription = self._subscription, None
-        if subscription is not None:
-            try:
-                await subscription.unsubscribe()
-            except Exception:  # the connection is gone: the server drops the consumer itself
-                pass
+        if subscription is None:
+            return
+        try:
+            await subscription.unsubscribe()
+            # Not left on the server for CONSUMER_IDLE (its name changes when nats-py resets it).
+            await asyncio.wait_for(
+                self.bridge._js.delete_consumer(self.config.stream, subscription._consumer), 2.0
+            )
+        except Exception:  # the connection or the consumer is gone: the server drops it itself
+            pass
+
+    async def settled(self) -> int | None:
+        """The stream's last sequence if every message of the subject up to it was pushed to
+        this call (none pending), else None."""
+        subscription = self._subscription
+        if subscription is None:
+            return None
+        js = await self.bridge.jetstream()
+        try:
+            last = (await js.stream_info(self.config.stream)).state.last_seq
+            info = await subscription.consumer_info()
+        except Exception:
+            return None
+        if info.num_pending == 0 and info.delivered.consumer_seq == self.received:
+            return int(last)
+        return None
 
     def take(self) -> list[Any]:
         taken = []
@@ -125,14 +162,14 @@ class Feed:
         return taken
 
 
-async def _bounds(bridge: Bridge, config: NatsConfig) -> tuple[int, int]:
-    """The stream's (first, last) sequence."""
+async def _bounds(bridge: Bridge, config: NatsConfig) -> tuple[int, int, int]:
+    """The stream's (first, last) sequence and creation time."""
     js = await bridge.jetstream()
     try:
         info = await js.stream_info(config.stream)
     except Exception as exc:
         raise NatsUnavailable(f"NATS: reading stream {config.stream} failed ({exc})") from None
-    return info.state.first_seq, info.state.last_seq
+    return info.state.first_seq, info.state.last_seq, bridge.stream_epoch
 
 
 class NatsWatchStream(WatchStream):
@@ -144,46 +181,66 @@ class NatsWatchStream(WatchStream):
         self.bridge = bridge_for(config)
         self.subject = subject_of(config, self.label)
         self.sequence = 0  # every message up to it is delivered
-        # Outbox events the call must not send: committed before it started (a relay may
-        # publish them after the stream position it starts from).
+        self.epoch = 0
+        # SQLite: outbox events the call must not send (committed before it started, or shown
+        # by its snapshot); PostgreSQL uses seen_in_snapshot (the snapshot's transactions).
         self.before: Position | None = None
 
     def start(self) -> list[Any]:
         since, snapshot = self.check_request()
-        first, last = self.bridge.call(_bounds(self.bridge, self.config))
+        first, last, self.epoch = self.bridge.call(_bounds(self.bridge, self.config))
         if since:
-            try:
-                self.sequence = decode_cursor(since).sequence
-            except ValueError as exc:
-                raise GrpcError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"since is {exc}: pass the cursor of an event this server sent, or leave "
-                    "it empty.",
-                    [("since", str(exc))],
-                ) from None
-            if self.sequence > last or self.sequence + 1 < first:
-                why = (
-                    "the stream no longer holds the events after it (WATCH_RETENTION)"
-                    if self.sequence + 1 < first
-                    else "the stream was reset since (it ends before it)"
-                )
-                raise GrpcError(
-                    grpc.StatusCode.OUT_OF_RANGE,
-                    f"since is out of range: {why}. Watch again with snapshot: true.",
-                    [("since", why)],
-                )
+            self._resume(since, first, last)
             return []
         self.sequence = last
         if not snapshot:
-            self.before = current_position(self.alias)
+            self._exclude_committed()
             return []
         events = self._snapshot()  # PostgreSQL: seen_in_snapshot says what it showed
         if not is_postgresql(self.alias):
             self.before = self.position
-        mark = StreamPosition(last).encode()
+        mark = self.cursor()
         for event in events:
             event.cursor = mark
         return events
+
+    def _resume(self, since: str, first: int, last: int) -> None:
+        try:
+            position = decode_cursor(since)
+        except ValueError as exc:
+            raise GrpcError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"since is {exc}: pass the cursor of an event this server sent, or leave it empty.",
+                [("since", str(exc))],
+            ) from None
+        self.sequence = position.sequence
+        if position.epoch and self.epoch and position.epoch != self.epoch:
+            why = "the stream was deleted and made again since"
+        elif self.sequence + 1 < first:
+            why = "the stream no longer holds the events after it (WATCH_RETENTION)"
+        elif self.sequence > last:
+            why = "the stream was reset since (it ends before it)"
+        else:
+            return
+        raise GrpcError(
+            grpc.StatusCode.OUT_OF_RANGE,
+            f"since is out of range: {why}. Watch again with snapshot: true.",
+            [("since", why)],
+        )
+
+    def _exclude_committed(self) -> None:
+        """From now: leave out events committed before now that a relay publishes later."""
+        if not is_postgresql(self.alias):
+            self.before = current_position(self.alias)
+            return
+        with transaction.atomic(using=self.alias), connections[self.alias].cursor() as cursor:
+            cursor.execute("SELECT pg_current_snapshot()::text")
+            xmin, xmax, running = cursor.fetchone()[0].split(":")
+        xip = frozenset(int(x) for x in running.split(",") if x)
+        self.seen_in_snapshot = (int(xmin), int(xmax), xip)
+
+    def cursor(self) -> str:
+        return StreamPosition(self.sequence, self.epoch).encode()
 
     def _shown_in_snapshot(self, row: Row) -> bool:
         """Whether the row's event committed before the call started (from now) or was shown
@@ -198,7 +255,7 @@ class NatsWatchStream(WatchStream):
             sequence = message.metadata.sequence.stream
             self.sequence = max(self.sequence, sequence)
             try:
-                rows.append(decode(message.data, sequence))
+                rows.append(decode(message.data, sequence, self.epoch))
             except BadMessage:
                 continue  # not ours (someone published on our subject): not an event
         return rows
@@ -211,17 +268,36 @@ class NatsWatchStream(WatchStream):
 
     def ready(self, rows: list[Row]) -> bool:
         """Whether :meth:`events` needs no database (it may run on the loop)."""
-        return not self.scoped and all(_data_cached(self.serializer_class, r) for r in rows)
+        return not self.scoped and all(
+            row.data is not None and _data_cached(self.serializer_class, row) for row in rows
+        )
+
+    def _data(self, row: Row) -> Any:
+        if row.data is not None:
+            return super()._data(row)
+        # Published without its row (too big for NATS): the row as it is now, or its key.
+        instance = self.model._default_manager.using(self.alias).filter(pk=self._pk(row)).first()
+        if instance is not None:
+            return self.serializer_class.to_message(instance)
+        data = self.event_class().data
+        self._pk_only(data, row)
+        return data
 
     def bookmark(self) -> Any:
-        return self.event_class(type=BOOKMARK, cursor=StreamPosition(self.sequence).encode())
+        return self.event_class(type=BOOKMARK, cursor=self.cursor())
+
+    def refuse_if_remade(self, feed: Feed) -> None:
+        if feed.stream_remade():
+            raise GrpcError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"The JetStream stream {self.config.stream} was deleted and made again; "
+                "watch again from your last cursor (it is then OUT_OF_RANGE: watch again with "
+                "snapshot: true).",
+            )
 
 
 def _unavailable(exc: NatsUnavailable) -> GrpcError:
-    return GrpcError(
-        grpc.StatusCode.UNAVAILABLE,
-        f"{exc}. Watch again from your last cursor.",
-    )
+    return GrpcError(grpc.StatusCode.UNAVAILABLE, f"{exc}. Watch again from your last cursor.")
 
 
 def _pause(sent: float, every: float) -> float:
@@ -250,6 +326,7 @@ def watch(service: Any, request: Any, context: Any, config: NatsConfig) -> Itera
         while context.is_active():
             _refuse_if_stopping()
             waiter.event.clear()
+            stream.refuse_if_remade(feed)
             if feed.stale():
                 stream.bridge.call(feed.reopen(stream.sequence + 1), OPEN_TIMEOUT)
             events = stream.events(stream.rows(feed.take()))
@@ -258,6 +335,9 @@ def watch(service: Any, request: Any, context: Any, config: NatsConfig) -> Itera
             if events:
                 sent = now
             elif now - sent >= every:
+                settled = stream.bridge.call(feed.settled())
+                if settled is not None and not feed.items:
+                    stream.sequence = max(stream.sequence, settled)
                 yield stream.bookmark()
                 sent = now
             if not events and not feed.items:
@@ -295,6 +375,7 @@ async def awatch(
         while True:
             _refuse_if_stopping()
             waiter.event.clear()
+            stream.refuse_if_remade(feed)
             if feed.stale():
                 await stream.bridge.acall(feed.reopen(stream.sequence + 1), OPEN_TIMEOUT)
             rows = stream.rows(feed.take())
@@ -308,6 +389,9 @@ async def awatch(
             if events:
                 sent = now
             elif now - sent >= every:
+                settled = await stream.bridge.acall(feed.settled())
+                if settled is not None and not feed.items:
+                    stream.sequence = max(stream.sequence, settled)
                 yield stream.bookmark()
                 sent = now
             if not events and not feed.items:
