@@ -91,6 +91,7 @@ class FakeWatchServer:
         self.rows: dict[int, str] = {}  # the current rows, for snapshots
         self.pruned = 0  # cursors below this are past retention
         self.bookmarks = False  # a BOOKMARK (the start position) first, as the real server
+        self.unavailable = False  # every Watch ends UNAVAILABLE (its NATS down, say)
         self.calls: list[tuple[str, bool]] = []  # (since, snapshot) of every call
         self.open_calls = 0  # Watch calls whose servicer has not returned yet
         self.condition = threading.Condition()
@@ -159,6 +160,8 @@ class Servicer:
     def events(self, request: Any, context: grpc.ServicerContext) -> Any:
         fake, pb2 = self.fake, self.fake.pb2
         fake.calls.append((request.since, request.snapshot))
+        if fake.unavailable:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the fake's backend is unreachable")
         with fake.condition:
             if request.since and not request.since.isdigit():
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"since: {request.since!r}")

@@ -13,6 +13,8 @@ the network dropped) or the server ends the stream, the watch calls again after 
 before its ``SNAPSHOT_COMPLETE`` is asked for again from the start. Any other status (an
 OUT_OF_RANGE cursor past retention, INVALID_ARGUMENT, PERMISSION_DENIED...) raises the
 registry's ``CallError``. Closing the generator (``break``, ``close()``) cancels the call.
+A ``timeout`` is the whole watch's deadline, reconnects and their waits included: each call is
+given what is left of it, and the watch ends with DEADLINE_EXCEEDED when none is.
 
 ``Watch`` is the synchronous iterator, ``afollow`` the asyncio generator; ``WatchState`` (the
 request to send next and the resume cursor) and ``Reconnect`` are what they share.
@@ -24,6 +26,7 @@ import asyncio
 import logging
 import random
 import threading
+import time
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
@@ -31,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf import descriptor
 
-from django_grpc_bus.client.exceptions import ClientError, RequestError
+from django_grpc_bus.client.exceptions import CallError, ClientError, RequestError
 from django_grpc_bus.conf import bus_settings
 from django_grpc_bus.conversion.messages import message_to_dict
 
@@ -138,9 +141,39 @@ class WatchState:
         self.cursor: str = self.original.since
         self.in_snapshot = bool(getattr(self.original, "snapshot", False))
         self.failures = 0
+        self.started = False
+        self.timeout: float | None = None  # the whole watch's, from its first call
+        self.deadline: float | None = None  # time.monotonic() of that
         # Called with a BOOKMARK's cursor once it is the resume point (a durable consumer
         # stores it: a restart before the first event then resumes from there).
         self.on_bookmark: Callable[[str], None] | None = None
+
+    def call_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """`options` for the next call: its timeout is what is left of the watch's, whose
+        clock starts at the first call. DEADLINE_EXCEEDED (the registry's CallError) when
+        nothing is left."""
+        if not self.started:
+            self.started = True
+            self.timeout = options.get("timeout")
+            if self.timeout is not None:
+                self.deadline = time.monotonic() + self.timeout
+        left = self.time_left()
+        if left is None:
+            return options
+        if left <= 0:
+            raise CallError(
+                None,
+                self.rpc.servlet.name,
+                self.rpc.name,
+                code=grpc.StatusCode.DEADLINE_EXCEEDED,
+                details=f"Deadline Exceeded: the watch's timeout ({self.timeout:g} s) has "
+                "passed, reconnects included",
+            )
+        return {**options, "timeout": left}
+
+    def time_left(self) -> float | None:
+        """Seconds before the watch's deadline, or None when it has none."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
 
     def request(self) -> Any:
         """The original request, resuming from the last cursor once no snapshot is pending."""
@@ -182,6 +215,9 @@ class WatchState:
                 raise self.rpc.error(exc) from None
             return None  # the server ended the stream and no retry is left
         delay = reconnect.delay(self.failures)
+        left = self.time_left()
+        if left is not None:
+            delay = max(min(delay, left), 0.0)  # the next call then finds no time left
         logger.warning(
             "Watch %s on servlet %r: %s; calling again in %.2f s from cursor %r",
             self.rpc.name,
@@ -242,7 +278,8 @@ class Watch(Iterator[dict[str, Any]]):
     def _follow(self) -> Generator[dict[str, Any], None, None]:
         state = self.state
         while not self._stopped.is_set():
-            call = self._call = self._multicallable()(state.request(), **self._options)
+            options = state.call_options(self._options)
+            call = self._call = self._multicallable()(state.request(), **options)
             if self._stopped.is_set():  # stop() ran before the call was there to cancel
                 call.cancel()
             failure: grpc.RpcError | None = None
@@ -267,7 +304,7 @@ async def afollow(
 ) -> AsyncGenerator[dict[str, Any], None]:
     """``Watch`` for ``grpc.aio``: an async generator; closing it cancels the call."""
     while True:
-        call = multicallable()(state.request(), **options)
+        call = multicallable()(state.request(), **state.call_options(options))
         failure: grpc.RpcError | None = None
         try:
             async for message in call:

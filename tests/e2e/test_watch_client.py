@@ -194,6 +194,66 @@ def test_spent_attempts_raise_unavailable(fake):
     assert time.monotonic() - started < 5
 
 
+# Reconnects for longer than the timeouts below: without one deadline over them all the watch
+# would end UNAVAILABLE (attempts spent), not DEADLINE_EXCEEDED.
+PATIENT = Reconnect(initial=0.05, maximum=0.2, attempts=100)
+
+
+def test_a_timeout_covers_the_whole_watch_reconnects_included(fake):
+    """docs/client.md: a deadline covers a whole stream; a Watch's reconnects are that stream."""
+    fake.unavailable = True  # the producer answers, but each Watch ends UNAVAILABLE
+    events = registry.fake.Book.watch({}, timeout=1, reconnect=PATIENT)
+    with pytest.raises(CallError) as info:
+        next(events)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, info.value
+    assert "timeout (1 s)" in info.value.details()
+    assert len(fake.calls) >= 2, "it did reconnect before the deadline"
+
+
+def test_an_async_watch_timeout_covers_its_reconnects(fake):
+    fake.unavailable = True
+
+    async def run() -> None:
+        events = aregistry.fake.Book.watch({}, timeout=1, reconnect=PATIENT).__aiter__()
+        try:
+            await events.__anext__()
+        finally:
+            await events.aclose()
+            await aregistry.aclose()
+
+    with pytest.raises(CallError) as info:
+        asyncio.run(run())
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, info.value
+
+
+class Unavailable(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "down"
+
+
+def test_each_call_of_a_watch_gets_what_is_left_of_its_timeout(fake, monkeypatch):
+    from django_grpc_bus.client import watch
+
+    now = [100.0]
+    monkeypatch.setattr(watch.time, "monotonic", lambda: now[0])
+    state = WatchState(registry.fake.Book.watch, {}, Reconnect(initial=30, maximum=30, jitter=0))
+    assert state.call_options({"timeout": 12, "metadata": None})["timeout"] == 12
+    now[0] += 5
+    assert state.call_options({"timeout": 12, "metadata": None})["timeout"] == 7
+    assert state.retry_delay(Unavailable()) == 7, "the wait ends at the deadline, not after it"
+    now[0] += 7
+    with pytest.raises(CallError) as info:
+        state.call_options({"timeout": 12, "metadata": None})
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    endless = WatchState(registry.fake.Book.watch, {}, FAST)
+    assert endless.call_options({"timeout": None, "metadata": None})["timeout"] is None
+    now[0] += 1e6
+    assert endless.call_options({"timeout": None, "metadata": None})["timeout"] is None
+
+
 def test_a_bad_request_fails_before_any_call(fake):
     with pytest.raises(ClientError, match=r"fakebus\.Book\.Watch"):
         registry.fake.Book.watch({"nope": 1})
@@ -346,3 +406,17 @@ def test_grpclist_shows_watch_and_grpccall_prints_events_up_to_max(fake):
     assert lines[0]["changed"] == ["title"] and lines[0]["time"].endswith("+00:00")
     with pytest.raises(CommandError, match="--max must be at least 1"):
         call_command("grpccall", "fake", "fakebus.Book.watch", "--max", "0")
+
+
+def test_grpccall_timeout_ends_a_watch_that_keeps_reconnecting(fake, settings):
+    """docs/commands.md: `--timeout` ends a Watch with DEADLINE_EXCEEDED, reconnects included."""
+    from django.core.management import call_command
+
+    settings.MESSAGE_BUS = {**settings.MESSAGE_BUS, "WATCH_RECONNECT": {"maximum": 0.2}}
+    fake.unavailable = True
+    err = io.StringIO()
+    with pytest.raises(SystemExit) as exited:
+        call_command("grpccall", "fake", "fakebus.Book.watch", "--timeout", "1", stderr=err)
+    assert exited.value.code == 1
+    assert err.getvalue().startswith("DEADLINE_EXCEEDED: "), err.getvalue()
+    assert len(fake.calls) >= 2
