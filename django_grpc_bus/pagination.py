@@ -25,6 +25,7 @@ import grpc
 from django.db.models import QuerySet
 from django.db.models.query import ModelIterable
 
+from django_grpc_bus import row_reads
 from django_grpc_bus.conf import bus_settings
 from django_grpc_bus.errors import GrpcError
 from django_grpc_bus.meta import primary_key_fields
@@ -113,6 +114,9 @@ def _rows(queryset: QuerySet, plan: Any) -> tuple[Iterable[Any], Any]:
         and queryset._iterable_class is ModelIterable
     ):
         queryset = queryset.values_list(*plan.columns)
+        read = row_reads.list_rows(queryset, plan, bus_settings.LIST_BATCH_SIZE)
+        if read is not None:
+            return read  # the rows as the driver gives them, and a filler that converts them
         fill = plan.fill_row
     return queryset.iterator(chunk_size=bus_settings.LIST_BATCH_SIZE), fill
 

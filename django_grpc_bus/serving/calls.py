@@ -213,16 +213,11 @@ def unary_work(route: Route) -> Callable[[Any, grpc.ServicerContext], Any]:
         if prepare is not None:
             prepare()  # work that needs no transaction (Create's validation), done before it
         # A queued write waits as long as its client does (SQLite: behind the other writers).
-        with write_transaction(wait=_deadline_wait(context)):
+        with write_transaction(wait=_deadline_wait(context)) as write:
             result = action(request, context)
-            connection = transaction.get_connection()
-            if connection.vendor == "postgresql":
-                # Deferred constraints (foreign keys) are checked now rather than at COMMIT,
-                # where waiting on a lock could outlast the deadline unnoticed. One statement:
-                # nothing follows in this transaction, so they need not be deferred again
-                # (Django's check_constraints() would, a second round trip).
-                with connection.cursor() as cursor:
-                    cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            # Deferred constraints (foreign keys) are checked now rather than at COMMIT, where
+            # waiting on a lock could outlast the deadline unnoticed (when any can be pending).
+            write.check_deferred_constraints()
             if not context.is_active():
                 # Cancelled, past its deadline, or cut off by shutdown: the client saw a
                 # failure, so nothing of this call may stay in the database.
