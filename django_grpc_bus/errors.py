@@ -10,6 +10,7 @@ to the client only with ``rungrpcserver --dev``).
 from __future__ import annotations
 
 import logging
+import re
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,7 +18,14 @@ from typing import Any
 
 import grpc
 from django.core import exceptions as django_exceptions
-from django.db import DataError, IntegrityError, InterfaceError, OperationalError
+from django.db import (
+    DatabaseError,
+    DataError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+)
 from django.db.models import ProtectedError, RestrictedError
 from django.http import Http404
 from google.protobuf import any_pb2
@@ -192,9 +200,45 @@ SQLITE_STATEMENT_LIMITS = (
 )
 
 
+# A table that does not exist, in each database's words: SQLite's OperationalError, PostgreSQL's
+# undefined_table (SQLSTATE 42P01) and MySQL's error 1146, both ProgrammingError.
+MISSING_TABLE = re.compile(
+    r"no such table: (?P<sqlite>\S+)"
+    r"|relation \"(?P<postgresql>[^\"]+)\" does not exist"
+    r"|Table '(?:[^'.]+\.)?(?P<mysql>[^']+)' doesn't exist"
+)
+
+
+def missing_table(exc: BaseException) -> str | None:
+    """The table `exc` says does not exist (its migrations were not applied), or None."""
+    cause = exc.__cause__
+    sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    args = getattr(cause, "args", ())
+    if sqlstate and sqlstate != "42P01":
+        return None
+    if args and isinstance(args[0], int) and args[0] != 1146:
+        return None
+    found = MISSING_TABLE.search(str(exc))
+    return next((name for name in found.groups() if name), None) if found else None
+
+
+def _missing_table(exc: DatabaseError) -> Failure | None:
+    """FAILED_PRECONDITION, not UNAVAILABLE: retrying cannot create a table, `migrate` does."""
+    table = missing_table(exc)
+    if table is None:
+        return None
+    return Failure(
+        Code.FAILED_PRECONDITION,
+        f"The server's database has no table {table}: run `manage.py migrate` on the server.",
+    )
+
+
 def _operational(exc: OperationalError) -> Failure:
     if any(limit in str(exc) for limit in SQLITE_STATEMENT_LIMITS):
         return Failure(Code.INVALID_ARGUMENT, "The request makes a query too large to run.")
+    missing = _missing_table(exc)
+    if missing is not None:
+        return missing
     return Failure(Code.UNAVAILABLE, "The database is unavailable; retry later.")
 
 
@@ -219,13 +263,14 @@ STATUS_TABLE: list[tuple[type[BaseException], Callable[[Any], Failure | None]]] 
     # e.g. SQLite's 64-bit integers, which hold a duration in microseconds
     (OverflowError, _fixed(Code.INVALID_ARGUMENT, "A value is too large to store.")),
     (OperationalError, _operational),
+    (ProgrammingError, _missing_table),  # anything else in it is unexpected (-> INTERNAL)
     (InterfaceError, _fixed(Code.UNAVAILABLE, "The database is unavailable; retry later.")),
     (django_exceptions.MultipleObjectsReturned, _own_message(Code.FAILED_PRECONDITION)),
     (NotImplementedError, _fixed(Code.UNIMPLEMENTED, "This method is not implemented.")),
 ]
 
 INTERNAL = Failure(Code.INTERNAL, "Internal server error.")
-DATABASE_ERRORS = (IntegrityError, DataError, OperationalError, InterfaceError)
+DATABASE_ERRORS = (IntegrityError, DataError, OperationalError, InterfaceError, ProgrammingError)
 
 
 def failure_for(exc: BaseException) -> Failure | None:
@@ -275,7 +320,12 @@ def describe_failure(exc: BaseException, method: str, dev: bool) -> Failure:
     if isinstance(exc, DATABASE_ERRORS):
         # The client gets a generic text; the operator needs the database's own words (which
         # constraint, which column) to find the cause.
-        logger.warning("%s ended %s: %s: %s", method, failure.code.name, type(exc).__name__, exc)
+        if missing_table(exc) is not None:  # every such call fails until someone migrates
+            logger.error("%s ended %s: %s (%s)", method, failure.code.name, failure.message, exc)
+        else:
+            logger.warning(
+                "%s ended %s: %s: %s", method, failure.code.name, type(exc).__name__, exc
+            )
         if dev:
             return Failure(failure.code, f"{failure.message} ({exc})", failure.violations)
     return failure

@@ -14,6 +14,7 @@ from django.db import (
     IntegrityError,
     InterfaceError,
     OperationalError,
+    ProgrammingError,
     connection,
     transaction,
 )
@@ -95,6 +96,11 @@ TABLE_CASES = [
     (OperationalError("could not connect to server"), OperationalError, Code.UNAVAILABLE),
     (OperationalError("LIKE or GLOB pattern too complex"), OperationalError, Code.INVALID_ARGUMENT),
     (InterfaceError("connection already closed"), InterfaceError, Code.UNAVAILABLE),
+    (
+        ProgrammingError('relation "django_grpc_bus_watchevent" does not exist'),
+        ProgrammingError,
+        Code.FAILED_PRECONDITION,
+    ),
     (
         django_exceptions.MultipleObjectsReturned("Two rows."),
         django_exceptions.MultipleObjectsReturned,
@@ -467,6 +473,61 @@ def test_not_null_on_a_column_named_duplicate_is_not_already_exists():
 
 def test_an_unmatched_database_error_is_unexpected():
     assert failure_for(DatabaseError("something else")) is None
+    assert failure_for(ProgrammingError('syntax error at or near "SELEC"')) is None
+
+
+class MySQLError(Exception):
+    """What mysqlclient raises: the error number first."""
+
+
+def mysql(exc: Exception, number: int) -> Exception:
+    exc.__cause__ = MySQLError(number, str(exc))
+    return exc
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        OperationalError("no such table: django_grpc_bus_watchevent"),  # SQLite
+        ProgrammingError(
+            'relation "django_grpc_bus_watchevent" does not exist\nLINE 1: INSERT INTO ...'
+        ),  # PostgreSQL
+        mysql(
+            ProgrammingError("(1146, \"Table 'shop.django_grpc_bus_watchevent' doesn't exist\")"),
+            1146,
+        ),
+    ],
+    ids=["sqlite", "postgresql", "mysql"],
+)
+def test_a_missing_table_is_failed_precondition_naming_it_and_migrate(exc, caplog):
+    """Not UNAVAILABLE: a client would retry for ever what only `migrate` mends."""
+    with caplog.at_level(logging.WARNING, logger="django_grpc_bus"):
+        failure = describe_failure(exc, "/catalog.Book/Create", dev=False)
+    assert failure.code is Code.FAILED_PRECONDITION
+    assert failure.message == (
+        "The server's database has no table django_grpc_bus_watchevent: run `manage.py migrate` "
+        "on the server."
+    )
+    (record,) = [r for r in caplog.records if r.name == "django_grpc_bus"]
+    assert record.levelno == logging.ERROR
+    assert "/catalog.Book/Create" in record.getMessage()
+    assert "run `manage.py migrate`" in record.getMessage()
+
+
+def test_another_mysql_error_naming_a_table_is_not_a_missing_table():
+    exc = mysql(ProgrammingError("(1142, \"SELECT command denied for table 'x'\")"), 1142)
+    assert failure_for(exc) is None
+
+
+@pytest.mark.django_db
+def test_a_real_missing_table_is_failed_precondition():
+    """This database's own words (SQLite, or PostgreSQL with DATABASE_URL)."""
+    with pytest.raises(DatabaseError) as info, transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT * FROM grpcbus_no_such_table")
+    failure = failure_for(info.value)
+    assert failure is not None and failure.code is Code.FAILED_PRECONDITION, info.value
+    assert "no table grpcbus_no_such_table: run `manage.py migrate`" in failure.message
 
 
 # -- GrpcError -----------------------------------------------------------------------------------
