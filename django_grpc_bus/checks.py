@@ -370,6 +370,49 @@ def _watch_errors(handler: Any) -> list[CheckMessage]:
     return errors
 
 
+UNAPPLIED_MIGRATIONS = "django_grpc_bus.W005"
+
+
+def unapplied_migrations() -> list[CheckMessage]:
+    """W005 when a model is watched and django_grpc_bus's migrations are not all applied.
+
+    Not a registered check: it reads the database, and `migrate`, which runs the checks, would
+    print it just before applying them. rungrpcserver runs it at start.
+    """
+    from django.db import DatabaseError, connections, router
+    from django.db.migrations.loader import MigrationLoader
+
+    from django_grpc_bus.models import WatchEvent
+    from django_grpc_bus.watch.recording import watched_models
+
+    if not watched_models() or UNAPPLIED_MIGRATIONS in settings.SILENCED_SYSTEM_CHECKS:
+        return []
+    alias = router.db_for_write(WatchEvent)
+    try:
+        loader = MigrationLoader(connections[alias], ignore_no_migrations=True)
+    except DatabaseError:  # unreachable: the calls will say so
+        return []
+    missing = sorted(
+        name
+        for app, name in loader.disk_migrations
+        if app == "django_grpc_bus" and (app, name) not in loader.applied_migrations
+    )
+    if not missing:
+        return []
+    labels = sorted(model._meta.label for model in watched_models())
+    return [
+        Warning(
+            f"django_grpc_bus's migrations {', '.join(missing)} are not applied to database "
+            f"{alias!r}, and {', '.join(labels)} "
+            f"{'is' if len(labels) == 1 else 'are'} watched: every write to "
+            f"{'it' if len(labels) == 1 else 'them'} fails (FAILED_PRECONDITION, its outbox "
+            "table missing).",
+            hint="Run `manage.py migrate`.",
+            id=UNAPPLIED_MIGRATIONS,
+        )
+    ]
+
+
 def _module_file(cls: type) -> str:
     """The file `cls` was loaded from, relative to the working directory when under it."""
     module = sys.modules.get(cls.__module__)

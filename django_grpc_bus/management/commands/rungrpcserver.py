@@ -10,6 +10,7 @@ from django.utils import autoreload
 from django.utils.module_loading import import_string
 
 from django_grpc_bus import transport
+from django_grpc_bus.checks import unapplied_migrations
 from django_grpc_bus.conf import bus_settings
 from django_grpc_bus.handler_hook import load_handler_hook
 from django_grpc_bus.management.bus_command import BusCommand
@@ -136,6 +137,7 @@ class Command(BusCommand):
         if not skip_checks and not reloading:
             # As runserver does: a serializer that would drop fields (E016) must not serve.
             self.check(display_num_errors=dev)
+            self.warn_unapplied_migrations()
         config = ServerConfig(
             address=addrport,
             max_workers=max_workers,
@@ -194,7 +196,13 @@ class Command(BusCommand):
         handler = load_handler_hook(required=True)
         if not skip_checks:
             self.check(display_num_errors=True)
+            self.warn_unapplied_migrations()
         return handler
+
+    def warn_unapplied_migrations(self) -> None:
+        """As runserver's note on unapplied migrations, for the outbox a watch writes to."""
+        for warning in unapplied_migrations():
+            self.stderr.write(f"WARNING: ({warning.id}) {warning.msg}\n\tHINT: {warning.hint}")
 
     @staticmethod
     def metrics_address(value: str | None, host: str, workers: int) -> tuple[str, int] | None:
