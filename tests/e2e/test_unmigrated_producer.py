@@ -59,6 +59,18 @@ def test_a_write_to_a_watched_model_without_the_outbox_table_says_to_migrate(url
     assert "django_grpc_bus_watchevent" in logged[0]
 
 
+@pytest.mark.parametrize("asyncio", SERVERS)
+def test_a_watch_without_the_outbox_table_ends_failed_precondition(url, asyncio):
+    """Not UNAVAILABLE: the client's watch() would call again for ever."""
+    with running_server(url, env=bus_env(ASYNCIO=asyncio)) as server:
+        with grpc.insecure_channel(server.target) as channel:
+            call = pb_grpc.BookStub(channel).Watch(pb.BookWatchRequest(), timeout=10)
+            with pytest.raises(grpc.RpcError) as info:
+                list(call)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION, info.value
+    assert "django_grpc_bus_watchevent: run `manage.py migrate`" in info.value.details()
+
+
 def test_a_server_with_every_migration_applied_does_not_warn(tmp_path):
     with new_database(tmp_path) as migrated:
         with running_server(migrated) as server:
