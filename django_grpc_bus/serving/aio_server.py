@@ -45,7 +45,6 @@ from django_grpc_bus.serving.server import (
     server_options,
 )
 from django_grpc_bus.serving.traffic import Traffic
-from django_grpc_bus.watch.nats.relay import stop_relay
 
 STOP_POLL = 0.2  # seconds between looks at the stop event
 SETTLE_TIMEOUT = 2.0  # seconds the server's own tasks get to end once it is stopped
@@ -89,6 +88,8 @@ class AioBuiltServer:
             None, self.traffic.wait_quiet, QUIET_PERIOD, min(QUIET_WAIT, remaining)
         )
         await self.server.stop(0)
+        from django_grpc_bus.watch.nats.relay import stop_relay  # (models: after setup)
+
         await loop.run_in_executor(None, stop_relay, self.traffic)
         if finished or not exiting:
             # grpc cancels what is left (health Watch streams, calls cut short) from its own

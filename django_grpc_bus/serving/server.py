@@ -31,7 +31,6 @@ from django_grpc_bus.observability.call_observer import CallObserver
 from django_grpc_bus.observability.metrics import MetricsError
 from django_grpc_bus.serving.interceptors import InfrastructureGuard
 from django_grpc_bus.serving.traffic import Traffic
-from django_grpc_bus.watch.nats.relay import stop_relay
 
 logger = logging.getLogger("django_grpc_bus.server")
 
@@ -139,6 +138,8 @@ class BuiltServer:
         remaining = max(deadline - time.monotonic(), 0.0)
         self.traffic.wait_quiet(QUIET_PERIOD, min(QUIET_WAIT, remaining))
         self.server.stop(0).wait(5)
+        from django_grpc_bus.watch.nats.relay import stop_relay  # (models: after setup)
+
         stop_relay(self.traffic)
         if self.observer is not None:
             self.observer.close()
