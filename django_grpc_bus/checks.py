@@ -91,7 +91,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
 
 
 def _check_watch_backend(value: Any) -> list[CheckMessage]:
-    from django_grpc_bus.watch.nats.config import problem as backend_problem
+    from django_grpc_bus.watch.nats.backend import problem as backend_problem
 
     problem = backend_problem(value)
     if problem is None:

@@ -24,7 +24,7 @@ from django_grpc_bus.conf import bus_settings
 from django_grpc_bus.errors import GrpcError
 from django_grpc_bus.models import WatchEvent
 from django_grpc_bus.watch import cursor as cursors
-from django_grpc_bus.watch.nats.config import nats_config
+from django_grpc_bus.watch.nats.backend import nats_config
 from django_grpc_bus.watch.notifier import Waiter, notifier
 from django_grpc_bus.watch.reading import (
     Position,
@@ -480,7 +480,7 @@ class WatchModelMixin:
     def watch(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         config = nats_config()
         if config is not None:
-            from django_grpc_bus.watch.nats import streams as nats_streams
+            from django_grpc_bus.watch.nats import feeds as nats_streams
 
             return nats_streams.watch(self, request, context, config)
         return watch(self, request, context)
@@ -488,7 +488,7 @@ class WatchModelMixin:
     async def awatch(self, request: Any, context: Any) -> AsyncIterator[Any]:
         config = nats_config()
         if config is not None:
-            from django_grpc_bus.watch.nats import streams as nats_streams
+            from django_grpc_bus.watch.nats import feeds as nats_streams
 
             async for event in nats_streams.awatch(self, request, context, config):
                 yield event

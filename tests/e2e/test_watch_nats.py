@@ -537,7 +537,7 @@ def test_ended_calls_leave_no_consumer_on_the_nats_server(url, backend):
 
 def test_a_stream_of_that_name_with_other_subjects_is_left_alone(url, backend):
     """WATCH_BACKEND's stream names a stream someone else made for other subjects: it is not
-    changed, and Watch ends UNAVAILABLE saying so."""
+    changed, and Watch ends FAILED_PRECONDITION saying so (calling again would not help)."""
 
     async def make(js):
         await js.add_stream(name=backend["stream"], subjects=[f"{backend['subject_prefix']}x.>"])
@@ -545,7 +545,7 @@ def test_a_stream_of_that_name_with_other_subjects_is_left_alone(url, backend):
     _run(_js_call(make))
     with running_server(url, env=env(backend)) as server, Watching(server.target) as watch:
         error = _wait_error(watch)
-    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert backend["stream"] in error.details() and "subjects" in error.details()
 
     async def subjects(js):

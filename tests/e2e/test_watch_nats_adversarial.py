@@ -390,16 +390,17 @@ def test_resuming_from_a_snapshots_cursor_sends_no_row_the_snapshot_showed(url, 
 # -- the stream made by someone else ----------------------------------------------------------
 
 
-def test_a_stream_of_that_name_made_otherwise_gets_our_subjects_and_age_and_keeps_the_rest(
-    url, backend
-):
+def test_a_stream_of_that_name_made_otherwise_gets_our_age_and_keeps_the_rest(url, backend):
+    """Made beforehand (by ops) for our subjects, with other settings: max_age becomes
+    WATCH_RETENTION, the rest is kept. (One for other subjects is left alone:
+    test_watch_nats.py.)"""
     from nats.js.api import StorageType, StreamConfig
 
     async def make(js):
         await js.add_stream(
             StreamConfig(
                 name=backend["stream"],
-                subjects=[f"{backend['subject_prefix']}_ops.>"],
+                subjects=[f"{backend['subject_prefix']}.>"],
                 max_age=3600,
                 storage=StorageType.MEMORY,
                 description="made by ops",

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from django_grpc_bus.watch import cursor as db_cursor
-from django_grpc_bus.watch.nats import config, payload
+from django_grpc_bus.watch.nats import backend as config
+from django_grpc_bus.watch.nats import payload
 from django_grpc_bus.watch.reading import Position, Row
 
 

@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from django_grpc_bus.watch.nats.config import NatsConfig
+from django_grpc_bus.watch.nats.backend import NatsConfig
 
 logger = logging.getLogger("django_grpc_bus.watch")
 
@@ -193,8 +193,16 @@ class Bridge:
                     self.config.stream,
                     self.config.subjects,
                 )
-            except BadRequestError:  # another process made it meanwhile
-                info = await self._js.stream_info(self.config.stream)
+            except BadRequestError as exc:  # another process made it meanwhile, or a conflict
+                try:
+                    info = await self._js.stream_info(self.config.stream)
+                except NotFoundError:
+                    raise StreamConflict(
+                        f"The JetStream stream {self.config.stream} cannot be made: "
+                        f"{exc.description} (another stream takes the subjects "
+                        f"{self.config.subjects}?). Choose "
+                        "another subject_prefix in WATCH_BACKEND."
+                    ) from None
             self._made(info)
             return
         current = info.config

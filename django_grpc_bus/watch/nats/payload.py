@@ -56,7 +56,7 @@ def encode(row: Row, label: str, *, with_data: bool = True) -> tuple[bytes, dict
     return json.dumps(body, separators=(",", ":")).encode(), headers
 
 
-def decode(data: bytes, sequence: int, epoch: int = 0) -> Row:
+def decode(data: bytes, sequence: int, epoch: int = 0, skip: str = "") -> Row:
     """The event a message at stream sequence `sequence` carries (its cursor: that sequence)."""
     try:
         body = json.loads(data)
@@ -72,7 +72,7 @@ def decode(data: bytes, sequence: int, epoch: int = 0) -> Row:
             changed=body["changed"],
             txid=int(outbox["txid"]),
             time=dt.datetime.fromisoformat(body["time"]),
-            cursor=StreamPosition(sequence, epoch),  # type: ignore[arg-type]
+            cursor=StreamPosition(sequence, epoch, skip),  # type: ignore[arg-type]
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise BadMessage(f"message {sequence} is not a django-grpc-bus event ({exc})") from None
@@ -81,14 +81,39 @@ def decode(data: bytes, sequence: int, epoch: int = 0) -> Row:
 @dataclass(frozen=True)
 class StreamPosition:
     """A place in the stream: every message up to stream sequence `sequence` was delivered.
-    `epoch`: when the stream was made (ms since the epoch; 0 if not known)."""
+    `epoch`: when the stream was made (ms since the epoch; 0 if not known). `skip`: the outbox
+    events committed before the call started (from now, or shown by its snapshot), which a
+    relay may publish after `sequence` and a resumed call must leave out too: ``i<id>`` (ids up
+    to it; SQLite) or ``p<xmin>-<xmax>-<running, _-separated>`` (a PostgreSQL snapshot)."""
 
     sequence: int
     epoch: int = 0
+    skip: str = ""
 
     def encode(self) -> str:
         text = f"{PREFIX}.{self.sequence}.{self.epoch}"
+        if self.skip:
+            text += f".{self.skip}"
         return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def skip_of_ids(last: int) -> str:
+    return f"i{last}"
+
+
+def skip_of_snapshot(xmin: int, xmax: int, running: frozenset[int]) -> str:
+    return f"p{xmin}-{xmax}-{'_'.join(str(x) for x in sorted(running))}"
+
+
+def parse_skip(text: str) -> tuple[int | None, tuple[int, int, frozenset[int]] | None]:
+    """(last id, None) or (None, (xmin, xmax, running)); ValueError if `text` is neither."""
+    if text.startswith("i") and text[1:].isdigit():
+        return int(text[1:]), None
+    if text.startswith("p"):
+        xmin, xmax, running = text[1:].split("-")
+        xip = frozenset(int(x) for x in running.split("_") if x)
+        return None, (int(xmin), int(xmax), xip)
+    raise ValueError(text)
 
 
 def decode_cursor(text: str) -> StreamPosition:
@@ -98,7 +123,8 @@ def decode_cursor(text: str) -> StreamPosition:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise ValueError("not a cursor of this server") from None
     prefix, _, rest = raw.partition(".")
-    number, _, epoch = rest.partition(".")
+    number, _, rest = rest.partition(".")
+    epoch, _, skip = rest.partition(".")
     if prefix == "w1":
         raise ValueError(
             "a cursor of the database backend, and this server reads Watch from NATS "
@@ -106,5 +132,9 @@ def decode_cursor(text: str) -> StreamPosition:
         )
     if prefix != PREFIX or not number.isdigit() or not epoch.isdigit():
         raise ValueError("not a cursor of this server")
-    sequence = int(number)
-    return StreamPosition(sequence, int(epoch))
+    if skip:
+        try:
+            parse_skip(skip)
+        except ValueError:
+            raise ValueError("not a cursor of this server") from None
+    return StreamPosition(int(number), int(epoch), skip)

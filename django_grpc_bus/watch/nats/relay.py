@@ -32,8 +32,8 @@ from django.apps import apps
 from django.db import close_old_connections, connections
 
 from django_grpc_bus.watch import cursor as cursors
+from django_grpc_bus.watch.nats.backend import NatsConfig, nats_config
 from django_grpc_bus.watch.nats.bridge import Bridge, NatsUnavailable, bridge_for
-from django_grpc_bus.watch.nats.config import NatsConfig, nats_config
 from django_grpc_bus.watch.nats.payload import CURSOR, encode
 from django_grpc_bus.watch.notifier import Waiter, notifier
 from django_grpc_bus.watch.reading import (
@@ -56,6 +56,7 @@ RETRY_AFTER = 1.0  # seconds, after NATS or the database failed
 PUBLISH_TIMEOUT = 5.0  # seconds, per event
 WRONG_LAST_SEQUENCE = 10071  # JetStream: another relay published first
 STREAM_NOT_FOUND = 10059
+FOREIGN_LOOKBACK = 1000  # messages: how far back a foreign last message is looked past
 
 
 def subject_of(config: NatsConfig, label: str) -> str:
@@ -88,7 +89,7 @@ class Relay:
         # Per model: (the stream's last cursor, the position past events too old to send that
         # followed it), so that a round does not read them again.
         self._floors: dict[str, tuple[str | None, Position]] = {}
-        # Per model: the last cursor this relay published (a foreign last message is skipped).
+        # Per subject: the last cursor this relay published (a foreign last message is skipped).
         self._mine: dict[str, str] = {}
         self.published = 0  # events this relay stored (copies refused or dropped not counted)
 
@@ -188,32 +189,21 @@ class Relay:
             return Outcome(more=len(read.rows) == BATCH, held_back=read.held_back)
         if rows:
             timeout = 10.0 + PUBLISH_TIMEOUT * len(rows)
-            self.bridge.call(self._publish(subject, label, rows, last.sequence), timeout)
+            if not self.bridge.call(self._publish(subject, label, rows, last.sequence), timeout):
+                # Another relay published first: again shortly, from its last message.
+                return Outcome(held_back=True)
         return Outcome(more=len(read.rows) == BATCH, held_back=read.held_back)
 
     def _position(self, alias: str, label: str, last: Last) -> Position:
         text = last.cursor
-        if last.sequence and text is None:
-            text = self._mine.get(label)
-            if text is None:
-                logger.error(
-                    "Watch relay: the last message on %s is not an event of django-grpc-bus "
-                    "(no %s header); relaying from the outbox's start. Publish nothing else "
-                    "on these subjects.",
-                    subject_of(self.config, label),
-                    CURSOR,
-                )
         floor = self._floors.get(label)
         if floor is not None and floor[0] == text:
             return floor[1]
-        if text is None:
-            return _start(alias)
-        try:
-            return cursors.decode(text)
-        except cursors.BadCursor:
-            return _start(alias)
+        return _start(alias) if text is None else cursors.decode(text)
 
     async def _last(self, subject: str) -> Last:
+        """The subject's last message, and the outbox cursor of the last one of ours: a
+        message published by someone else (no readable cursor) is looked past."""
         from nats.js.errors import NotFoundError
 
         js = await self.bridge.jetstream()
@@ -228,11 +218,41 @@ class Relay:
             raise NatsUnavailable(
                 f"NATS: reading the stream's last message failed ({exc})"
             ) from None
-        return Last(message.seq, (message.headers or {}).get(CURSOR))
+        cursor = _our_cursor(message)
+        if cursor is None:
+            cursor = await self._last_of_ours(js, subject, message.seq)
+        return Last(message.seq, cursor)
 
-    async def _publish(self, subject: str, label: str, rows: list[Row], after: int) -> None:
+    async def _last_of_ours(self, js: Any, subject: str, before: int) -> str | None:
+        """The outbox cursor of the last message of ours on `subject` before sequence `before`
+        (looking back at most FOREIGN_LOOKBACK messages of the stream)."""
+        from nats.js.errors import NotFoundError
+
+        mine = self._mine.get(subject)
+        if mine is not None:
+            return mine
+        logger.error(
+            "Watch relay: the last message on %s is not an event of django-grpc-bus (no %s "
+            "header); publish nothing else on these subjects.",
+            subject,
+            CURSOR,
+        )
+        for sequence in range(before - 1, max(before - FOREIGN_LOOKBACK, 0), -1):
+            try:
+                message = await js.get_msg(self.config.stream, seq=sequence)
+            except NotFoundError:
+                continue  # removed (max_age, deleted)
+            except Exception as exc:
+                raise NatsUnavailable(f"NATS: reading the stream failed ({exc})") from None
+            if message.subject == subject:
+                cursor = _our_cursor(message)
+                if cursor is not None:
+                    return cursor
+        return None
+
+    async def _publish(self, subject: str, label: str, rows: list[Row], after: int) -> bool:
         """Publish `rows` in order, the first expecting `after` as the subject's last
-        sequence; stops quietly where another relay published first."""
+        sequence; stops quietly (False) where another relay published first."""
         from nats.errors import MaxPayloadError
         from nats.js.errors import APIError, NoStreamResponseError
 
@@ -254,7 +274,7 @@ class Relay:
                     ack = await js.publish(subject, body, headers=headers, timeout=PUBLISH_TIMEOUT)
             except APIError as exc:
                 if exc.err_code == WRONG_LAST_SEQUENCE:
-                    return  # another relay is ahead: the next round starts from its message
+                    return False  # another relay is ahead: the next round starts from its message
                 if exc.err_code == STREAM_NOT_FOUND:
                     self.bridge.stream_lost()
                 raise NatsUnavailable(f"NATS: publishing to {subject} failed ({exc})") from None
@@ -266,10 +286,23 @@ class Relay:
             except Exception as exc:
                 raise NatsUnavailable(f"NATS: publishing to {subject} failed ({exc})") from None
             if ack.duplicate:
-                return  # another relay's copy: it is ahead
+                return False  # another relay's copy: it is ahead
             self.published += 1
-            self._mine[label] = headers[CURSOR]
+            self._mine[subject] = headers[CURSOR]
             after = ack.seq
+        return True
+
+
+def _our_cursor(message: Any) -> str | None:
+    """The outbox cursor a message of ours carries; None for someone else's."""
+    text = (message.headers or {}).get(CURSOR)
+    if text is None:
+        return None
+    try:
+        cursors.decode(text)
+    except cursors.BadCursor:
+        return None
+    return str(text)
 
 
 def _start(alias: str) -> Position:

@@ -26,13 +26,21 @@ import grpc
 from django.db import close_old_connections, connections, transaction
 
 from django_grpc_bus.errors import GrpcError
-from django_grpc_bus.watch.nats.bridge import Bridge, NatsUnavailable, bridge_for
-from django_grpc_bus.watch.nats.config import NatsConfig
+from django_grpc_bus.watch.nats.backend import NatsConfig
+from django_grpc_bus.watch.nats.bridge import (
+    Bridge,
+    NatsUnavailable,
+    StreamConflict,
+    bridge_for,
+)
 from django_grpc_bus.watch.nats.payload import (
     BadMessage,
     StreamPosition,
     decode,
     decode_cursor,
+    parse_skip,
+    skip_of_ids,
+    skip_of_snapshot,
 )
 from django_grpc_bus.watch.nats.relay import subject_of
 from django_grpc_bus.watch.notifier import Waiter, notifier
@@ -185,6 +193,7 @@ class NatsWatchStream(WatchStream):
         # SQLite: outbox events the call must not send (committed before it started, or shown
         # by its snapshot); PostgreSQL uses seen_in_snapshot (the snapshot's transactions).
         self.before: Position | None = None
+        self.skip = ""  # the same, as carried in cursors (payload.StreamPosition)
 
     def start(self) -> list[Any]:
         since, snapshot = self.check_request()
@@ -199,6 +208,7 @@ class NatsWatchStream(WatchStream):
         events = self._snapshot()  # PostgreSQL: seen_in_snapshot says what it showed
         if not is_postgresql(self.alias):
             self.before = self.position
+        self._note_skip()
         mark = self.cursor()
         for event in events:
             event.cursor = mark
@@ -214,6 +224,13 @@ class NatsWatchStream(WatchStream):
                 [("since", str(exc))],
             ) from None
         self.sequence = position.sequence
+        if position.skip:  # what the first call of this watch left out, left out again
+            last_id, seen = parse_skip(position.skip)
+            if last_id is not None:
+                self.before = Position(0, 1, last_id, 0)
+            else:
+                self.seen_in_snapshot = seen
+            self.skip = position.skip
         if position.epoch and self.epoch and position.epoch != self.epoch:
             why = "the stream was deleted and made again since"
         elif self.sequence + 1 < first:
@@ -232,15 +249,26 @@ class NatsWatchStream(WatchStream):
         """From now: leave out events committed before now that a relay publishes later."""
         if not is_postgresql(self.alias):
             self.before = current_position(self.alias)
-            return
-        with transaction.atomic(using=self.alias), connections[self.alias].cursor() as cursor:
-            cursor.execute("SELECT pg_current_snapshot()::text")
-            xmin, xmax, running = cursor.fetchone()[0].split(":")
-        xip = frozenset(int(x) for x in running.split(",") if x)
-        self.seen_in_snapshot = (int(xmin), int(xmax), xip)
+        else:
+            with (
+                transaction.atomic(using=self.alias),
+                connections[self.alias].cursor() as cursor,
+            ):
+                cursor.execute("SELECT pg_current_snapshot()::text")
+                xmin, xmax, running = cursor.fetchone()[0].split(":")
+            xip = frozenset(int(x) for x in running.split(",") if x)
+            self.seen_in_snapshot = (int(xmin), int(xmax), xip)
+        self._note_skip()
+
+    def _note_skip(self) -> None:
+        """Carry what this call leaves out in its cursors, for the calls that resume it."""
+        if self.before is not None:
+            self.skip = skip_of_ids(self.before.last)
+        elif self.seen_in_snapshot is not None:
+            self.skip = skip_of_snapshot(*self.seen_in_snapshot)
 
     def cursor(self) -> str:
-        return StreamPosition(self.sequence, self.epoch).encode()
+        return StreamPosition(self.sequence, self.epoch, self.skip).encode()
 
     def _shown_in_snapshot(self, row: Row) -> bool:
         """Whether the row's event committed before the call started (from now) or was shown
@@ -255,7 +283,7 @@ class NatsWatchStream(WatchStream):
             sequence = message.metadata.sequence.stream
             self.sequence = max(self.sequence, sequence)
             try:
-                rows.append(decode(message.data, sequence, self.epoch))
+                rows.append(decode(message.data, sequence, self.epoch, self.skip))
             except BadMessage:
                 continue  # not ours (someone published on our subject): not an event
         return rows
@@ -297,6 +325,8 @@ class NatsWatchStream(WatchStream):
 
 
 def _unavailable(exc: NatsUnavailable) -> GrpcError:
+    if isinstance(exc, StreamConflict):  # the settings' fault: calling again will not help
+        return GrpcError(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
     return GrpcError(grpc.StatusCode.UNAVAILABLE, f"{exc}. Watch again from your last cursor.")
 
 
