@@ -70,7 +70,7 @@ class CallObserver:
 
     def start(self, method: str, context: grpc.ServicerContext) -> ServerSpan | None:
         """A call begins: counted in flight; its span started, when there are spans."""
-        attributes = self.attributes(method)
+        attributes = self._attributes.get(method) or self.attributes(method)
         if self.metrics is not None:
             self.metrics.started(method, attributes)
         if self.spans is None:

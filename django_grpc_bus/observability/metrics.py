@@ -84,7 +84,8 @@ class PrometheusMetrics:
         self.active = Gauge("rpc_server_active_requests", ACTIVE_HELP, labels, registry=registry)
         self._labels: dict[str, tuple[str, str, str]] = {}
         self._active: dict[str, Any] = {}
-        self._durations: dict[tuple[str, grpc.StatusCode], Any] = {}
+        # Keyed by the code's number: a StatusCode's own __hash__ is Enum's, in Python.
+        self._durations: dict[tuple[str, int], Any] = {}
 
     def started(self, method: str, attributes: dict[str, Any]) -> None:
         child = self._active.get(method)
@@ -96,10 +97,10 @@ class PrometheusMetrics:
 
     def ended(self, method: str, code: grpc.StatusCode, elapsed_ms: float) -> None:
         self._active[method].dec()
-        child = self._durations.get((method, code))
+        key = (method, code._value_[0])  # _value_: `value` is a Python-level property
+        child = self._durations.get(key)
         if child is None:
-            child = self.duration.labels(*self._labels[method], str(code.value[0]))
-            self._durations[(method, code)] = child
+            child = self._durations[key] = self.duration.labels(*self._labels[method], str(key[1]))
         child.observe(elapsed_ms)
 
 
@@ -119,7 +120,7 @@ class OpenTelemetryMetrics:
         self._lock = threading.Lock()
         self._active: dict[str, int] = {}
         self._method_attributes: dict[str, dict[str, Any]] = {}
-        self._attributes: dict[tuple[str, grpc.StatusCode], dict[str, Any]] = {}
+        self._attributes: dict[tuple[str, int], dict[str, Any]] = {}  # by the code's number
 
     def started(self, method: str, attributes: dict[str, Any]) -> None:
         with self._lock:
@@ -129,11 +130,12 @@ class OpenTelemetryMetrics:
     def ended(self, method: str, code: grpc.StatusCode, elapsed_ms: float) -> None:
         with self._lock:
             self._active[method] -= 1
-        attributes = self._attributes.get((method, code))
+        key = (method, code._value_[0])
+        attributes = self._attributes.get(key)
         if attributes is None:
-            attributes = self._attributes[(method, code)] = {
+            attributes = self._attributes[key] = {
                 **self._method_attributes[method],
-                "rpc.grpc.status_code": code.value[0],
+                "rpc.grpc.status_code": key[1],
             }
         self.duration.record(elapsed_ms, attributes)
 

@@ -144,10 +144,14 @@ class Spans:
         if textmap is not known:  # the first call, or a propagator set since
             fields = read_fields(textmap)
             self._propagator = (textmap, fields)
-        carrier = {item[0]: item[1] for item in metadata or ()}
-        if fields is not None and fields.isdisjoint(carrier):
-            return self._no_parent
-        return textmap.extract(carrier)
+        if fields is not None:
+            # A loop rather than a carrier dict first: most calls carry no trace headers.
+            for item in metadata or ():
+                if item[0] in fields:
+                    break
+            else:
+                return self._no_parent
+        return textmap.extract({item[0]: item[1] for item in metadata or ()})
 
     def end_server(
         self,
