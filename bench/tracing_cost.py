@@ -180,6 +180,12 @@ def main() -> None:
         if options.calls:
             print(f"{options.calls} calls, {spent / options.calls * 1e6:.1f} µs CPU per call")
     provider.shutdown()
+    if options.retrieve:
+        import shutil
+
+        import inprocess
+
+        shutil.rmtree(inprocess.SCRATCH, ignore_errors=True)
 
 
 if __name__ == "__main__":
