@@ -91,6 +91,10 @@ class Bridge:
     def _ready(self) -> bool:
         return self._js is not None and self._nc.is_connected and self._stream_ready
 
+    def max_payload(self) -> int:
+        """The largest message (headers and body) the connected NATS server takes."""
+        return int(self._nc.max_payload) if self._nc is not None else 1024 * 1024
+
     def stream_lost(self) -> None:
         """The stream is gone (NATS said so): make it again before the next use."""
         self._stream_ready = False

@@ -70,7 +70,6 @@ class Feed:
         self.waiter = waiter
         self.items: collections.deque[Any] = collections.deque()
         self.full = False  # the consumer was stopped: reopen after the taken messages
-        self.received = 0  # messages the current consumer pushed
         self._subscription: Any = None
         self.generation = -1  # the bridge's reconnection count when the consumer was opened
         self.epoch = 0  # the stream's creation time when it was opened
@@ -84,14 +83,12 @@ class Feed:
         self.generation = self.bridge.generation
         self.epoch = self.bridge.stream_epoch
         self.bridge.on_reconnect(self)
-        self.received = 0
 
         async def arrived(message: Any) -> None:
             if self.full:
                 return
             woken = bool(self.items)  # a wake-up is pending while anything is not taken
             self.items.append(message)
-            self.received += 1
             if len(self.items) >= MAX_BUFFERED:
                 # A slow client: stop the consumer; the call reopens it after what it took.
                 self.full = True
@@ -147,21 +144,22 @@ class Feed:
         except Exception:  # the connection or the consumer is gone: the server drops it itself
             pass
 
-    async def settled(self) -> int | None:
-        """The stream's last sequence if every message of the subject up to it was pushed to
-        this call (none pending), else None."""
-        subscription = self._subscription
-        if subscription is None:
-            return None
+    async def settled(self, taken: int) -> int | None:
+        """The stream's last sequence if the subject has no message after `taken` (the last
+        one the call took) up to it, else None. (The stream's last first: a message of the
+        subject stored after it is then seen as the subject's last.)"""
+        from nats.js.errors import NotFoundError
+
         js = await self.bridge.jetstream()
         try:
             last = (await js.stream_info(self.config.stream)).state.last_seq
-            info = await subscription.consumer_info()
+            try:
+                subject_last = (await js.get_last_msg(self.config.stream, self.subject)).seq
+            except NotFoundError:
+                subject_last = 0
         except Exception:
             return None
-        if info.num_pending == 0 and info.delivered.consumer_seq == self.received:
-            return int(last)
-        return None
+        return int(last) if subject_last <= taken else None
 
     def take(self) -> list[Any]:
         taken = []
@@ -365,7 +363,7 @@ def watch(service: Any, request: Any, context: Any, config: NatsConfig) -> Itera
             if events:
                 sent = now
             elif now - sent >= every:
-                settled = stream.bridge.call(feed.settled())
+                settled = stream.bridge.call(feed.settled(stream.sequence))
                 if settled is not None and not feed.items:
                     stream.sequence = max(stream.sequence, settled)
                 yield stream.bookmark()
@@ -419,7 +417,7 @@ async def awatch(
             if events:
                 sent = now
             elif now - sent >= every:
-                settled = await stream.bridge.acall(feed.settled())
+                settled = await stream.bridge.acall(feed.settled(stream.sequence))
                 if settled is not None and not feed.items:
                     stream.sequence = max(stream.sequence, settled)
                 yield stream.bookmark()

@@ -72,6 +72,10 @@ class Last:
     cursor: str | None
 
 
+class Held(Exception):
+    """A stranger's message is last on the subject and none of ours is found: not relayed."""
+
+
 @dataclass
 class Outcome:
     more: bool = False  # a full batch: more may be waiting
@@ -89,8 +93,10 @@ class Relay:
         # Per model: (the stream's last cursor, the position past events too old to send that
         # followed it), so that a round does not read them again.
         self._floors: dict[str, tuple[str | None, Position]] = {}
-        # Per subject: the last cursor this relay published (a foreign last message is skipped).
-        self._mine: dict[str, str] = {}
+        # Per subject: (the stream's creation, sequence, cursor) of the last event this relay
+        # stored: where a look past a stranger's message starts.
+        self._mine: dict[str, tuple[int, int, str]] = {}
+        self._held: set[tuple[str, int]] = set()  # (subject, sequence) of strangers reported
         self.published = 0  # events this relay stored (copies refused or dropped not counted)
 
     def serve_for(self, traffic: Any) -> None:
@@ -98,8 +104,9 @@ class Relay:
         with self._lock:
             self._servers.add(traffic)
             if self._thread is None or not self._thread.is_alive():
+                wake = self._wake = Waiter()
                 self._thread = threading.Thread(
-                    target=self._run, name="grpc-bus-nats-relay", daemon=True
+                    target=self._run, args=(wake,), name="grpc-bus-nats-relay", daemon=True
                 )
                 self._thread.start()
 
@@ -122,19 +129,19 @@ class Relay:
             self._thread = None  # a server bound from now on starts another relay thread
             return False
 
-    def _run(self) -> None:
+    def _run(self, wake: Waiter) -> None:
         alias = database_alias()
         labels = [label_of(model) for model in watched_models()]
-        wake = Waiter()
-        with self._lock:
-            self._wake = wake
         for label in labels:
             notifier.add(label, alias, wake)
+        told = ""  # the last NATS failure logged
         seen: dict[str, int] = {}  # the notifier's version of each model at its last round
         due = set(labels)  # models to relay in the next round
         try:
-            while self._serving():
-                wake.event.clear()
+            while True:
+                wake.event.clear()  # first: a stop from now on is seen below or wakes the wait
+                if not self._serving():
+                    break
                 pause = IDLE_RECHECK
                 for label in labels:
                     if notifier.version(label) != seen.get(label):
@@ -144,7 +151,11 @@ class Relay:
                     try:
                         outcome = self.relay_once(alias, label)
                     except NatsUnavailable as exc:
-                        logger.warning("Watch relay: %s; trying again in %g s", exc, RETRY_AFTER)
+                        if str(exc) != told:  # once per kind of failure, not every second
+                            told = str(exc)
+                            logger.warning(
+                                "Watch relay: %s; trying again every %g s", exc, RETRY_AFTER
+                            )
                         pause = RETRY_AFTER
                         break  # NATS is away: every model waits
                     except Exception:
@@ -154,6 +165,7 @@ class Relay:
                         _close_connections()
                         pause = min(pause, RETRY_AFTER)
                         continue  # the other models go on
+                    told = ""
                     due.discard(label)
                     if outcome.more:
                         due.add(label)
@@ -177,7 +189,10 @@ class Relay:
     def relay_once(self, alias: str, label: str) -> Outcome:
         """Publish the events of `label` not yet in the stream."""
         subject = subject_of(self.config, label)
-        last = self.bridge.call(self._last(subject))
+        try:
+            last = self.bridge.call(self._last(subject))
+        except Held:
+            return Outcome()  # looked at again at the next wake-up or idle round
         position = self._position(alias, label, last)
         read = read_after(alias, label, position)
         oldest = now_ms() - retention().total_seconds() * 1000
@@ -221,23 +236,43 @@ class Relay:
         cursor = _our_cursor(message)
         if cursor is None:
             cursor = await self._last_of_ours(js, subject, message.seq)
+            if cursor is None:
+                if (subject, message.seq) not in self._held:
+                    self._held.add((subject, message.seq))
+                    logger.error(
+                        "Watch relay: the last message on %s (sequence %d) is not an event of "
+                        "django-grpc-bus, and none of ours is found before it: its events are "
+                        "held (not relayed) until one of ours is last again or it is removed. "
+                        "Publish nothing else on these subjects.",
+                        subject,
+                        message.seq,
+                    )
+                raise Held(subject)
         return Last(message.seq, cursor)
 
-    async def _last_of_ours(self, js: Any, subject: str, before: int) -> str | None:
-        """The outbox cursor of the last message of ours on `subject` before sequence `before`
-        (looking back at most FOREIGN_LOOKBACK messages of the stream)."""
+    async def _last_of_ours(self, js: Any, subject: str, last: int) -> str | None:
+        """The outbox cursor of the last message of ours on `subject` up to sequence `last`:
+        from the last one this relay stored, forward over the subject's messages; else back
+        over the stream's last FOREIGN_LOOKBACK messages."""
         from nats.js.errors import NotFoundError
 
         mine = self._mine.get(subject)
-        if mine is not None:
-            return mine
-        logger.error(
-            "Watch relay: the last message on %s is not an event of django-grpc-bus (no %s "
-            "header); publish nothing else on these subjects.",
-            subject,
-            CURSOR,
-        )
-        for sequence in range(before - 1, max(before - FOREIGN_LOOKBACK, 0), -1):
+        if mine is not None and mine[0] == self.bridge.stream_epoch and mine[1] <= last:
+            found, sequence = mine[2], mine[1]
+            for _ in range(FOREIGN_LOOKBACK):
+                try:
+                    message = await js.get_msg(
+                        self.config.stream, seq=sequence + 1, subject=subject, next=True
+                    )
+                except NotFoundError:
+                    return found
+                except Exception as exc:
+                    raise NatsUnavailable(f"NATS: reading the stream failed ({exc})") from None
+                if message.seq > last:
+                    return found
+                found = _our_cursor(message) or found
+                sequence = message.seq
+        for sequence in range(last - 1, max(last - FOREIGN_LOOKBACK, 0), -1):
             try:
                 message = await js.get_msg(self.config.stream, seq=sequence)
             except NotFoundError:
@@ -262,6 +297,8 @@ class Relay:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(after)
             try:
                 try:
+                    if _size(body, headers) > self.bridge.max_payload():
+                        raise MaxPayloadError  # (nats-py counts the body alone; NATS both)
                     ack = await js.publish(subject, body, headers=headers, timeout=PUBLISH_TIMEOUT)
                 except MaxPayloadError:
                     logger.warning(
@@ -288,9 +325,15 @@ class Relay:
             if ack.duplicate:
                 return False  # another relay's copy: it is ahead
             self.published += 1
-            self._mine[subject] = headers[CURSOR]
+            self._mine[subject] = (self.bridge.stream_epoch, ack.seq, headers[CURSOR])
             after = ack.seq
         return True
+
+
+def _size(body: bytes, headers: dict[str, str]) -> int:
+    """What NATS counts against max_payload: the headers as sent, and the body."""
+    head = len("NATS/1.0\r\n\r\n") + sum(len(k) + len(v) + 4 for k, v in headers.items())
+    return head + len(body)
 
 
 def _our_cursor(message: Any) -> str | None:
