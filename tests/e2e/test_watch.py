@@ -166,43 +166,48 @@ def test_two_server_processes_both_deliver(url):
 
 @pytest.mark.parametrize("asyncio", SERVERS)
 def test_snapshot_with_concurrent_writes_has_no_gap_and_no_duplicate(url, asyncio):
-    prefix = f"snap{int(asyncio)}-"
     with running_server(url, env=bus_env(ASYNCIO=asyncio)) as server:
-        books = stub(server)
-        for n in range(20):
+        snapshot_under_writes(server, f"snap{int(asyncio)}-", other=f"other-{asyncio}")
+
+
+def snapshot_under_writes(server, prefix: str, other: str, most: int = 300) -> None:
+    """A filtered Watch with snapshot: true started while a writer creates rows: every matching
+    row arrives once, the snapshot's before its SNAPSHOT_COMPLETE (also for NATS's tests)."""
+    books = stub(server)
+    for n in range(20):
+        books.Create(book(f"{prefix}{n}", prefix), timeout=5)
+    books.Create(book(other, "other"), timeout=5)  # filtered out
+    stop = threading.Event()
+    written: list[str] = []
+
+    def write() -> None:
+        n = 100
+        while not stop.is_set() and n < 100 + most:
             books.Create(book(f"{prefix}{n}", prefix), timeout=5)
-        books.Create(book(f"other-{asyncio}", "other"), timeout=5)  # filtered out
-        stop = threading.Event()
-        written: list[str] = []
+            written.append(f"{prefix}{n}")
+            n += 1
 
-        def write() -> None:
-            n = 100
-            while not stop.is_set() and n < 400:
-                books.Create(book(f"{prefix}{n}", prefix), timeout=5)
-                written.append(f"{prefix}{n}")
-                n += 1
-
-        writer = threading.Thread(target=write)
-        writer.start()
-        time.sleep(0.1)
-        watch = Watching(server.target, snapshot=True, filter=pb.BookFilter(title=prefix))
-        try:
-            deadline = time.monotonic() + 20
-            while not any(e.type == COMPLETE for e in watch.events):
-                assert time.monotonic() < deadline and watch.error is None, watch.error
-                time.sleep(0.02)
-            time.sleep(0.3)
-            stop.set()
-            writer.join()
-            total = 20 + len(written)
-            seen_rows = lambda: sum(1 for e in watch.events if e.type == CREATED)  # noqa: E731
-            deadline = time.monotonic() + 20
-            while seen_rows() < total:
-                assert time.monotonic() < deadline, (seen_rows(), total)
-                time.sleep(0.05)
-            time.sleep(0.5)
-        finally:
-            watch.close()
+    writer = threading.Thread(target=write)
+    writer.start()
+    time.sleep(0.1)
+    watch = Watching(server.target, snapshot=True, filter=pb.BookFilter(title=prefix))
+    try:
+        deadline = time.monotonic() + 20
+        while not any(e.type == COMPLETE for e in watch.events):
+            assert time.monotonic() < deadline and watch.error is None, watch.error
+            time.sleep(0.02)
+        time.sleep(0.3)
+        stop.set()
+        writer.join()
+        total = 20 + len(written)
+        seen_rows = lambda: sum(1 for e in watch.events if e.type == CREATED)  # noqa: E731
+        deadline = time.monotonic() + 20
+        while seen_rows() < total:
+            assert time.monotonic() < deadline, (seen_rows(), total)
+            time.sleep(0.05)
+        time.sleep(0.5)
+    finally:
+        watch.close()
     isbns = [e.data.isbn for e in watch.events if e.type == CREATED]
     assert sorted(isbns) == sorted({*(f"{prefix}{n}" for n in range(20)), *written})
     assert len(isbns) == len(set(isbns))  # no duplicate

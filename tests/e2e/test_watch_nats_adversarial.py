@@ -39,7 +39,7 @@ from django_grpc_bus.client.watch import Reconnect
 from e2e.test_consumers import consumer_process, seen, storefront_db, until_idle, wait_for_file
 from e2e.test_lifecycle import serving_pids
 from e2e.test_watch import CREATED, UPDATED, Watching, book, orm, stub
-from e2e.test_watch_nats import NATS_URL, _js_call, _run, backend
+from e2e.test_watch_nats import NATS_URL, _js_call, _run, backend, delete_stream
 
 __all__ = ["backend", "storefront_db"]  # fixtures used by name
 
@@ -433,16 +433,7 @@ def test_another_stream_owning_the_subjects_is_named(url, backend):
         assert bad.error.code() != grpc.StatusCode.UNKNOWN, bad.error
         assert "overlap" in bad.error.details(), bad.error.details()
     finally:
-
-        async def delete(js):
-            from nats.js.errors import NotFoundError
-
-            try:
-                await js.delete_stream(other["stream"])
-            except NotFoundError:
-                pass
-
-        _run(_js_call(delete))
+        delete_stream(other["stream"])
 
 
 # -- cursors and URLs -------------------------------------------------------------------------
