@@ -388,10 +388,17 @@ def unapplied_migrations() -> list[CheckMessage]:
     if not watched_models() or UNAPPLIED_MIGRATIONS in settings.SILENCED_SYSTEM_CHECKS:
         return []
     alias = router.db_for_write(WatchEvent)
+    connection = connections[alias]
+    was_open = connection.connection is not None
     try:
-        loader = MigrationLoader(connections[alias], ignore_no_migrations=True)
+        loader = MigrationLoader(connection, ignore_no_migrations=True)
     except DatabaseError:  # unreachable: the calls will say so
         return []
+    finally:
+        if not was_open:
+            # Not kept open by the thread that started the server (it serves no call): an
+            # idle server holds no session.
+            connection.close()
     missing = sorted(
         name
         for app, name in loader.disk_migrations
