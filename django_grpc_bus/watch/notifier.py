@@ -31,6 +31,7 @@ logger = logging.getLogger("django_grpc_bus.watch")
 
 POLL_INTERVAL = 0.2  # seconds, SQLite and other databases without LISTEN
 PRUNE_EVERY = 300.0  # seconds
+LISTENER_NAME = "django-grpc-bus watch listener"  # its application_name in pg_stat_activity
 LISTEN_TIMEOUT = 1.0  # seconds: how often the PostgreSQL listener looks up from waiting
 
 
@@ -203,6 +204,8 @@ class Notifier:
         params = connections[alias].get_connection_params()
         params.pop("cursor_factory", None)
         params.pop("context", None)
+        # Named, so that an operator (and a test) can tell it in pg_stat_activity.
+        params["application_name"] = LISTENER_NAME
         with psycopg.connect(**params, autocommit=True) as listener:
             listener.add_notify_handler(lambda note: self._wake(note.payload))
             listener.execute(f"LISTEN {CHANNEL}")

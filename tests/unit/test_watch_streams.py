@@ -323,13 +323,16 @@ def test_the_postgresql_listener_lets_go_of_the_database_when_no_one_watches():
     the teardown fail and left the database behind), and an idle server holds no session."""
     if connection.vendor != "postgresql":
         pytest.skip("set DATABASE_URL to a PostgreSQL database to run this test")
-    from django_grpc_bus.watch.notifier import Notifier, Waiter
+    from django_grpc_bus.watch.notifier import LISTENER_NAME, Notifier, Waiter
 
     def others() -> int:
+        """The listeners' sessions (by their application_name: other threads of the test
+        process may hold sessions of their own meanwhile)."""
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND application_name = %s",
+                [LISTENER_NAME],
             )
             return cursor.fetchone()[0]
 
