@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
+import json
 import logging
 import threading
 import weakref
@@ -51,8 +53,8 @@ class Bridge:
         # left) is opened again at once, rather than when its heartbeats are found missing.
         self.generation = 0
         self._on_reconnect: weakref.WeakSet[Any] = weakref.WeakSet()
-        # When the stream was made (ms since the epoch; 0 if the server does not say): a
-        # cursor of a stream deleted and made again since is not resumed in the new one.
+        # Which making of the stream (from its creation time; 0 if not known): a cursor of a
+        # stream deleted and made again since is not resumed in the new one.
         self.stream_epoch = 0
 
     def on_reconnect(self, listener: Any) -> None:
@@ -207,7 +209,7 @@ class Bridge:
                         f"{self.config.subjects}?). Choose "
                         "another subject_prefix in WATCH_BACKEND."
                     ) from None
-            self._made(info)
+            await self._made()
             return
         current = info.config
         if current.subjects != wanted.subjects:
@@ -227,11 +229,20 @@ class Bridge:
             current.max_age = wanted.max_age
             current.duplicate_window = wanted.duplicate_window
             info = await self._js.update_stream(current)
-        self._made(info)
+        await self._made()
 
-    def _made(self, info: Any) -> None:
-        created = getattr(info, "created", None)
-        epoch = int(created.timestamp() * 1000) if created is not None else 0
+    async def _made(self) -> None:
+        """Note when the stream was made: its ``created`` time, as the JetStream API gives it
+        (read raw: nats-py before 2.9 drops it), as a number."""
+        try:
+            answer = await self._nc.request(
+                f"$JS.API.STREAM.INFO.{self.config.stream}", b"", timeout=CONNECT_TIMEOUT
+            )
+            created = str(json.loads(answer.data).get("created") or "")
+        except Exception:  # not known: cursors then carry 0, which is not checked
+            created = ""
+        digest = hashlib.sha256(created.encode()).hexdigest()[:12]
+        epoch = int(digest, 16) if created else 0
         if self.stream_epoch and epoch != self.stream_epoch:
             logger.warning(
                 "Watch: the JetStream stream %s was made again (deleted, or lost by a NATS "

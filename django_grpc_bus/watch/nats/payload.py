@@ -81,10 +81,11 @@ def decode(data: bytes, sequence: int, epoch: int = 0, skip: str = "") -> Row:
 @dataclass(frozen=True)
 class StreamPosition:
     """A place in the stream: every message up to stream sequence `sequence` was delivered.
-    `epoch`: when the stream was made (ms since the epoch; 0 if not known). `skip`: the outbox
-    events committed before the call started (from now, or shown by its snapshot), which a
-    relay may publish after `sequence` and a resumed call must leave out too: ``i<id>`` (ids up
-    to it; SQLite) or ``p<xmin>-<xmax>-<running, _-separated>`` (a PostgreSQL snapshot)."""
+    `epoch`: which making of the stream (a number from its creation time; 0 if not known).
+    `skip`: the outbox events committed before the call started (from now, or shown by its
+    snapshot), which a relay may publish after `sequence` and a resumed call must leave out
+    too: ``i<id>`` (ids up to it; SQLite) or ``p<xmin>-<xmax>-<running, _-separated>`` (a
+    PostgreSQL snapshot)."""
 
     sequence: int
     epoch: int = 0
