@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from django_grpc_bus.watch.nats.backend import NatsConfig
@@ -84,9 +84,6 @@ class Bridge:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except asyncio.TimeoutError:
             raise NatsUnavailable(f"NATS did not answer within {timeout:g} s") from None
-
-    def call_soon(self, callback: Callable[[], Awaitable[Any] | None]) -> None:
-        self._loop.call_soon_threadsafe(callback)
 
     # -- on the bridge's loop -------------------------------------------------------------------
 
@@ -252,12 +249,6 @@ class Bridge:
         self.stream_epoch = epoch
         for listener in list(self._on_reconnect):
             listener.reconnected()
-
-    async def close(self) -> None:
-        if self._nc is not None and not self._nc.is_closed:
-            await self._nc.close()
-        self._nc = self._js = None
-        self._stream_ready = False
 
 
 _bridges: dict[NatsConfig, Bridge] = {}

@@ -97,7 +97,6 @@ class Relay:
         # stored: where a look past a stranger's message starts.
         self._mine: dict[str, tuple[int, int, str]] = {}
         self._held: set[tuple[str, int]] = set()  # (subject, sequence) of strangers reported
-        self.published = 0  # events this relay stored (copies refused or dropped not counted)
 
     def serve_for(self, traffic: Any) -> None:
         """Run until `traffic`'s server (and every other one it serves for) has stopped."""
@@ -324,7 +323,6 @@ class Relay:
                 raise NatsUnavailable(f"NATS: publishing to {subject} failed ({exc})") from None
             if ack.duplicate:
                 return False  # another relay's copy: it is ahead
-            self.published += 1
             self._mine[subject] = (self.bridge.stream_epoch, ack.seq, headers[CURSOR])
             after = ack.seq
         return True
